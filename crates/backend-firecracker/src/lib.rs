@@ -1,0 +1,1 @@
+//! The Firecracker backend: drives the firecracker binary over its HTTP API socket.

@@ -1,0 +1,209 @@
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ProtocolError;
+
+/// Smallest guest memory we accept; below this a standard kernel cannot boot.
+const MIN_MEMORY_MIB: u32 = 64;
+/// Largest guest memory we accept (1 TiB); a guard against typos.
+const MAX_MEMORY_MIB: u32 = 1 << 20;
+const MAX_CPUS: u32 = 255;
+/// virtio-mmio slots left after the root and config disks.
+const MAX_DISKS: usize = 16;
+
+/// Everything needed to build and boot one microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Absolute path of an uncompressed x86_64 `vmlinux` (PVH-capable).
+    pub kernel_path: String,
+    /// Absolute path of the ext4 root disk, attached as `/dev/vda`.
+    pub rootfs_path: String,
+    /// The workspace's state folder: sockets, logs, pid files, event log.
+    pub state_dir: String,
+    /// Guest memory in MiB.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    pub cpu_count: u32,
+    /// Extra disks, attached in order from `/dev/vdb`.
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Extra kernel command-line arguments, appended after microagent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_args: Option<String>,
+    /// Guest hostname; defaults to the runtime ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Commands for `run`; absent for plain workspace commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+/// An extra block device for the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    /// A short name, unique within the request (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Absolute host path of the disk image.
+    pub path: String,
+    /// Absolute guest path where the guest init mounts it.
+    pub mountpoint: String,
+    /// Read-only or read-write.
+    pub mode: DiskMode,
+}
+
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskMode {
+    /// Read-only: the VMM opens the file read-only and the guest mounts `ro`.
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+/// What `run` executes inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    /// Shell commands run in order before `exec`; the first failure ends the run.
+    #[serde(default)]
+    pub setup: Vec<String>,
+    /// The main shell command; its exit code is the run's exit code.
+    pub exec: String,
+    /// Extra environment, on top of the image's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; defaults to the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User (`name`, `uid` or `uid:gid`); defaults to the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Whole-run deadline in seconds (setup and exec together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl MachineConfig {
+    /// Checks the values serde cannot: ranges, absolute paths, unique names.
+    /// Errors name the offending field the way it is spelled on the wire.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        absolute("config.kernelPath", &self.kernel_path)?;
+        absolute("config.rootfsPath", &self.rootfs_path)?;
+        absolute("config.stateDir", &self.state_dir)?;
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ProtocolError::invalid(format!(
+                "config.memoryMiB must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {}",
+                self.memory_mib
+            )));
+        }
+        if !(1..=MAX_CPUS).contains(&self.cpu_count) {
+            return Err(ProtocolError::invalid(format!(
+                "config.cpuCount must be between 1 and {MAX_CPUS}, got {}",
+                self.cpu_count
+            )));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ProtocolError::invalid(format!(
+                "config.disks has {} entries; at most {MAX_DISKS} are supported",
+                self.disks.len()
+            )));
+        }
+        let mut names = HashSet::new();
+        let mut mountpoints = HashSet::new();
+        for (i, disk) in self.disks.iter().enumerate() {
+            disk.validate(i)?;
+            if !names.insert(disk.name.as_str()) {
+                return Err(ProtocolError::invalid(format!(
+                    "disks[{i}].name {:?} is used by an earlier disk",
+                    disk.name
+                )));
+            }
+            if !mountpoints.insert(disk.mountpoint.as_str()) {
+                return Err(ProtocolError::invalid(format!(
+                    "disks[{i}].mountpoint {:?} is used by an earlier disk",
+                    disk.mountpoint
+                )));
+            }
+        }
+        if let Some(args) = &self.kernel_args {
+            if args.contains('\n') || args.contains('\0') {
+                return Err(ProtocolError::invalid(
+                    "config.kernelArgs must be a single line",
+                ));
+            }
+        }
+        if let Some(w) = &self.workload {
+            w.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Disk {
+    fn validate(&self, i: usize) -> Result<(), ProtocolError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(ProtocolError::invalid(format!(
+                "disks[{i}].name must be 1-64 letters, digits, '-' or '_', got {:?}",
+                self.name
+            )));
+        }
+        absolute(&format!("disks[{i}].path"), &self.path)?;
+        absolute(&format!("disks[{i}].mountpoint"), &self.mountpoint)?;
+        if self.mountpoint == "/" || self.mountpoint.split('/').any(|c| c == "..") {
+            return Err(ProtocolError::invalid(format!(
+                "disks[{i}].mountpoint must be a directory below / without '..', got {:?}",
+                self.mountpoint
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Workload {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        if self.exec.trim().is_empty() {
+            return Err(ProtocolError::invalid("workload.exec must not be empty"));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(ProtocolError::invalid(format!(
+                    "workload.env key {key:?} must be non-empty without '=' or NUL"
+                )));
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            absolute("workload.cwd", cwd)?;
+        }
+        if self.timeout_seconds == Some(0) {
+            return Err(ProtocolError::invalid(
+                "workload.timeoutSeconds must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn absolute(field: &str, path: &str) -> Result<(), ProtocolError> {
+    if !path.starts_with('/') {
+        return Err(ProtocolError::invalid(format!(
+            "{field} must be an absolute path, got {path:?}"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(ProtocolError::invalid(format!(
+            "{field} must not contain NUL"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! The contract every microagent backend speaks.
+//!
+//! A caller describes what it wants as a [`Request`] (a command, the identity
+//! of the workspace it concerns, and the machine configuration); a backend
+//! answers with a [`Response`]. The same types travel as JSON between the CLI
+//! and an external supervisor (the Apple Virtualization.framework one is a
+//! separate Swift process), so the field names here *are* the wire contract:
+//! camelCase, with `requestID`/`runtimeID` spelled as DESIGN.md spells them.
+//!
+//! ```
+//! use vmkit_protocol::{Request, Command};
+//!
+//! let json = r#"{"command":"host","identity":{"requestID":"r1","runtimeID":"ws","role":"workspace","backend":"qemu"}}"#;
+//! let request = Request::from_json(json.as_bytes()).unwrap();
+//! assert_eq!(request.command, Command::Host);
+//! ```
+
+mod backend;
+mod config;
+mod error;
+mod event;
+mod request;
+mod response;
+mod state;
+
+pub use backend::{Backend, BackendKind, Outcome};
+pub use config::{Disk, DiskMode, MachineConfig, Workload};
+pub use error::{ErrorCode, ProtocolError};
+pub use event::Event;
+pub use request::{Command, Identity, Request, MAX_REQUEST_BYTES};
+pub use response::{Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult};
+pub use state::{State, TransitionError};

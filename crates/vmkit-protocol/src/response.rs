@@ -1,0 +1,141 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{BackendKind, Event, ProtocolError};
+
+/// A backend's answer to one [`crate::Request`]. `ok` is true iff `error` is
+/// absent; an external supervisor exits 0 iff `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// The backend that answered.
+    pub backend: BackendKind,
+    /// The state the workspace is in after the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    /// Host facts, for `host` and `check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostInfo>,
+    /// The workload's outcome, for `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RunResult>,
+    /// What went wrong, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProtocolError>,
+}
+
+impl Response {
+    /// A failed response.
+    pub fn failure(backend: BackendKind, error: ProtocolError) -> Self {
+        Self {
+            ok: false,
+            backend,
+            event: None,
+            host: None,
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    /// A successful response with nothing attached yet.
+    pub fn success(backend: BackendKind) -> Self {
+        Self {
+            ok: true,
+            backend,
+            event: None,
+            host: None,
+            result: None,
+            error: None,
+        }
+    }
+}
+
+/// How guest code is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Accelerator {
+    /// Linux KVM.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+    /// Apple's Hypervisor.framework (through Virtualization.framework).
+    Hvf,
+    /// Nothing usable.
+    None,
+}
+
+/// Facts about the host, answered by `host` and `check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostInfo {
+    /// `linux` or `macos`.
+    pub os: String,
+    /// `x86_64` or `aarch64`.
+    pub arch: String,
+    /// The accelerator this backend would use.
+    pub accelerator: Accelerator,
+    /// Why that accelerator (e.g. "/dev/kvm is PVM: a standard guest kernel cannot run").
+    pub accelerator_reason: String,
+    /// Individual probes, each with a remedy where it failed.
+    #[serde(default)]
+    pub checks: Vec<CheckItem>,
+}
+
+/// One probe's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckItem {
+    /// Short machine name (`kvm`, `qemu`, `mke2fs`, ...).
+    pub name: String,
+    /// The verdict.
+    pub status: CheckStatus,
+    /// What was found (a version, a path, an error).
+    pub detail: String,
+    /// What to do when the status is not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+/// A probe's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CheckStatus {
+    /// Works.
+    Ok,
+    /// Works with a caveat, or only optional features are missing.
+    Warn,
+    /// Does not work.
+    Fail,
+}
+
+/// The outcome of a workload: exactly one of `exitCode` or `signal` is set
+/// when the command ran; `error` says why it did not.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// The command's exit status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// When the command started (guest clock).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::event::rfc3339_opt"
+    )]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended (guest clock).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::event::rfc3339_opt"
+    )]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Why the command did not complete normally (setup failure, timeout, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
