@@ -60,9 +60,7 @@ pub(crate) mod rfc3339_opt {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
         s.map(|s| {
             DateTime::parse_from_rfc3339(&s)

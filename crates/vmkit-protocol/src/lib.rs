@@ -27,6 +27,6 @@ pub use backend::{Backend, BackendKind, Outcome};
 pub use config::{Disk, DiskMode, MachineConfig, Workload};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::Event;
-pub use request::{Command, Identity, Request, MAX_REQUEST_BYTES};
+pub use request::{validate_runtime_id, Command, Identity, Request, MAX_REQUEST_BYTES};
 pub use response::{Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult};
 pub use state::{State, TransitionError};

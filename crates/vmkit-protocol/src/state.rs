@@ -131,7 +131,9 @@ mod tests {
                 State::Prepared | State::Halted | State::Stopped | State::Failed
             );
             assert_eq!(s.can_start(), expected, "{s}");
-            assert_eq!(s.can_transition_to(State::Starting), expected, "{s}");
+            if s != State::Starting {
+                assert_eq!(s.can_transition_to(State::Starting), expected, "{s}");
+            }
         }
     }
 

@@ -1,0 +1,176 @@
+//! The wire contract, checked against JSON written by hand from DESIGN.md.
+//! If one of these fails, the field names changed: that breaks every
+//! supervisor written in another language.
+
+use std::fs;
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use vmkit_protocol::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Parses a fixture and serializes it back: the JSON must be unchanged.
+fn round_trip<T: Serialize + DeserializeOwned>(name: &str) -> T {
+    let bytes = fixture(name);
+    let value: T = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let original: Value = serde_json::from_slice(&bytes).unwrap();
+    let back = serde_json::to_value(&value).unwrap();
+    assert_eq!(back, original, "{name} did not round-trip");
+    value
+}
+
+#[test]
+fn requests_round_trip_and_validate() {
+    for name in [
+        "request-start.json",
+        "request-run.json",
+        "request-halt.json",
+        "request-host.json",
+    ] {
+        let r: Request = round_trip(name);
+        Request::from_json(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        r.validate().unwrap();
+    }
+    let start = Request::from_json(&fixture("request-start.json")).unwrap();
+    assert_eq!(start.command, Command::Start);
+    assert_eq!(start.identity.runtime_id, "agent-7");
+    let config = start.config.unwrap();
+    assert_eq!(config.memory_mib, 512);
+    assert_eq!(config.disks[1].mode, DiskMode::Ro);
+    let halt = Request::from_json(&fixture("request-halt.json")).unwrap();
+    assert_eq!(halt.identity.backend, BackendKind::AppleVf);
+    assert_eq!(
+        halt.state_dir(),
+        Some("/Users/me/.microagent/workspaces/agent-7")
+    );
+}
+
+#[test]
+fn responses_and_events_round_trip() {
+    let r: Response = round_trip("response-start.json");
+    assert_eq!(r.event.unwrap().state, State::Running);
+    let r: Response = round_trip("response-run.json");
+    assert_eq!(r.result.unwrap().exit_code, Some(7));
+    let r: Response = round_trip("response-host.json");
+    assert_eq!(r.host.unwrap().accelerator, Accelerator::Tcg);
+    let r: Response = round_trip("response-error.json");
+    assert!(!r.ok);
+    assert_eq!(r.error.unwrap().code, ErrorCode::InvalidState);
+    let r: Response = round_trip("response-signal.json");
+    assert_eq!(r.result.unwrap().signal, Some(9));
+    let e: Event = round_trip("event.json");
+    assert_eq!(e.state, State::Halted);
+}
+
+fn edit(name: &str, f: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    f(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn rejects(bytes: &[u8], expected: &str) {
+    let err = Request::from_json(bytes).expect_err("should be rejected");
+    assert_eq!(err.code, ErrorCode::InvalidRequest);
+    assert!(
+        err.message.contains(expected),
+        "error {:?} should mention {expected:?}",
+        err.message
+    );
+}
+
+#[test]
+fn validation_errors_name_the_field() {
+    rejects(
+        &edit("request-start.json", |v| {
+            v["config"]["disks"][1]["mode"] = "rx".into()
+        }),
+        "disks[1].mode",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["config"]["memoryMiB"] = 1.into()
+        }),
+        "config.memoryMiB",
+    );
+    rejects(
+        &edit("request-start.json", |v| v["config"]["cpuCount"] = 0.into()),
+        "config.cpuCount",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["config"]["kernelPath"] = "vmlinux".into()
+        }),
+        "config.kernelPath must be an absolute path",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["config"]["disks"][1]["name"] = "data".into()
+        }),
+        "disks[1].name",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["config"]["disks"][0]["mountpoint"] = "/../etc".into()
+        }),
+        "disks[0].mountpoint",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["identity"]["runtimeID"] = "../x".into()
+        }),
+        "identity.runtimeID",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["identity"]["backend"] = "vbox".into()
+        }),
+        "identity.backend",
+    );
+    rejects(
+        &edit("request-start.json", |v| v["command"] = "explode".into()),
+        "command",
+    );
+    rejects(
+        &edit("request-start.json", |v| v["surprise"] = 1.into()),
+        "surprise",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v.as_object_mut().unwrap().remove("config");
+        }),
+        "command start needs config",
+    );
+    rejects(
+        &edit("request-halt.json", |v| {
+            v.as_object_mut().unwrap().remove("stateDir");
+        }),
+        "needs stateDir",
+    );
+    rejects(
+        &edit("request-run.json", |v| {
+            v["config"]["workload"]["exec"] = " ".into()
+        }),
+        "workload.exec",
+    );
+}
+
+#[test]
+fn garbage_truncated_and_oversized_input_is_an_error_not_a_panic() {
+    rejects(b"", "malformed request");
+    rejects(b"not json", "malformed request");
+    let full = fixture("request-start.json");
+    for cut in [1, full.len() / 3, full.len() / 2, full.len() - 2] {
+        assert!(Request::from_json(&full[..cut]).is_err());
+    }
+    let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+    rejects(&huge, "limit");
+    rejects(b"[1,2,3]", "");
+    rejects(b"{\"command\":\"host\"}", "identity");
+}

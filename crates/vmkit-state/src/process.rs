@@ -1,0 +1,83 @@
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+
+/// A host process we started (a VMM, a vsock bridge), recorded with its start
+/// time so a recycled pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessRecord {
+    /// The process ID.
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl ProcessRecord {
+    /// Records a live process; `None` if it is already gone.
+    pub fn of(pid: i32) -> Option<Self> {
+        start_time(pid).map(|start_time| ProcessRecord { pid, start_time })
+    }
+
+    /// Whether this very process still exists (same pid, same start time)
+    /// and has not exited into a zombie.
+    pub fn is_alive(&self) -> bool {
+        match read_stat(self.pid) {
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
+    }
+
+    /// Sends `signal` if (and only if) the process is still this one.
+    /// Returns whether a signal was sent.
+    pub fn signal(&self, signal: rustix::process::Signal) -> bool {
+        if !self.is_alive() {
+            return false;
+        }
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid) else {
+            return false;
+        };
+        rustix::process::kill_process(pid, signal).is_ok()
+    }
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).map(|(_, start)| start)
+}
+
+/// Reads the state letter and start time from `/proc/<pid>/stat`. The command
+/// name (field 2) may hold spaces and parentheses, so parse from the last ')'.
+fn read_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state (field 3), start time is field 22: 19 fields further.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn tracks_a_real_process_until_it_exits() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let rec = ProcessRecord::of(child.id() as i32).unwrap();
+        assert!(rec.is_alive());
+        let forged = ProcessRecord {
+            start_time: rec.start_time + 1,
+            ..rec
+        };
+        assert!(
+            !forged.is_alive(),
+            "a different start time is another process"
+        );
+        assert!(rec.signal(rustix::process::Signal::KILL));
+        child.wait().unwrap();
+        assert!(!rec.is_alive());
+        assert!(!rec.signal(rustix::process::Signal::KILL));
+    }
+}
