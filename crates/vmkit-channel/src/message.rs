@@ -1,0 +1,224 @@
+//! The messages of the channel. On the wire each is one JSON object tagged by
+//! `"type"` (camelCase); the byte-carrying ones (`stdin`, `stdout`, `stderr`)
+//! are followed by raw bytes, see [`crate::frame`].
+//!
+//! Conversations:
+//! - **exec** (host connects to the guest's exec port): host sends `exec`,
+//!   then `stdin` chunks and `stdinEof` if the request asked for stdin, and may
+//!   send `signal`; guest streams `stdout`/`stderr` and ends with `result`,
+//!   then closes. One exec per connection; open several for concurrent execs.
+//!   Closing the connection before `result` kills the command.
+//! - **shutdown** (host connects to the exec port): host sends `shutdown`,
+//!   guest answers `ack`, syncs and powers off.
+//! - **run** (guest connects to the host's control port at boot): guest streams
+//!   `setupStarted`, output, `setupResult` per setup command, then either
+//!   `setupFailed` (and nothing runs after it) or output and `result` for the
+//!   exec command; host answers `ack`, then the guest powers off.
+//! - **workspace** (same control connection): guest sends `ready` once its exec
+//!   service listens.
+//! - Either side may send `error` before closing a connection it refuses.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vmkit_protocol::RunResult;
+
+/// Largest payload a sender puts in one `stdout`/`stderr`/`stdin` frame.
+/// Receivers accept up to [`crate::MAX_CHUNK_LEN`].
+pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// One message of the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// host -> guest: run a command.
+    Exec(ExecRequest),
+    /// host -> guest: bytes for the command's stdin.
+    Stdin(Vec<u8>),
+    /// host -> guest: the command's stdin is closed.
+    StdinEof,
+    /// host -> guest: send this signal to the command's process group.
+    Signal {
+        /// Signal number (Linux numbering, e.g. 15 for SIGTERM).
+        signal: i32,
+    },
+    /// host -> guest: sync and power off.
+    Shutdown,
+    /// Either way: liveness probe; answered by `pong`.
+    Ping,
+    /// Answer to `ping`.
+    Pong,
+    /// Acknowledges `shutdown` (guest) or a final `result`/`setupFailed` (host).
+    Ack,
+    /// guest -> host: the workspace booted and the exec service listens.
+    Ready(Ready),
+    /// guest -> host: bytes the command wrote to stdout.
+    Stdout(Vec<u8>),
+    /// guest -> host: bytes the command wrote to stderr.
+    Stderr(Vec<u8>),
+    /// guest -> host (run mode): setup command `index` starts; output until the
+    /// matching `setupResult` belongs to it.
+    SetupStarted {
+        /// Position in the boot spec's `setup` list, from 0.
+        index: u32,
+        /// The shell command.
+        command: String,
+    },
+    /// guest -> host (run mode): a setup command succeeded.
+    SetupResult(SetupStep),
+    /// guest -> host (run mode): a setup command failed; the run stops here.
+    SetupFailed(SetupStep),
+    /// guest -> host: the final result of an exec (or of the run's exec command).
+    Result(RunResult),
+    /// Either way: the sender refuses or cannot go on; it closes the connection next.
+    Error {
+        /// What went wrong, for a human.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The wire name of this message's type, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Exec(_) => "exec",
+            Message::Stdin(_) => "stdin",
+            Message::StdinEof => "stdinEof",
+            Message::Signal { .. } => "signal",
+            Message::Shutdown => "shutdown",
+            Message::Ping => "ping",
+            Message::Pong => "pong",
+            Message::Ack => "ack",
+            Message::Ready(_) => "ready",
+            Message::Stdout(_) => "stdout",
+            Message::Stderr(_) => "stderr",
+            Message::SetupStarted { .. } => "setupStarted",
+            Message::SetupResult(_) => "setupResult",
+            Message::SetupFailed(_) => "setupFailed",
+            Message::Result(_) => "result",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
+/// A command for the exec service.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments; `argv[0]` is looked up in the effective `PATH`.
+    pub argv: Vec<String>,
+    /// Extra environment, on top of the image's and the boot spec's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; defaults to the boot spec's, then the image's, then `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// User (`name`, `uid` or `uid:gid`); defaults to the boot spec's, then the image's, then root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `true`: `stdin` chunks and a `stdinEof` follow the request. `false`:
+    /// the command's stdin is `/dev/null`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Deadline in milliseconds; at expiry the process group gets SIGTERM,
+    /// then SIGKILL after a grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Run on a pseudo-terminal: stdout and stderr merge into `stdout` chunks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Forward at most this many output bytes (stdout and stderr together);
+    /// the rest is read and dropped, and the result's `error` says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+impl ExecRequest {
+    /// A request running `command` with `/bin/sh -c`.
+    pub fn shell(command: impl Into<String>) -> Self {
+        ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
+            ..ExecRequest::default()
+        }
+    }
+
+    /// Checks what the type cannot: a program is named, no NUL bytes (they
+    /// cannot reach `execve`), environment keys are usable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err("exec.argv must name a program".into());
+        }
+        if self.argv.iter().any(|a| a.contains('\0')) {
+            return Err("exec.argv must not contain NUL".into());
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(format!(
+                    "exec.env key {k:?} must be non-empty without '=' or NUL, and its value without NUL"
+                ));
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.starts_with('/') || cwd.contains('\0') {
+                return Err(format!("exec.cwd must be an absolute path, got {cwd:?}"));
+            }
+        }
+        if let Some(user) = &self.user {
+            if user.is_empty() || user.contains('\0') {
+                return Err("exec.user must be a non-empty name or id".into());
+            }
+        }
+        if self.timeout_ms == Some(0) {
+            return Err("exec.timeoutMs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The workspace's "booted" notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    /// [`crate::PROTOCOL_VERSION`] of the guest init.
+    pub protocol_version: u32,
+    /// The vsock port the exec service listens on.
+    pub exec_port: u32,
+    /// Milliseconds since the guest kernel started (from `/proc/uptime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+}
+
+/// The outcome of one setup command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetupStep {
+    /// Position in the boot spec's `setup` list, from 0.
+    pub index: u32,
+    /// The shell command.
+    pub command: String,
+    /// How it ended.
+    pub result: RunResult,
+}
+
+/// The JSON part of a frame. Byte-carrying messages only name their length
+/// here; the bytes follow the JSON. Kept private so that [`Message`] is the
+/// only shape callers see.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub(crate) enum Header {
+    Exec(ExecRequest),
+    Stdin { len: u32 },
+    StdinEof,
+    Signal { signal: i32 },
+    Shutdown,
+    Ping,
+    Pong,
+    Ack,
+    Ready(Ready),
+    Stdout { len: u32 },
+    Stderr { len: u32 },
+    SetupStarted { index: u32, command: String },
+    SetupResult(SetupStep),
+    SetupFailed(SetupStep),
+    Result(RunResult),
+    Error { message: String },
+}
