@@ -19,12 +19,7 @@ pub struct Cli {
     pub json: bool,
 
     /// Where workspaces, images, kernels and caches live.
-    #[arg(
-        long,
-        global = true,
-        env = "MICROAGENT_STATE_DIR",
-        value_name = "DIR"
-    )]
+    #[arg(long, global = true, env = "MICROAGENT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// More diagnostics on stderr (-v info, -vv debug). MICROAGENT_LOG overrides.
@@ -62,6 +57,39 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run commands in a fresh microVM from an image, then tear it down (unless --keep).
+    ///
+    /// Exits with the guest command's exit code; 124 on --timeout, 125 when
+    /// microagent itself fails, 126 when a --setup command fails, 127 when the
+    /// VM does not boot.
+    Run(commands::run::RunArgs),
+    /// Create a workspace (prepared, not booted) from an image.
+    Create(commands::workspace::CreateArgs),
+    /// Boot a workspace; returns once its exec service answers.
+    Start(commands::workspace::NameArgs),
+    /// Run a command in a running workspace; exits with its exit code.
+    Exec(commands::workspace::ExecArgs),
+    /// Shut a workspace down cleanly, keeping its disk.
+    Halt(commands::workspace::NameArgs),
+    /// Stop a workspace (forcibly after a grace period), keeping its disk.
+    Stop(commands::workspace::NameArgs),
+    /// Kill a workspace's VM at once.
+    Kill(commands::workspace::NameArgs),
+    /// Delete a workspace and its disks (refused while running unless --force).
+    Delete(commands::workspace::DeleteArgs),
+    /// List workspaces.
+    #[command(alias = "ls")]
+    List,
+    /// Show one workspace's state and configuration.
+    Status(commands::workspace::NameArgs),
+    /// Print a workspace's lifecycle events.
+    Events(commands::workspace::EventsArgs),
+    /// Print a workspace's serial console log.
+    Logs(commands::workspace::NameArgs),
+    /// Clean up VMs left behind by killed microagent commands.
+    Gc,
+    /// Serve one protocol request: JSON on stdin, JSON on stdout (exit 0 iff ok).
+    Supervisor,
     /// Build and manage guest kernels.
     #[command(subcommand)]
     Kernel(commands::kernel::KernelCommand),

@@ -66,6 +66,24 @@ pub enum Accelerator {
     None,
 }
 
+impl Accelerator {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+            Accelerator::Hvf => "hvf",
+            Accelerator::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Facts about the host, answered by `host` and `check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

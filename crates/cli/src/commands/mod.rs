@@ -1,21 +1,51 @@
 //! One module per command family. Each exposes its clap types and a `run`
 //! that returns the process exit code.
 
+pub mod doctor;
 pub mod image;
 pub mod kernel;
 pub mod rootfs;
+pub mod run;
+pub mod workspace;
+
+use std::io;
 
 use crate::cli::{Command, Global};
 
 /// Runs a parsed command.
 pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
     match command {
+        Command::Run(args) => run::run(args, global),
+        Command::Create(args) => workspace::create(args, global),
+        Command::Start(args) => workspace::start(args, global),
+        Command::Exec(args) => workspace::exec(args, global),
+        Command::Halt(args) => workspace::halt(args, global),
+        Command::Stop(args) => workspace::stop(args, global),
+        Command::Kill(args) => workspace::kill(args, global),
+        Command::Delete(args) => workspace::delete(args, global),
+        Command::List => workspace::list(global),
+        Command::Status(args) => workspace::status(args, global),
+        Command::Events(args) => workspace::events(args, global),
+        Command::Logs(args) => workspace::logs(args, global),
+        Command::Gc => workspace::gc(global),
+        Command::Supervisor => {
+            let code =
+                vmkit::supervisor::serve(io::stdin().lock(), io::stdout().lock(), io::stderr());
+            Ok(code as u8)
+        }
         Command::Kernel(cmd) => kernel::run(cmd, global),
         Command::Image(cmd) => image::run(cmd, global),
         Command::Rootfs(cmd) => rootfs::run(cmd, global),
-        Command::Doctor => anyhow::bail!("doctor is not implemented yet"),
+        Command::Doctor => doctor::run(global),
         Command::Version => {
-            println!("microagent {}", env!("CARGO_PKG_VERSION"));
+            if global.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": env!("CARGO_PKG_VERSION")})
+                );
+            } else {
+                println!("microagent {}", env!("CARGO_PKG_VERSION"));
+            }
             Ok(0)
         }
     }
