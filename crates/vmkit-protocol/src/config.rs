@@ -20,7 +20,8 @@ pub struct MachineConfig {
     pub kernel_path: String,
     /// Absolute path of the ext4 root disk, attached as `/dev/vda`.
     pub rootfs_path: String,
-    /// The workspace's state folder: sockets, logs, pid files, event log.
+    /// microagent's state folder (`--state-dir`); the workspace lives in
+    /// `<stateDir>/workspaces/<runtimeID>`: disks, sockets, logs, event log.
     pub state_dir: String,
     /// Guest memory in MiB.
     #[serde(rename = "memoryMiB")]

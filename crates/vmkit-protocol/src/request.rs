@@ -17,7 +17,7 @@ pub struct Request {
     /// The machine; required by `check`, `prepare`, `start` and `run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<MachineConfig>,
-    /// State folder for commands that need no full config
+    /// microagent's state folder, for commands that need no full config
     /// (`inspect`, `halt`, `stop`, `kill`, `delete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,

@@ -48,7 +48,7 @@ fn requests_round_trip_and_validate() {
     assert_eq!(halt.identity.backend, BackendKind::AppleVf);
     assert_eq!(
         halt.state_dir(),
-        Some("/Users/me/.microagent/workspaces/agent-7")
+        Some("/Users/me/.microagent")
     );
 }
 

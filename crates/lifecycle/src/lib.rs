@@ -1,0 +1,25 @@
+//! The workspace lifecycle shared by the Linux backends.
+//!
+//! QEMU and Firecracker differ only in how a VMM process is launched. All
+//! else is the same and lives here, once: the state machine and its events
+//! (appended to `events.jsonl` and handed to an observer for `--json`), the
+//! workspace lock, the boot spec on a config disk, the hybrid-vsock channel
+//! to the guest init, supervision of the VMM and its helper processes (pid +
+//! start time recorded, killed and reaped on every failure path), and `gc`
+//! of VMs whose driving command died.
+//!
+//! A backend implements [`Machine`]; [`Lifecycle`] turns it into a
+//! [`vmkit_protocol::Backend`].
+
+mod clone;
+mod gc;
+mod lifecycle;
+mod machine;
+mod paths;
+mod process;
+
+pub use clone::clone_disk;
+pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
+pub use machine::{BootPlan, Launched, Machine};
+pub use paths::WorkspacePaths;
+pub use process::{spawn_supervised, terminate, Supervision};

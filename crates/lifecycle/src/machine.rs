@@ -1,0 +1,61 @@
+use std::path::PathBuf;
+use std::process::Child;
+
+use vmkit_protocol::{BackendKind, HostInfo, MachineConfig, ProtocolError};
+use vmkit_state::ProcessRecord;
+
+use crate::WorkspacePaths;
+
+/// Everything a VMM needs for one boot, decided by [`crate::Lifecycle`].
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// The machine as requested.
+    pub config: MachineConfig,
+    /// The workspace's files.
+    pub paths: WorkspacePaths,
+    /// The root disk to attach as `/dev/vda` (the workspace's copy).
+    pub root_disk: PathBuf,
+    /// microagent's part of the kernel command line (root, init, config
+    /// device); the backend adds console and machine-specific arguments and
+    /// the user's `kernelArgs` go last.
+    pub kernel_args: String,
+    /// Whether the VM outlives the command that launches it (a workspace
+    /// `start`) or dies with it (a one-shot `run`).
+    pub detached: bool,
+}
+
+/// The processes a launch started.
+#[derive(Debug)]
+pub struct Launched {
+    /// The VMM.
+    pub vmm: Child,
+    /// Helpers to kill once the VMM is gone (e.g. vhost-device-vsock).
+    pub helpers: Vec<Child>,
+}
+
+impl Launched {
+    /// The records to persist so later commands can find these processes.
+    pub fn records(&self) -> (Option<ProcessRecord>, Vec<ProcessRecord>) {
+        let vmm = ProcessRecord::of(self.vmm.id() as i32);
+        let helpers = self
+            .helpers
+            .iter()
+            .filter_map(|c| ProcessRecord::of(c.id() as i32))
+            .collect();
+        (vmm, helpers)
+    }
+}
+
+/// How one backend launches its VMM. Everything else is shared.
+pub trait Machine: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Host facts as this backend sees them.
+    fn host(&self) -> HostInfo;
+    /// Whether `config` can run here (binaries present, accelerator usable).
+    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError>;
+    /// Starts the VMM (and its helpers) for `plan`. Returns once the VMM
+    /// process runs; the guest's readiness is the lifecycle's business. On
+    /// error, everything it started must already be gone.
+    fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError>;
+}

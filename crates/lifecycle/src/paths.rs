@@ -1,0 +1,50 @@
+use std::path::{Path, PathBuf};
+
+use vmkit_protocol::{ErrorCode, ProtocolError};
+
+/// Where a workspace keeps its files. Socket names are short because a Unix
+/// socket path must fit in 108 bytes, suffixes included.
+#[derive(Debug, Clone)]
+pub struct WorkspacePaths {
+    /// The workspace folder.
+    pub dir: PathBuf,
+    /// The workspace's own writable root disk.
+    pub disk: PathBuf,
+    /// The read-only boot-spec disk, rewritten at every start.
+    pub config_disk: PathBuf,
+    /// The hybrid-vsock Unix socket (guest ports are reached through it;
+    /// guest-initiated connections arrive on `<this>_<port>`).
+    pub vsock: PathBuf,
+    /// The guest's serial console.
+    pub console_log: PathBuf,
+    /// The VMM's own stdout/stderr.
+    pub vmm_log: PathBuf,
+}
+
+/// Longest path `sockaddr_un` holds, less the `_<port>` suffix we append.
+const MAX_SOCKET_PATH: usize = 107 - 6;
+
+impl WorkspacePaths {
+    /// The paths for a workspace folder.
+    pub fn new(dir: &Path) -> Result<Self, ProtocolError> {
+        let vsock = dir.join("v.sock");
+        if vsock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "state folder path is too long for a Unix socket ({} > {MAX_SOCKET_PATH} bytes): {}; use a shorter --state-dir",
+                    vsock.as_os_str().len(),
+                    vsock.display()
+                ),
+            ));
+        }
+        Ok(WorkspacePaths {
+            dir: dir.to_owned(),
+            disk: dir.join("rootfs.ext4"),
+            config_disk: dir.join("config.img"),
+            vsock,
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+        })
+    }
+}

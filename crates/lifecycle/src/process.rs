@@ -1,0 +1,122 @@
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use vmkit_state::ProcessRecord;
+
+/// How a VMM process relates to the command that starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervision {
+    /// Dies with the starting thread's process (PR_SET_PDEATHSIG), so a
+    /// `run` killed with SIGKILL leaves no VM behind. Own process group, so
+    /// a terminal's Ctrl-C reaches microagent, which tears down in order.
+    DiesWithParent,
+    /// Outlives the starting command (a workspace `start`): own session,
+    /// detached from the terminal.
+    Detached,
+}
+
+/// Spawns `cmd` under `supervision`.
+pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Result<Child> {
+    match supervision {
+        Supervision::DiesWithParent => {
+            cmd.process_group(0);
+            // SAFETY: prctl is async-signal-safe and touches no memory of
+            // the parent; this closure runs in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // The parent may have died between fork and prctl.
+                    if libc::getppid() == 1 {
+                        return Err(io::Error::other("parent exited during spawn"));
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Supervision::Detached => {
+            // SAFETY: setsid is async-signal-safe; it runs in the child
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+    cmd.spawn()
+}
+
+/// Ends the recorded processes: SIGTERM, up to `grace` to exit, then SIGKILL,
+/// then waits until they are gone. A record whose pid now belongs to another
+/// process (different start time) is left alone.
+pub fn terminate(records: &[ProcessRecord], grace: Duration) {
+    let alive: Vec<_> = records.iter().filter(|r| r.is_alive()).collect();
+    if alive.is_empty() {
+        return;
+    }
+    for r in &alive {
+        r.signal(Signal::TERM);
+    }
+    if !wait_gone(&alive, grace) {
+        for r in &alive {
+            r.signal(Signal::KILL);
+        }
+        wait_gone(&alive, Duration::from_secs(5));
+    }
+}
+
+/// Polls until every process has exited (or become a zombie, which is as
+/// good as gone: it holds no resources but its pid).
+pub(crate) fn wait_gone(records: &[&ProcessRecord], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if records.iter().all(|r| !r.is_alive()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills and reaps children we own.
+pub(crate) fn kill_and_reap(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminate_escalates_to_sigkill() {
+        // A shell that ignores SIGTERM.
+        let mut child = spawn_supervised(
+            Command::new("sh").args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]),
+            Supervision::DiesWithParent,
+        )
+        .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let rec = ProcessRecord::of(child.id() as i32).unwrap();
+        let started = Instant::now();
+        terminate(&[rec], Duration::from_millis(200));
+        assert!(!rec.is_alive());
+        assert!(started.elapsed() < Duration::from_secs(3));
+        child.wait().unwrap();
+    }
+}
