@@ -1,6 +1,156 @@
 //! microagent's guest init (PID 1). Built static so it runs in any image.
+//! See the library docs for what it does; this file is the boot sequence.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmkit_channel::{write_message, BootSpec, Message, Mode, Ready, PROTOCOL_VERSION};
+use vmkit_guest_init::command::DEFAULT_KILL_GRACE;
+use vmkit_guest_init::image::{Defaults, ImageConfig, IMAGE_CONFIG_PATH};
+use vmkit_guest_init::reaper::Reaper;
+use vmkit_guest_init::service::{run_workload, Connection, Service};
+use vmkit_guest_init::vsock::{VsockListener, VsockStream, HOST_CID};
+use vmkit_guest_init::{log, system};
+
+/// How long to keep trying to reach the host's control port: the host binds
+/// it before starting the VM, so this only covers a slow VMM.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
-    eprintln!("microagent-init: not yet implemented");
-    std::process::exit(1);
+    if std::process::id() != 1 {
+        eprintln!("microagent-init: must run as PID 1 inside a microagent VM");
+        std::process::exit(2);
+    }
+    let mut disks = Vec::new();
+    // A panic here must not end PID 1 (the kernel would panic): power off cleanly.
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| boot(&mut disks))) {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log(&format!("internal error: {msg}"));
+    }
+    system::poweroff(&disks);
+}
+
+fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
+    system::ensure_console();
+    system::mount_basics();
+    system::ensure_console();
+    Reaper::global();
+    if let Err(e) = system::loopback_up() {
+        log(&format!("loopback: {e}"));
+    }
+    let mut errors = Vec::new();
+    let spec = system::load_boot_spec().unwrap_or_else(|e| {
+        errors.push(e);
+        BootSpec::default()
+    });
+    if let Some(h) = &spec.hostname {
+        system::set_hostname(h);
+    }
+    if errors.is_empty() {
+        match system::mount_disks(&spec.disks) {
+            Ok(()) => *mounted = spec.disks.clone(),
+            Err(e) => errors.push(e),
+        }
+    }
+    let image = ImageConfig::load(IMAGE_CONFIG_PATH.as_ref()).unwrap_or_else(|e| {
+        errors.push(format!("image config: {e}"));
+        ImageConfig::default()
+    });
+    if let Err(e) = system::place_files(&spec.files) {
+        errors.push(e);
+    }
+    let defaults = Defaults::new(&image, &spec.env, spec.cwd.as_deref(), spec.user.as_deref());
+
+    let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    // The exec service listens before `ready` goes out, so the host may
+    // connect the moment it reads it.
+    if matches!(spec.mode, Mode::Workspace) && errors.is_empty() {
+        match VsockListener::bind(spec.exec_port) {
+            Ok(listener) => {
+                let service = Arc::new(Service::new(defaults.clone(), Some(shutdown_tx.clone())));
+                std::thread::spawn(move || service.serve(|| listener.accept()));
+            }
+            Err(e) => errors.push(format!(
+                "exec service on vsock port {}: {e}",
+                spec.exec_port
+            )),
+        }
+    }
+
+    let mut control = match connect_host(spec.control_port) {
+        Ok(c) => c,
+        Err(e) => {
+            log(&format!(
+                "cannot reach the host on vsock port {}: {e}",
+                spec.control_port
+            ));
+            for e in &errors {
+                log(e);
+            }
+            return;
+        }
+    };
+    if !errors.is_empty() {
+        let message = errors.join("; ");
+        log(&message);
+        let _ = write_message(&mut control, &Message::Error { message });
+        // Give the host a moment to read it before the power-off.
+        let _ = control.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = vmkit_channel::read_message(&mut control);
+        return;
+    }
+    match spec.mode {
+        Mode::Run(run) => {
+            if let Err(e) = run_workload(control, &run, &defaults, DEFAULT_KILL_GRACE) {
+                log(&format!("reporting the run to the host: {e}"));
+            }
+        }
+        Mode::Workspace => {
+            let ready = Message::Ready(Ready {
+                protocol_version: PROTOCOL_VERSION,
+                exec_port: spec.exec_port,
+                uptime_ms: system::uptime_ms(),
+            });
+            if let Err(e) = write_message(&mut control, &ready) {
+                log(&format!("sending ready: {e}"));
+            }
+            // The host may also ask for shutdown on the control connection.
+            std::thread::spawn(move || control_loop(control, shutdown_tx));
+            let _ = shutdown_rx.recv();
+        }
+    }
+}
+
+fn control_loop(mut control: VsockStream, shutdown: mpsc::Sender<()>) {
+    loop {
+        match vmkit_channel::read_message(&mut control) {
+            Ok(Some(Message::Shutdown)) => {
+                let _ = write_message(&mut control, &Message::Ack);
+                let _ = shutdown.send(());
+                return;
+            }
+            Ok(Some(Message::Ping)) => {
+                let _ = write_message(&mut control, &Message::Pong);
+            }
+            Ok(Some(_)) => {}
+            // Closed or garbage: the host went away; the exec port still works.
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+fn connect_host(port: u32) -> std::io::Result<VsockStream> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match VsockStream::connect(HOST_CID, port) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }

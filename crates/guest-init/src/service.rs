@@ -1,0 +1,346 @@
+//! The exec service and run mode, written over any byte stream so the host
+//! can test them over Unix sockets while the guest uses vsock.
+//!
+//! Every connection is handled in its own thread, and nothing a peer sends
+//! can panic it: a bad frame gets an `error` reply and that connection is
+//! closed; the service keeps accepting.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use vmkit_channel::{read_message, write_message, ExecRequest, Message, RunSpec, SetupStep};
+use vmkit_protocol::RunResult;
+
+use crate::command::{failed_to_start, finish, start, Launch, DEFAULT_KILL_GRACE};
+use crate::image::Defaults;
+use crate::reaper::Reaper;
+
+/// How long a new connection may take to send its first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long run mode waits for the host's `ack` before powering off anyway.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bidirectional stream the service can run over.
+pub trait Connection: Read + Write + AsFd + Send + 'static + Sized {
+    /// A second handle to the same stream (one thread reads, one writes).
+    fn try_clone(&self) -> io::Result<Self>;
+    /// Shuts both directions down, waking any thread blocked on it.
+    fn shutdown(&self);
+    /// Bounds blocking reads (`None`: no bound).
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Connection for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn shutdown(&self) {
+        let _ = UnixStream::shutdown(self, std::net::Shutdown::Both);
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, t)
+    }
+}
+
+/// Writes frames from several threads without interleaving them.
+struct Writer<C>(Mutex<C>);
+
+impl<C: Connection> Writer<C> {
+    fn send(&self, msg: &Message) -> io::Result<()> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        write_message(&mut *c, msg).map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// The exec service: answers `exec`, `shutdown` and `ping` on each connection.
+pub struct Service {
+    defaults: Defaults,
+    kill_grace: Duration,
+    max_connections: usize,
+    active: AtomicUsize,
+    shutdown: Mutex<Option<Sender<()>>>,
+}
+
+impl Service {
+    /// A service running commands with `defaults`; a `shutdown` request is
+    /// acknowledged and then signalled on `shutdown` (the caller powers off).
+    pub fn new(defaults: Defaults, shutdown: Option<Sender<()>>) -> Service {
+        Service {
+            defaults,
+            kill_grace: DEFAULT_KILL_GRACE,
+            max_connections: 256,
+            active: AtomicUsize::new(0),
+            shutdown: Mutex::new(shutdown),
+        }
+    }
+
+    /// Time between SIGTERM and SIGKILL when an exec times out.
+    pub fn with_kill_grace(mut self, grace: Duration) -> Self {
+        self.kill_grace = grace;
+        self
+    }
+
+    /// At most this many connections are served at once; more are refused
+    /// with an `error` (a thread per connection must stay bounded).
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Accepts connections forever, each in its own thread.
+    pub fn serve<C: Connection>(
+        self: &Arc<Self>,
+        mut accept: impl FnMut() -> io::Result<C>,
+    ) -> io::Result<()> {
+        loop {
+            match accept() {
+                Ok(c) => self.spawn_handler(c),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of fds or memory for a moment: do not spin, do not die.
+                    crate::log(&format!("exec service: accept: {e}"));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Handles `conn` in a new thread.
+    pub fn spawn_handler<C: Connection>(self: &Arc<Self>, mut conn: C) {
+        if self.active.fetch_add(1, Ordering::SeqCst) >= self.max_connections {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            let _ = write_message(
+                &mut conn,
+                &Message::Error {
+                    message: "too many concurrent connections".into(),
+                },
+            );
+            conn.shutdown();
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("exec".into())
+            .spawn(move || {
+                me.handle(conn);
+                me.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            crate::log(&format!("exec service: cannot start a thread: {e}"));
+        }
+    }
+
+    /// Serves one connection to its end in the calling thread.
+    pub fn handle<C: Connection>(&self, mut conn: C) {
+        let _ = conn.set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT));
+        let first = read_message(&mut conn);
+        let _ = conn.set_read_timeout(None);
+        let reply = match first {
+            Ok(None) => None,
+            Ok(Some(Message::Exec(req))) => {
+                self.exec(conn, req);
+                return;
+            }
+            Ok(Some(Message::Ping)) => Some(Message::Pong),
+            Ok(Some(Message::Shutdown)) => {
+                let _ = write_message(&mut conn, &Message::Ack);
+                if let Some(tx) = self
+                    .shutdown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    let _ = tx.send(());
+                }
+                None
+            }
+            Ok(Some(other)) => Some(Message::Error {
+                message: format!("expected exec, shutdown or ping, got {}", other.kind()),
+            }),
+            Err(e) => Some(Message::Error {
+                message: format!("bad frame: {e}"),
+            }),
+        };
+        if let Some(r) = reply {
+            let _ = write_message(&mut conn, &r);
+        }
+        conn.shutdown();
+    }
+
+    fn exec<C: Connection>(&self, conn: C, req: ExecRequest) {
+        let reader = match conn.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                crate::log(&format!("exec service: cannot clone a connection: {e}"));
+                conn.shutdown();
+                return;
+            }
+        };
+        let writer = Writer(Mutex::new(conn));
+        if let Err(e) = req.validate() {
+            let _ = writer.send(&Message::Error { message: e });
+            reader.shutdown();
+            return;
+        }
+        let result = match Launch::from_request(&req, &self.defaults).and_then(|mut l| {
+            l.kill_grace = self.kill_grace;
+            let s = start(&l, Reaper::global())?;
+            Ok((l, s))
+        }) {
+            Err(e) => failed_to_start(e),
+            Ok((launch, mut started)) => {
+                let note = Mutex::new(None);
+                let handle = Arc::clone(&started.handle);
+                let stdin = started.stdin.take();
+                let tty = launch.tty;
+                let done = AtomicBool::new(false);
+                std::thread::scope(|s| {
+                    let (note, done) = (&note, &done);
+                    s.spawn(move || feed(reader, stdin, tty, &handle, note, done));
+                    let send = |m: Message| writer.send(&m);
+                    let r = finish(started, &launch, &send, note);
+                    done.store(true, Ordering::SeqCst);
+                    r
+                })
+            }
+        };
+        let _ = writer.send(&Message::Result(result));
+        writer
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shutdown();
+    }
+}
+
+/// Reads what the host sends during an exec: stdin, stdin EOF, signals. The
+/// host closing the connection (or sending garbage) before the result means
+/// it gave up: the command is killed.
+fn feed<C: Connection>(
+    mut conn: C,
+    mut stdin: Option<std::fs::File>,
+    tty: bool,
+    handle: &crate::command::Handle,
+    note: &Mutex<Option<String>>,
+    done: &AtomicBool,
+) {
+    // A frame that starts must finish within this; a stalled half-frame
+    // counts as garbage.
+    let _ = conn.set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT));
+    loop {
+        // Poll instead of blocking in read so the thread notices the command
+        // finished (it must not outlive the exec, and shutting the socket's
+        // read side down could disturb the peer).
+        let readable = {
+            let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+            matches!(nix::poll::poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0)
+        };
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        if !readable {
+            continue;
+        }
+        match read_message(&mut conn) {
+            Ok(Some(Message::Stdin(bytes))) => {
+                // A command that closed its stdin just loses the rest.
+                if let Some(f) = stdin.as_mut() {
+                    if f.write_all(&bytes).is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            Ok(Some(Message::StdinEof)) => {
+                if tty {
+                    // A tty has no EOF of its own: send the EOF character.
+                    if let Some(f) = stdin.as_mut() {
+                        let _ = f.write_all(&[4]);
+                    }
+                }
+                stdin = None;
+            }
+            Ok(Some(Message::Signal { signal })) => handle.signal(signal),
+            Ok(Some(Message::Ping)) => {}
+            Ok(None) => {
+                handle.signal(libc::SIGKILL);
+                return;
+            }
+            Ok(Some(other)) => {
+                *note.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("unexpected {} from host during exec", other.kind()));
+                handle.signal(libc::SIGKILL);
+                return;
+            }
+            Err(e) => {
+                *note.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("bad frame from host: {e}"));
+                handle.signal(libc::SIGKILL);
+                return;
+            }
+        }
+    }
+}
+
+/// Run mode over the control connection: setup commands in order (the first
+/// failure stops the run), then the exec command, streaming output, then the
+/// result; waits for the host's `ack` so nothing is lost to the power-off.
+pub fn run_workload<C: Connection>(
+    conn: C,
+    spec: &RunSpec,
+    defaults: &Defaults,
+    kill_grace: Duration,
+) -> io::Result<()> {
+    let mut reader = conn.try_clone()?;
+    let writer = Writer(Mutex::new(conn));
+    let send = |m: Message| writer.send(&m);
+    let deadline = spec
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let run = |command: &str| -> RunResult {
+        match Launch::shell(command, defaults, deadline).and_then(|mut l| {
+            l.kill_grace = kill_grace;
+            let s = start(&l, Reaper::global())?;
+            Ok((l, s))
+        }) {
+            Err(e) => failed_to_start(e),
+            Ok((l, s)) => finish(s, &l, &send, &Mutex::new(None)),
+        }
+    };
+    for (i, command) in spec.setup.iter().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        send(Message::SetupStarted {
+            index,
+            command: command.clone(),
+        })?;
+        let result = run(command);
+        let ok = result.exit_code == Some(0) && result.error.is_none();
+        let step = SetupStep {
+            index,
+            command: command.clone(),
+            result,
+        };
+        if !ok {
+            send(Message::SetupFailed(step))?;
+            wait_ack(&mut reader);
+            return Ok(());
+        }
+        send(Message::SetupResult(step))?;
+    }
+    let result = run(&spec.exec);
+    send(Message::Result(result))?;
+    wait_ack(&mut reader);
+    Ok(())
+}
+
+fn wait_ack<C: Connection>(reader: &mut C) {
+    let _ = reader.set_read_timeout(Some(ACK_TIMEOUT));
+    // Whatever comes (ack, EOF, garbage, timeout), the run is over.
+    let _ = read_message(reader);
+}

@@ -1,0 +1,280 @@
+//! The PID 1 chores: filesystems, device links, hostname, loopback, the boot
+//! spec, extra disks, placed files, and power-off.
+
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use vmkit_channel::{config_device_from_cmdline, read_config, BootSpec, DiskMount, FileSpec};
+
+use crate::log;
+
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and /tmp (skipping any
+/// already mounted, e.g. /dev by CONFIG_DEVTMPFS_MOUNT), then the /dev links.
+/// Failures are logged, not fatal: a command may still work without /dev/shm.
+pub fn mount_basics() {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let table: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        (
+            "proc",
+            "/proc",
+            "proc",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            nosuid_nodev,
+            Some("mode=1777"),
+        ),
+        ("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
+    ];
+    for (source, target, fstype, flags, data) in table {
+        if is_mountpoint(target) {
+            continue;
+        }
+        if let Err(e) = std::fs::create_dir_all(target) {
+            log(&format!("mkdir {target}: {e}"));
+        }
+        if let Err(e) = mount(Some(source), target, Some(fstype), flags, data) {
+            log(&format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+    for (link, to) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        if std::fs::symlink_metadata(link).is_err() {
+            if let Err(e) = symlink(to, link) {
+                log(&format!("symlink {link}: {e}"));
+            }
+        }
+    }
+}
+
+/// Whether `path` is a mount point, per /proc/self/mountinfo (false when
+/// /proc is not mounted yet).
+fn is_mountpoint(path: &str) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == path))
+}
+
+/// Makes sure fds 0-2 exist: if the kernel found no /dev/console on the root
+/// disk, init starts without them, and the first file we open would become
+/// "stderr".
+pub fn ensure_console() {
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+    let missing = unsafe { libc::fcntl(2, libc::F_GETFD) } < 0;
+    if !missing {
+        return;
+    }
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+        for target in 0..3 {
+            if fd != target {
+                // SAFETY: `fd` is open; dup2 onto 0-2, which are unused.
+                unsafe {
+                    libc::dup2(fd, target);
+                }
+            }
+        }
+        if fd > 2 {
+            // SAFETY: `fd` is ours and duplicated above.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Sets the hostname and, when missing, a matching /etc/hosts.
+pub fn set_hostname(name: &str) {
+    if let Err(e) = nix::unistd::sethostname(name) {
+        log(&format!("sethostname {name}: {e}"));
+    }
+    if !Path::new("/etc/hosts").exists() {
+        let _ = std::fs::write(
+            "/etc/hosts",
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{name}\n"),
+        );
+    }
+}
+
+/// Brings `lo` up; the kernel then gives it 127.0.0.1 itself.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: creates a socket; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned here.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the `ifreq` we own,
+    // which is valid for both calls.
+    unsafe {
+        if libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(raw, libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Reads the boot spec from the device named on the kernel command line, or,
+/// failing that, from the first virtio disk carrying the config magic.
+pub fn load_boot_spec() -> Result<BootSpec, String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(dev) = config_device_from_cmdline(&cmdline) {
+        let f = std::fs::File::open(dev).map_err(|e| format!("config disk {dev}: {e}"))?;
+        return read_config(f).map_err(|e| format!("config disk {dev}: {e}"));
+    }
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .map_err(|e| format!("/sys/block: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vd") && n != "vda")
+        .collect();
+    names.sort();
+    for n in names {
+        if let Ok(f) = std::fs::File::open(format!("/dev/{n}")) {
+            if let Ok(spec) = read_config(f) {
+                return Ok(spec);
+            }
+        }
+    }
+    Err("no microagent.config= on the kernel command line and no config disk found".into())
+}
+
+/// Mounts the extra disks in order; stops at the first failure.
+pub fn mount_disks(disks: &[DiskMount]) -> Result<(), String> {
+    for d in disks {
+        std::fs::create_dir_all(&d.mountpoint)
+            .map_err(|e| format!("mkdir {}: {e}", d.mountpoint))?;
+        let mut flags = MsFlags::empty();
+        if d.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        let fstype = d.fs_type.as_deref().unwrap_or("ext4");
+        mount(
+            Some(d.device.as_str()),
+            d.mountpoint.as_str(),
+            Some(fstype),
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting {} ({fstype}) at {}: {e}", d.device, d.mountpoint))?;
+    }
+    Ok(())
+}
+
+/// Writes the boot spec's files.
+pub fn place_files(files: &[FileSpec]) -> Result<(), String> {
+    for f in files {
+        let path = Path::new(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        }
+        std::fs::write(path, &f.content).map_err(|e| format!("writing {}: {e}", f.path))?;
+        let mode = f.mode.unwrap_or(0o644);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", f.path))?;
+    }
+    Ok(())
+}
+
+/// Milliseconds since boot, from /proc/uptime.
+pub fn uptime_ms() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
+/// Stops everything, flushes disks and powers the VM off. Never returns.
+pub fn poweroff(disks: &[DiskMount]) -> ! {
+    // SAFETY: kill(-1) signals every process but init itself.
+    unsafe {
+        libc::kill(-1, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    // The reaper collects them; wait until none is left or time is up.
+    while Instant::now() < deadline && has_other_processes() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+    }
+    nix::unistd::sync();
+    for d in disks.iter().rev() {
+        let _ = umount2(d.mountpoint.as_str(), MntFlags::MNT_DETACH);
+    }
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    nix::unistd::sync();
+    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    log(&format!("power-off failed: {e:?}"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Whether any user process other than PID 1 remains (kernel threads have
+/// an empty cmdline and are not ours to stop).
+fn has_other_processes() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
+        .filter(|&pid| pid != 1)
+        .any(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()))
+}
