@@ -1,0 +1,766 @@
+//! Applying image layers into a staging tree, safely.
+//!
+//! Layers are hostile input. Every entry name is normalised and refused if
+//! absolute or if it contains `..`; parent directories are resolved one
+//! component at a time, following symlinks *inside* the staging root only
+//! (an absolute link target means the image's root, as it would in the
+//! guest), and a relative target that climbs above the root is refused. The
+//! last component is never followed: whatever sits there is replaced, so no
+//! write goes through a symlink. Sizes, entry counts, path lengths, xattr
+//! sizes and symlink hops are bounded.
+//!
+//! When the builder is not root it cannot chown, create device nodes or set
+//! privileged xattrs; those are recorded as [`Fixup`]s and written into the
+//! ext4 afterwards with `debugfs` (see `ext4.rs`).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
+
+use crate::error::{IoContext, RootfsError};
+
+/// Bounds on what a single image may contain. The defaults are far above
+/// any real image and far below what could exhaust a host.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Layers per image.
+    pub max_layers: usize,
+    /// Archive entries across all layers.
+    pub max_entries: u64,
+    /// Uncompressed file bytes across all layers.
+    pub max_total_bytes: u64,
+    /// Size of one blob (compressed layer) as declared by its descriptor.
+    pub max_blob_bytes: u64,
+    /// Length of an entry name or link target.
+    pub max_path_bytes: usize,
+    /// Size of one xattr value.
+    pub max_xattr_bytes: usize,
+    /// Symlinks followed while resolving one name.
+    pub max_symlink_hops: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_layers: 256,
+            max_entries: 4_000_000,
+            max_total_bytes: 64 << 30,
+            max_blob_bytes: 32 << 30,
+            max_path_bytes: 4096,
+            max_xattr_bytes: 64 << 10,
+            max_symlink_hops: 40,
+        }
+    }
+}
+
+/// Ownership and metadata that could not be set on the staging tree and must
+/// be written into the ext4 directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fixup {
+    pub uid: u64,
+    pub gid: u64,
+    /// Full `st_mode`, file type bits included.
+    pub mode: u32,
+    /// `(type 'c' or 'b', major, minor)` for device nodes not creatable here.
+    pub device: Option<(char, u32, u32)>,
+    /// Extended attributes the staging filesystem refused.
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// What an entry's metadata says.
+struct Meta {
+    uid: u64,
+    gid: u64,
+    mode: u32,
+    mtime: i64,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// A staging tree being filled layer by layer.
+pub(crate) struct Staging {
+    root: PathBuf,
+    privileged: bool,
+    limits: Limits,
+    layer: usize,
+    entries: u64,
+    bytes: u64,
+    /// Rough size of the content: file bytes rounded to blocks plus a block
+    /// per directory; used to size the disk.
+    pub content_bytes: u64,
+    /// Inodes created (an over-estimate: removals are not subtracted).
+    pub inodes: u64,
+    /// Keyed by path relative to the root.
+    pub fixups: BTreeMap<PathBuf, Fixup>,
+    dir_times: BTreeMap<PathBuf, i64>,
+    this_layer: HashSet<PathBuf>,
+    /// Archive parent path -> resolved relative path; valid until a symlink
+    /// is created or anything is removed.
+    parent_cache: HashMap<Vec<u8>, PathBuf>,
+}
+
+const BLOCK: u64 = 4096;
+
+impl Staging {
+    pub(crate) fn new(root: PathBuf, privileged: bool, limits: Limits) -> Staging {
+        Staging {
+            root,
+            privileged,
+            limits,
+            layer: 0,
+            entries: 0,
+            bytes: 0,
+            content_bytes: 0,
+            inodes: 1,
+            fixups: BTreeMap::new(),
+            dir_times: BTreeMap::new(),
+            this_layer: HashSet::new(),
+            parent_cache: HashMap::new(),
+        }
+    }
+
+    /// Applies one uncompressed layer tarball.
+    pub(crate) fn apply_layer(
+        &mut self,
+        reader: impl Read,
+        layer: usize,
+    ) -> Result<(), RootfsError> {
+        if layer >= self.limits.max_layers {
+            return Err(RootfsError::limit("layer count", self.limits.max_layers));
+        }
+        self.layer = layer;
+        self.this_layer.clear();
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive
+            .entries()
+            .map_err(|e| RootfsError::malformed(format!("layer {layer}"), e))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| RootfsError::malformed(format!("layer {layer} archive"), e))?;
+            self.entries += 1;
+            if self.entries > self.limits.max_entries {
+                return Err(RootfsError::limit(
+                    "number of layer entries",
+                    self.limits.max_entries,
+                ));
+            }
+            self.apply_entry(&mut entry)?;
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, entry: &[u8], reason: impl Into<String>) -> RootfsError {
+        RootfsError::UnsafeEntry {
+            layer: self.layer,
+            entry: String::from_utf8_lossy(entry).into_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Splits an archive name into components, refusing absolute names and
+    /// `..`. An empty result names the root.
+    fn components(&self, raw: &[u8]) -> Result<Vec<OsString>, RootfsError> {
+        if raw.len() > self.limits.max_path_bytes {
+            return Err(self.refuse(
+                &raw[..64.min(raw.len())],
+                format!("name longer than {} bytes", self.limits.max_path_bytes),
+            ));
+        }
+        if raw.starts_with(b"/") {
+            return Err(self.refuse(raw, "absolute name"));
+        }
+        if raw.contains(&0) {
+            return Err(self.refuse(raw, "NUL byte in name"));
+        }
+        let mut out = Vec::new();
+        for comp in raw.split(|&b| b == b'/') {
+            match comp {
+                b"" | b"." => {}
+                b".." => return Err(self.refuse(raw, "'..' component")),
+                c if c.len() > 255 => {
+                    return Err(self.refuse(raw, "component longer than 255 bytes"))
+                }
+                c => out.push(OsStr::from_bytes(c).to_os_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves `comps` to a path relative to the root, following symlinks
+    /// inside the root in every component except (unless `follow_last`) the
+    /// last. Returns the relative path and how many of its leading
+    /// components exist.
+    fn resolve(
+        &self,
+        entry: &[u8],
+        comps: &[OsString],
+        follow_last: bool,
+    ) -> Result<(PathBuf, usize), RootfsError> {
+        let mut stack: Vec<OsString> = Vec::with_capacity(comps.len());
+        let mut pending: VecDeque<OsString> = comps.iter().cloned().collect();
+        let mut hops = 0u32;
+        let mut existing: Option<usize> = None;
+        while let Some(c) = pending.pop_front() {
+            if c == ".." {
+                if stack.pop().is_none() {
+                    return Err(
+                        self.refuse(entry, "goes through a symlink that points outside the root")
+                    );
+                }
+                continue;
+            }
+            if c.is_empty() || c == "." {
+                continue;
+            }
+            let is_last = pending.is_empty();
+            if existing.is_some() {
+                stack.push(c);
+                continue;
+            }
+            let mut host = self.root.clone();
+            host.extend(&stack);
+            host.push(&c);
+            match fs::symlink_metadata(&host) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    existing = Some(stack.len());
+                    stack.push(c);
+                }
+                Err(e) => return Err(RootfsError::io(format!("inspecting {}", host.display()), e)),
+                Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                    hops += 1;
+                    if hops > self.limits.max_symlink_hops {
+                        return Err(self.refuse(entry, "too many levels of symbolic links"));
+                    }
+                    let target =
+                        fs::read_link(&host).ctx(|| format!("reading link {}", host.display()))?;
+                    let bytes = target.as_os_str().as_bytes();
+                    if bytes.starts_with(b"/") {
+                        // The image's root, not the host's.
+                        stack.clear();
+                    }
+                    for part in bytes.rsplit(|&b| b == b'/') {
+                        pending.push_front(OsStr::from_bytes(part).to_os_string());
+                    }
+                }
+                Ok(m) if !is_last && !m.is_dir() => {
+                    return Err(self.refuse(
+                        entry,
+                        format!("a parent ({}) is not a directory", host.display()),
+                    ));
+                }
+                Ok(_) => stack.push(c),
+            }
+        }
+        let depth = existing.unwrap_or(stack.len());
+        Ok((stack.iter().collect(), depth))
+    }
+
+    /// Resolves and creates the parent directory of `comps`; returns the
+    /// entry's relative path.
+    fn prepare_parent(&mut self, raw: &[u8], comps: &[OsString]) -> Result<PathBuf, RootfsError> {
+        let (parent_comps, name) = comps.split_at(comps.len() - 1);
+        let key = parent_comps.iter().fold(Vec::new(), |mut k, c| {
+            k.extend_from_slice(c.as_bytes());
+            k.push(b'/');
+            k
+        });
+        if let Some(rel) = self.parent_cache.get(&key) {
+            return Ok(rel.join(&name[0]));
+        }
+        let (parent_rel, existing) = self.resolve(raw, parent_comps, true)?;
+        // Create missing parents as root-owned 0755 directories.
+        let mut cur = PathBuf::new();
+        for (i, comp) in parent_rel.iter().enumerate() {
+            cur.push(comp);
+            if i >= existing {
+                let host = self.root.join(&cur);
+                fs::create_dir(&host).ctx(|| format!("creating {}", host.display()))?;
+                self.inodes += 1;
+                self.content_bytes += BLOCK;
+                self.set_meta(
+                    &cur,
+                    FileType::Directory,
+                    None,
+                    Meta {
+                        uid: 0,
+                        gid: 0,
+                        mode: 0o755,
+                        mtime: 0,
+                        xattrs: Vec::new(),
+                    },
+                )?;
+            }
+        }
+        self.parent_cache.insert(key, parent_rel.clone());
+        Ok(parent_rel.join(&name[0]))
+    }
+
+    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), RootfsError> {
+        let raw = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            return Ok(());
+        }
+        let comps = self.components(&raw)?;
+        let header = entry.header();
+        let bad_header = |e: io::Error| RootfsError::UnsafeEntry {
+            layer: self.layer,
+            entry: String::from_utf8_lossy(&raw).into_owned(),
+            reason: format!("bad header: {e}"),
+        };
+        let mut meta = Meta {
+            uid: header.uid().map_err(bad_header)?,
+            gid: header.gid().map_err(bad_header)?,
+            mode: header.mode().map_err(bad_header)? & 0o7777,
+            mtime: i64::try_from(header.mtime().map_err(bad_header)?).unwrap_or(0),
+            xattrs: Vec::new(),
+        };
+        let device = (
+            header.device_major().map_err(bad_header)?,
+            header.device_minor().map_err(bad_header)?,
+        );
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| self.refuse(&raw, format!("bad pax header: {e}")))?
+        {
+            for ext in pax {
+                let ext = ext.map_err(|e| self.refuse(&raw, format!("bad pax header: {e}")))?;
+                let key = ext.key_bytes();
+                let num = || {
+                    std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|v| v.split('.').next()?.parse::<i64>().ok())
+                };
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if ext.value_bytes().len() > self.limits.max_xattr_bytes {
+                        return Err(self.refuse(&raw, "xattr value too large"));
+                    }
+                    meta.xattrs.push((
+                        OsStr::from_bytes(name).to_os_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
+                } else if key == b"uid" {
+                    meta.uid = num()
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| self.refuse(&raw, "bad pax uid"))?;
+                } else if key == b"gid" {
+                    meta.gid = num()
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| self.refuse(&raw, "bad pax gid"))?;
+                } else if key == b"mtime" {
+                    meta.mtime = num().unwrap_or(meta.mtime);
+                }
+            }
+        }
+        if meta.uid > u64::from(u32::MAX) || meta.gid > u64::from(u32::MAX) {
+            return Err(self.refuse(&raw, "uid or gid above 2^32-1"));
+        }
+        if comps.is_empty() {
+            // The root itself (`./`): only its metadata can change.
+            if !kind.is_dir() {
+                return Err(self.refuse(&raw, "names the root but is not a directory"));
+            }
+            let root_rel = PathBuf::new();
+            self.dir_times.insert(root_rel.clone(), meta.mtime);
+            return self.set_meta(&root_rel, FileType::Directory, None, meta);
+        }
+        let name = comps[comps.len() - 1].as_bytes();
+        if let Some(hidden) = name.strip_prefix(b".wh.") {
+            return self.whiteout(&raw, &comps, hidden);
+        }
+
+        let rel = self.prepare_parent(&raw, &comps)?;
+        let host = self.root.join(&rel);
+        let existing = fs::symlink_metadata(&host).ok();
+        if let Some(m) = &existing {
+            if !(m.is_dir() && kind.is_dir()) {
+                self.remove(&rel)?;
+            }
+        }
+        self.this_layer.insert(rel.clone());
+
+        use tar::EntryType as T;
+        match kind {
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let size = entry.size();
+                self.bytes = self.bytes.saturating_add(size);
+                if self.bytes > self.limits.max_total_bytes {
+                    return Err(RootfsError::limit(
+                        "uncompressed image content",
+                        format!("{} bytes", self.limits.max_total_bytes),
+                    ));
+                }
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&host)
+                    .ctx(|| format!("creating {}", host.display()))?;
+                copy_file(entry, file, size).ctx(|| format!("writing {}", host.display()))?;
+                self.content_bytes += size.div_ceil(BLOCK) * BLOCK;
+                self.inodes += 1;
+                self.set_meta(&rel, FileType::RegularFile, None, meta)
+            }
+            T::Directory => {
+                if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+                    fs::create_dir(&host).ctx(|| format!("creating {}", host.display()))?;
+                    self.inodes += 1;
+                    self.content_bytes += BLOCK;
+                }
+                self.dir_times.insert(rel.clone(), meta.mtime);
+                self.set_meta(&rel, FileType::Directory, None, meta)
+            }
+            T::Symlink => {
+                let target = link.ok_or_else(|| self.refuse(&raw, "symlink without a target"))?;
+                if target.len() > self.limits.max_path_bytes
+                    || target.is_empty()
+                    || target.contains(&0)
+                {
+                    return Err(self.refuse(&raw, "bad symlink target"));
+                }
+                symlink(OsStr::from_bytes(&target), &host)
+                    .ctx(|| format!("creating symlink {}", host.display()))?;
+                // A new symlink may change how later names resolve.
+                self.parent_cache.clear();
+                self.inodes += 1;
+                self.set_meta(&rel, FileType::Symlink, None, meta)
+            }
+            T::Link => {
+                let target = link.ok_or_else(|| self.refuse(&raw, "hard link without a target"))?;
+                let tcomps = self.components(&target)?;
+                if tcomps.is_empty() {
+                    return Err(self.refuse(&raw, "hard link to the root"));
+                }
+                let (trel, depth) = self.resolve(&raw, &tcomps, false)?;
+                let thost = self.root.join(&trel);
+                match fs::symlink_metadata(&thost) {
+                    Ok(m) if depth == tcomps.len() || depth >= trel.iter().count() => {
+                        if m.is_dir() {
+                            return Err(self.refuse(&raw, "hard link to a directory"));
+                        }
+                    }
+                    _ => {
+                        return Err(self.refuse(
+                            &raw,
+                            format!(
+                                "hard link target {:?} does not exist in the image",
+                                String::from_utf8_lossy(&target)
+                            ),
+                        ))
+                    }
+                }
+                fs::hard_link(&thost, &host)
+                    .ctx(|| format!("linking {} to {}", host.display(), thost.display()))?;
+                if let Some(f) = self.fixups.get(&trel).cloned() {
+                    self.fixups.insert(rel, f);
+                }
+                Ok(())
+            }
+            T::Char | T::Block | T::Fifo => {
+                let (ft, letter) = match kind {
+                    T::Char => (FileType::CharacterDevice, 'c'),
+                    T::Block => (FileType::BlockDevice, 'b'),
+                    _ => (FileType::Fifo, 'p'),
+                };
+                let (major, minor) = (device.0.unwrap_or(0), device.1.unwrap_or(0));
+                self.inodes += 1;
+                if ft == FileType::Fifo || self.privileged {
+                    rustix::fs::mknodat(
+                        CWD,
+                        &host,
+                        ft,
+                        Mode::from_raw_mode(0o600),
+                        rustix::fs::makedev(major, minor),
+                    )
+                    .ctx(|| format!("creating {}", host.display()))?;
+                    self.set_meta(&rel, ft, None, meta)
+                } else {
+                    self.set_meta(&rel, ft, Some((letter, major, minor)), meta)
+                }
+            }
+            other => {
+                tracing::warn!(layer = self.layer, entry = %String::from_utf8_lossy(&raw), kind = ?other, "skipping unsupported entry type");
+                Ok(())
+            }
+        }
+    }
+
+    fn whiteout(
+        &mut self,
+        raw: &[u8],
+        comps: &[OsString],
+        hidden: &[u8],
+    ) -> Result<(), RootfsError> {
+        let parent_comps = &comps[..comps.len() - 1];
+        let (parent_rel, depth) = self.resolve(raw, parent_comps, true)?;
+        if depth < parent_rel.iter().count() {
+            return Ok(()); // the parent does not exist: nothing to hide
+        }
+        let parent_host = self.root.join(&parent_rel);
+        if hidden == b".wh..opq" {
+            if !parent_host.is_dir() {
+                return Ok(());
+            }
+            let children =
+                fs::read_dir(&parent_host).ctx(|| format!("listing {}", parent_host.display()))?;
+            for child in children {
+                let child = child.ctx(|| format!("listing {}", parent_host.display()))?;
+                let rel = parent_rel.join(child.file_name());
+                if !self.this_layer.contains(&rel) {
+                    self.remove(&rel)?;
+                }
+            }
+            return Ok(());
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.refuse(raw, "whiteout of nothing"));
+        }
+        let rel = parent_rel.join(OsStr::from_bytes(hidden));
+        if fs::symlink_metadata(self.root.join(&rel)).is_ok() {
+            self.remove(&rel)?;
+        } else {
+            self.forget(&rel);
+        }
+        Ok(())
+    }
+
+    /// Removes `rel` (never following a symlink) and everything recorded
+    /// under it.
+    fn remove(&mut self, rel: &Path) -> Result<(), RootfsError> {
+        let host = self.root.join(rel);
+        let m = fs::symlink_metadata(&host).ctx(|| format!("inspecting {}", host.display()))?;
+        if m.is_dir() {
+            fs::remove_dir_all(&host).ctx(|| format!("removing {}", host.display()))?;
+        } else {
+            fs::remove_file(&host).ctx(|| format!("removing {}", host.display()))?;
+        }
+        self.forget(rel);
+        Ok(())
+    }
+
+    fn forget(&mut self, rel: &Path) {
+        self.parent_cache.clear();
+        let doomed: Vec<PathBuf> = self
+            .fixups
+            .range(rel.to_path_buf()..)
+            .take_while(|(k, _)| k.starts_with(rel))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.fixups.remove(&k);
+        }
+        let doomed: Vec<PathBuf> = self
+            .dir_times
+            .range(rel.to_path_buf()..)
+            .take_while(|(k, _)| k.starts_with(rel))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.dir_times.remove(&k);
+        }
+    }
+
+    /// Sets ownership, mode, xattrs and mtime, directly when privileged and
+    /// as a fixup for what the staging tree cannot hold.
+    fn set_meta(
+        &mut self,
+        rel: &Path,
+        ft: FileType,
+        device: Option<(char, u32, u32)>,
+        meta: Meta,
+    ) -> Result<(), RootfsError> {
+        let host = self.root.join(rel);
+        let is_link = ft == FileType::Symlink;
+        let mut failed_xattrs = Vec::new();
+        if device.is_none() {
+            if self.privileged {
+                rustix::fs::chownat(
+                    CWD,
+                    &host,
+                    Some(rustix::fs::Uid::from_raw(meta.uid as u32)),
+                    Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .ctx(|| format!("chown {}", host.display()))?;
+            }
+            if !is_link {
+                // Unprivileged: keep the tree readable and writable for
+                // us and mke2fs; the real mode goes in as a fixup.
+                let staged = if self.privileged {
+                    meta.mode
+                } else if ft == FileType::Directory {
+                    (meta.mode & 0o777) | 0o700
+                } else {
+                    (meta.mode & 0o777) | 0o600
+                };
+                fs::set_permissions(&host, fs::Permissions::from_mode(staged))
+                    .ctx(|| format!("chmod {}", host.display()))?;
+            }
+            for (name, value) in &meta.xattrs {
+                if rustix::fs::lsetxattr(
+                    &host,
+                    name.as_os_str(),
+                    value,
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .is_err()
+                {
+                    failed_xattrs.push((name.clone(), value.clone()));
+                }
+            }
+            if ft != FileType::Directory {
+                set_mtime(&host, meta.mtime)?;
+            }
+        }
+        if !self.privileged || device.is_some() || !failed_xattrs.is_empty() {
+            self.fixups.insert(
+                rel.to_path_buf(),
+                Fixup {
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    mode: ft.as_raw_mode() | meta.mode,
+                    device,
+                    xattrs: failed_xattrs,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Finishes the tree: directory mtimes last, since writing children
+    /// changes them.
+    pub(crate) fn finish(&mut self) -> Result<(), RootfsError> {
+        for (rel, mtime) in std::mem::take(&mut self.dir_times) {
+            let host = self.root.join(&rel);
+            match set_mtime(&host, mtime) {
+                Err(RootfsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure a directory exists at `rel` (a symlink there counts, as the
+    /// guest will follow it), root-owned with `mode`.
+    pub(crate) fn ensure_dir(&mut self, rel: &str, mode: u32) -> Result<(), RootfsError> {
+        let comps = self.components(rel.as_bytes())?;
+        let (r, depth) = self.resolve(rel.as_bytes(), &comps, false)?;
+        if depth >= r.iter().count() {
+            return Ok(());
+        }
+        let parent = self.prepare_parent(rel.as_bytes(), &comps)?;
+        let host = self.root.join(&parent);
+        fs::create_dir(&host).ctx(|| format!("creating {}", host.display()))?;
+        self.inodes += 1;
+        self.content_bytes += BLOCK;
+        self.set_meta(
+            &parent,
+            FileType::Directory,
+            None,
+            Meta {
+                uid: 0,
+                gid: 0,
+                mode,
+                mtime: now(),
+                xattrs: Vec::new(),
+            },
+        )
+    }
+
+    /// Writes a root-owned file at `rel` (symlinked parents resolved inside
+    /// the root; anything at `rel` itself replaced).
+    pub(crate) fn inject_file(
+        &mut self,
+        rel: &str,
+        content: &mut dyn Read,
+        size: u64,
+        mode: u32,
+    ) -> Result<(), RootfsError> {
+        let comps = self.components(rel.as_bytes())?;
+        let rel = self.prepare_parent(rel.as_bytes(), &comps)?;
+        let host = self.root.join(&rel);
+        if fs::symlink_metadata(&host).is_ok() {
+            self.remove(&rel)?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&host)
+            .ctx(|| format!("creating {}", host.display()))?;
+        copy_file(content, file, size).ctx(|| format!("writing {}", host.display()))?;
+        self.content_bytes += size.div_ceil(BLOCK) * BLOCK;
+        self.inodes += 1;
+        self.set_meta(
+            &rel,
+            FileType::RegularFile,
+            None,
+            Meta {
+                uid: 0,
+                gid: 0,
+                mode,
+                mtime: now(),
+                xattrs: Vec::new(),
+            },
+        )
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn set_mtime(host: &Path, mtime: i64) -> Result<(), RootfsError> {
+    let ts = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        host,
+        &Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .ctx(|| format!("setting mtime of {}", host.display()))
+}
+
+/// Copies exactly `size` bytes in large chunks; a short entry is an error.
+fn copy_file(mut from: impl Read, mut to: File, size: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; (size.min(256 << 10) as usize).max(1)];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = from.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive entry is truncated",
+            ));
+        }
+        to.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Validates a relative path for a debugfs command line (which has no
+/// escaping for newlines or quotes).
+pub(crate) fn debugfs_path(rel: &Path) -> Result<String, RootfsError> {
+    let bytes = rel.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(s) if !s.chars().any(|c| c.is_control() || c == '"') => Ok(format!("\"/{s}\"")),
+        _ => Err(RootfsError::UnsafeEntry {
+            layer: 0,
+            entry: String::from_utf8_lossy(bytes).into_owned(),
+            reason: "name needs a debugfs fix-up (not running as root) but contains characters debugfs cannot quote".into(),
+        }),
+    }
+}
