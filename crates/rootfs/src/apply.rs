@@ -320,10 +320,14 @@ impl Staging {
             mtime: i64::try_from(header.mtime().map_err(bad_header)?).unwrap_or(0),
             xattrs: Vec::new(),
         };
-        let device = (
-            header.device_major().map_err(bad_header)?,
-            header.device_minor().map_err(bad_header)?,
-        );
+        let device = if kind.is_character_special() || kind.is_block_special() {
+            (
+                header.device_major().map_err(bad_header)?,
+                header.device_minor().map_err(bad_header)?,
+            )
+        } else {
+            (None, None)
+        };
         let link = entry.link_name_bytes().map(|l| l.into_owned());
         if let Some(pax) = entry
             .pax_extensions()
