@@ -17,7 +17,10 @@ fn two_layer_spec(marker: &str) -> ImageSpec {
         .file("app/marker", marker.as_bytes(), 0o640, 1000, 1000)
         .whiteout("etc/group");
     ImageSpec::new(
-        vec![(images::busybox_layer().finish(), Compression::Gzip), (top.finish(), Compression::Gzip)],
+        vec![
+            (images::busybox_layer().finish(), Compression::Gzip),
+            (top.finish(), Compression::Gzip),
+        ],
         serde_json::json!({"Cmd": ["/bin/sh"], "Env": ["X=1"]}),
     )
 }
@@ -56,7 +59,9 @@ fn push_pull_by_tag_and_digest_then_build() {
     // By digest, into a fresh state folder.
     let builder2 = RootfsBuilder::new(tmp.path().join("state2"));
     let by_digest = ImageRef::parse(&format!("{}/team/app@{pushed}", reg.addr())).unwrap();
-    let b2 = builder2.build(&by_digest, &BuildOptions::default()).unwrap();
+    let b2 = builder2
+        .build(&by_digest, &BuildOptions::default())
+        .unwrap();
     assert_eq!(b2.manifest_digest, pushed);
     assert_eq!(cat(&b2.path, "/app/marker"), b"one");
 
@@ -64,9 +69,21 @@ fn push_pull_by_tag_and_digest_then_build() {
     images::write_oci_layout(&layout, "v1", &two_layer_spec("two"));
     let pushed2 = reg.push_oci_layout(&layout, "v1", "team/app:v1");
     assert_ne!(pushed, pushed2);
-    assert_eq!(builder.build(&by_tag, &BuildOptions::default()).unwrap().manifest_digest, pushed);
+    assert_eq!(
+        builder
+            .build(&by_tag, &BuildOptions::default())
+            .unwrap()
+            .manifest_digest,
+        pushed
+    );
     let fresh = builder
-        .build(&by_tag, &BuildOptions { pull: PullPolicy::Always, ..Default::default() })
+        .build(
+            &by_tag,
+            &BuildOptions {
+                pull: PullPolicy::Always,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(fresh.manifest_digest, pushed2);
     assert_eq!(cat(&fresh.path, "/app/marker"), b"two");
@@ -80,9 +97,22 @@ fn push_pull_by_tag_and_digest_then_build() {
     store.remove(by_tag.as_registry().unwrap()).unwrap();
     assert!(store.list().unwrap().is_empty());
     let blobs = tmp.path().join("state/images/blobs/sha256");
-    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0, "unreferenced blobs collected");
-    assert!(matches!(store.remove(by_tag.as_registry().unwrap()), Err(RootfsError::NotFound(_))));
-    let never = builder.build(&by_tag, &BuildOptions { pull: PullPolicy::Never, ..Default::default() });
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "unreferenced blobs collected"
+    );
+    assert!(matches!(
+        store.remove(by_tag.as_registry().unwrap()),
+        Err(RootfsError::NotFound(_))
+    ));
+    let never = builder.build(
+        &by_tag,
+        &BuildOptions {
+            pull: PullPolicy::Never,
+            ..Default::default()
+        },
+    );
     assert!(matches!(never, Err(RootfsError::NotFound(_))));
 }
 
@@ -99,13 +129,23 @@ fn tampered_blob_is_refused_and_nothing_is_kept() {
 
     // Corrupt the layer inside the registry's storage, keeping its size.
     let layer_digest = {
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let md = index["manifests"][0]["digest"].as_str().unwrap().to_string();
-        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&md[7..])).unwrap()).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let md = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(&md[7..])).unwrap(),
+        )
+        .unwrap();
         m["layers"][0]["digest"].as_str().unwrap().to_string()
     };
     let hex = &layer_digest[7..];
-    let data = reg.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let data = reg.storage().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
     let mut bytes = std::fs::read(&data).unwrap();
     let last = bytes.len() - 10;
     bytes[last] ^= 0xff;
@@ -115,12 +155,20 @@ fn tampered_blob_is_refused_and_nothing_is_kept() {
     let image = ImageRef::parse(&format!("{}/evil/app:t", reg.addr())).unwrap();
     let err = builder.build(&image, &BuildOptions::default()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&layer_digest) || msg.contains("verification") || msg.contains("digest"), "{msg}");
+    assert!(
+        msg.contains(&layer_digest) || msg.contains("verification") || msg.contains("digest"),
+        "{msg}"
+    );
     // Nothing trusted was recorded.
     assert!(builder.store().list().unwrap().is_empty());
     let blob = tmp.path().join("state/images/blobs/sha256").join(hex);
     assert!(!blob.exists(), "tampered blob must not be stored");
-    assert_eq!(std::fs::read_dir(tmp.path().join("state/images/tmp")).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("state/images/tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
 }
 
 #[test]
