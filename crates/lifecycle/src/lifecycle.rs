@@ -53,16 +53,16 @@ pub struct ExecOptions {
 }
 
 /// The shared lifecycle over one backend's [`Machine`].
-pub struct Lifecycle<M: Machine> {
-    machine: M,
+pub struct Lifecycle {
+    machine: Box<dyn Machine>,
     observer: Option<Observer>,
 }
 
-impl<M: Machine> Lifecycle<M> {
+impl Lifecycle {
     /// Wraps a machine.
-    pub fn new(machine: M) -> Self {
+    pub fn new(machine: impl Machine + 'static) -> Self {
         Lifecycle {
-            machine,
+            machine: Box::new(machine),
             observer: None,
         }
     }
@@ -74,8 +74,8 @@ impl<M: Machine> Lifecycle<M> {
     }
 
     /// The machine.
-    pub fn machine(&self) -> &M {
-        &self.machine
+    pub fn machine(&self) -> &dyn Machine {
+        self.machine.as_ref()
     }
 
     fn store(&self, request: &Request) -> Result<StateStore, ProtocolError> {
@@ -668,7 +668,7 @@ impl<M: Machine> Lifecycle<M> {
     }
 }
 
-impl<M: Machine> Backend for Lifecycle<M> {
+impl Backend for Lifecycle {
     fn kind(&self) -> BackendKind {
         self.machine.kind()
     }

@@ -52,8 +52,8 @@ pub fn select_backend(requested: Option<BackendKind>) -> Result<BackendChoice, P
 /// Builds the backend object for a kind.
 pub fn backend_for(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
-        BackendKind::Qemu => Box::new(vmkit_qemu::QemuBackend::new()),
-        BackendKind::Firecracker => Box::new(vmkit_firecracker::FirecrackerBackend::new()),
+        BackendKind::Qemu => Box::new(vmkit_qemu::backend()),
+        BackendKind::Firecracker => Box::new(vmkit_firecracker::backend()),
         BackendKind::AppleVf => Box::new(vmkit_apple_vf::AppleVfBackend::new()),
     }
 }

@@ -12,7 +12,17 @@
 
 mod dispatch;
 pub mod doctor;
+mod error;
+mod guest_init;
+mod runtime;
 pub mod supervisor;
 
-pub use dispatch::{dispatch, select_backend, BackendChoice};
+pub use error::VmkitError;
+pub use guest_init::find_guest_init;
+pub use runtime::{MachineParams, RunParams, Runtime};
+pub use vmkit_channel::ExecRequest;
+pub use vmkit_kernel::BuildEvent;
+pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
+
+pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};
 pub use vmkit_protocol as protocol;

@@ -1,9 +1,14 @@
 //! `microagent run`.
 
+use std::io;
+
 use clap::Args;
+use serde_json::json;
 
 use crate::cli::Global;
-use crate::commands::workspace::MachineArgs;
+use crate::commands::workspace::{machine_params, prepare_disks, runtime, MachineArgs};
+use crate::exit;
+use crate::output::{print_result, JsonStream};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -27,7 +32,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
 
-    /// Keep the workspace afterwards (halted) instead of deleting it.
+    /// Keep the workspace afterwards (stopped) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
 
@@ -39,7 +44,65 @@ pub struct RunArgs {
     pub machine: MachineArgs,
 }
 
-pub fn run(args: RunArgs, _global: &Global) -> anyhow::Result<u8> {
-    let _ = args;
-    anyhow::bail!("run is not implemented yet")
+pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
+    let rt = runtime(global, args.machine.backend)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
+    let params = vmkit::RunParams {
+        name: args.name.clone(),
+        setup: args.setup.clone(),
+        exec: args.exec.clone(),
+        timeout_seconds: args.timeout,
+        keep: args.keep,
+        machine: machine_params(&args.machine),
+    };
+    let output = if global.json {
+        rt.run(
+            &params,
+            &kernel,
+            &rootfs,
+            &mut JsonStream::stdout(),
+            &mut JsonStream::stderr(),
+        )
+    } else {
+        rt.run(
+            &params,
+            &kernel,
+            &rootfs,
+            &mut io::stdout(),
+            &mut io::stderr(),
+        )
+    };
+    let output = output.map_err(exit::classify)?;
+    let code = if output.timed_out {
+        exit::TIMEOUT
+    } else if output.setup_failed.is_some() {
+        exit::SETUP_FAILED
+    } else {
+        exit::code_of(&output.result)
+    };
+    if global.json {
+        let setup = output
+            .setup_failed
+            .as_ref()
+            .map(|s| json!({"index": s.index, "command": s.command}));
+        print_result(
+            args.name.as_deref().unwrap_or(""),
+            &output.result,
+            code,
+            json!({"timedOut": output.timed_out, "setupFailed": setup}),
+        );
+    } else if output.timed_out {
+        eprintln!(
+            "microagent: timed out after {}s",
+            args.timeout.unwrap_or_default()
+        );
+    } else if let Some(step) = &output.setup_failed {
+        eprintln!(
+            "microagent: setup command {} failed ({}): {}",
+            step.index + 1,
+            exit::describe(&step.result),
+            step.command
+        );
+    }
+    Ok(code)
 }

@@ -1,7 +1,7 @@
 //! Workspace lifecycle: `create`, `start`, `exec`, `halt`, `stop`, `kill`,
 //! `delete`, `list`, `status`, `events`, `logs`, `gc`.
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use vmkit_protocol::{BackendKind, Disk, DiskMode};
 use vmkit_state::StateStore;
 
 use crate::cli::Global;
+use crate::exit;
 
 /// Machine options shared by `run` and `create`.
 #[derive(Debug, Args)]
@@ -149,33 +150,196 @@ fn store(global: &Global) -> anyhow::Result<StateStore> {
         .with_context(|| format!("opening state folder {}", global.state_dir.display()))
 }
 
-fn not_yet(what: &str) -> anyhow::Result<u8> {
-    anyhow::bail!("{what} is not implemented yet")
+/// The runtime for the chosen backend. Every command that touches the state
+/// folder first cleans up VMs whose driving command died.
+pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<vmkit::Runtime> {
+    let choice = vmkit::select_backend(backend)?;
+    let rt = vmkit::Runtime::new(
+        &global.state_dir,
+        choice.kind,
+        crate::output::event_observer(global.json),
+    )
+    .map_err(exit::classify)?;
+    match rt.gc() {
+        Ok(cleaned) => {
+            for name in cleaned {
+                tracing::warn!("cleaned up orphaned VM of workspace {name}");
+            }
+        }
+        Err(e) => tracing::warn!("gc: {e}"),
+    }
+    Ok(rt)
 }
 
-pub fn create(_args: CreateArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("create")
+pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
+    vmkit::MachineParams {
+        memory_mib: m.memory,
+        cpus: m.cpus,
+        disks: m.disk.clone(),
+        env: m.env.iter().cloned().collect(),
+        cwd: m.workdir.clone(),
+        user: m.user.clone(),
+        kernel: m.kernel.clone(),
+    }
 }
-pub fn start(_args: NameArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("start")
+
+/// The kernel (built on first use, with progress) and the image's root disk.
+pub fn prepare_disks(
+    rt: &vmkit::Runtime,
+    image: &str,
+    kernel: Option<&std::path::Path>,
+    global: &Global,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut reporter = crate::commands::kernel::Reporter::new(global.json);
+    let kernel = rt
+        .kernel(kernel, &mut |ev| reporter.event(ev))
+        .map_err(exit::classify);
+    reporter.finish();
+    let kernel = kernel?;
+    let progress = !global.json && std::io::stderr().is_terminal();
+    let rootfs = rt.rootfs(image, progress).map_err(exit::classify)?;
+    Ok((kernel, rootfs.path))
 }
-pub fn exec(_args: ExecArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("exec")
+
+fn report(event: &vmkit::protocol::Event, global: &Global) {
+    // With --json the observer printed it already.
+    if !global.json {
+        eprintln!(
+            "{}: {} ({})",
+            event.identity.runtime_id, event.state, event.detail
+        );
+    }
 }
-pub fn halt(_args: NameArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("halt")
+
+pub fn create(args: CreateArgs, global: &Global) -> anyhow::Result<u8> {
+    let rt = runtime(global, args.machine.backend)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
+    let params = machine_params(&args.machine);
+    let event = rt
+        .create(&args.name, &args.image, &kernel, &rootfs, &params)
+        .map_err(exit::classify)?;
+    report(&event, global);
+    Ok(0)
 }
-pub fn stop(_args: NameArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("stop")
+
+pub fn start(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+    let rt = runtime(global, backend_of(global, &args.name)?)?;
+    let event = rt.start(&args.name).map_err(exit::classify)?;
+    report(&event, global);
+    Ok(0)
 }
-pub fn kill(_args: NameArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("kill")
+
+pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
+    let rt = runtime(global, backend_of(global, &args.name)?)?;
+    let stdin_is_data = !std::io::stdin().is_terminal();
+    let request = vmkit::ExecRequest {
+        argv: args.argv.clone(),
+        env: args.env.iter().cloned().collect(),
+        cwd: args.cwd.clone(),
+        timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
+        ..vmkit::ExecRequest::default()
+    };
+    let options = vmkit::ExecOptions {
+        request,
+        stdin: stdin_is_data.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+    };
+    let started = std::time::Instant::now();
+    let result = if global.json {
+        rt.exec(
+            &args.name,
+            options,
+            &mut crate::output::JsonStream::stdout(),
+            &mut crate::output::JsonStream::stderr(),
+        )
+    } else {
+        rt.exec(
+            &args.name,
+            options,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+    }
+    .map_err(exit::classify)?;
+    let timed_out = args
+        .timeout
+        .is_some_and(|t| result.signal.is_some() && started.elapsed() >= Duration::from_secs(t));
+    let code = if timed_out {
+        exit::TIMEOUT
+    } else {
+        exit::code_of(&result)
+    };
+    if global.json {
+        crate::output::print_result(
+            &args.name,
+            &result,
+            code,
+            serde_json::json!({"timedOut": timed_out}),
+        );
+    } else if timed_out {
+        eprintln!(
+            "microagent: timed out after {}s",
+            args.timeout.unwrap_or_default()
+        );
+    }
+    Ok(code)
 }
-pub fn delete(_args: DeleteArgs, _global: &Global) -> anyhow::Result<u8> {
-    not_yet("delete")
+
+/// The backend a workspace was created with, so later commands use it too.
+fn backend_of(global: &Global, name: &str) -> anyhow::Result<Option<BackendKind>> {
+    Ok(store(global)?.peek(name)?.map(|r| r.backend))
 }
-pub fn gc(_global: &Global) -> anyhow::Result<u8> {
-    not_yet("gc")
+
+fn simple(
+    name: &str,
+    global: &Global,
+    f: impl FnOnce(&vmkit::Runtime) -> Result<vmkit::protocol::Event, vmkit::VmkitError>,
+) -> anyhow::Result<u8> {
+    let rt = runtime(global, backend_of(global, name)?)?;
+    let event = f(&rt).map_err(exit::classify)?;
+    report(&event, global);
+    Ok(0)
+}
+
+pub fn halt(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+    simple(&args.name, global, |rt| rt.halt(&args.name))
+}
+
+pub fn stop(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+    simple(&args.name, global, |rt| rt.stop(&args.name))
+}
+
+pub fn kill(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+    simple(&args.name, global, |rt| rt.kill(&args.name))
+}
+
+pub fn delete(args: DeleteArgs, global: &Global) -> anyhow::Result<u8> {
+    let rt = runtime(global, backend_of(global, &args.name)?)?;
+    rt.delete(&args.name, args.force).map_err(exit::classify)?;
+    if global.json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "deleted", "name": args.name})
+        );
+    } else {
+        eprintln!("{}: deleted", args.name);
+    }
+    Ok(0)
+}
+
+pub fn gc(global: &Global) -> anyhow::Result<u8> {
+    let choice = vmkit::select_backend(None)?;
+    let rt = vmkit::Runtime::new(&global.state_dir, choice.kind, None).map_err(exit::classify)?;
+    let cleaned = rt.gc().map_err(exit::classify)?;
+    if global.json {
+        println!("{}", serde_json::json!({"type": "gc", "cleaned": cleaned}));
+    } else if cleaned.is_empty() {
+        eprintln!("nothing to clean up");
+    } else {
+        for name in cleaned {
+            eprintln!("{name}: cleaned up (marked failed)");
+        }
+    }
+    Ok(0)
 }
 
 pub fn list(global: &Global) -> anyhow::Result<u8> {

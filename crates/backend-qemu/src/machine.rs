@@ -1,0 +1,285 @@
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmkit_host::{find_in_path, probe_kvm, Tool};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
+use vmkit_protocol::{
+    Accelerator, BackendKind, DiskMode, ErrorCode, HostInfo, MachineConfig, ProtocolError,
+};
+
+use crate::choose_accelerator;
+
+/// The guest's vsock context ID. Each VM has its own vhost-device-vsock, so
+/// every guest can use the same one.
+const GUEST_CID: u32 = 3;
+/// How long vhost-device-vsock may take to create its socket.
+const VHOST_READY: Duration = Duration::from_secs(10);
+
+/// Launches QEMU microVMs.
+#[derive(Debug, Default)]
+pub struct QemuMachine {
+    accel: OnceLock<(Accelerator, String)>,
+}
+
+impl QemuMachine {
+    /// A machine that probes KVM on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The accelerator this host gets (probed once per process).
+    pub fn accelerator(&self) -> &(Accelerator, String) {
+        self.accel.get_or_init(|| choose_accelerator(&probe_kvm()))
+    }
+
+    fn tool(tool: Tool, remedy: &str) -> Result<PathBuf, ProtocolError> {
+        find_in_path(tool.program()).ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!("{} not found in PATH; {remedy}", tool.program()),
+            )
+        })
+    }
+
+    /// The QEMU command line for `plan` (without the program).
+    pub fn qemu_args(&self, plan: &BootPlan, vhost_socket: &Path) -> Vec<String> {
+        let c = &plan.config;
+        let (accel, _) = self.accelerator();
+        let mem = format!("{}M", c.memory_mib);
+        let mut cmdline = vmkit_kernel::boot::kernel_cmdline_base(true);
+        cmdline.push(' ');
+        cmdline.push_str(&plan.kernel_args);
+        if let Some(extra) = &c.kernel_args {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        let mut args: Vec<String> = vec![
+            "-M".into(),
+            format!(
+                "{},memory-backend=mem",
+                vmkit_kernel::boot::qemu_microvm_machine()
+            ),
+            "-accel".into(),
+            match accel {
+                Accelerator::Kvm => "kvm".into(),
+                _ => "tcg".into(),
+            },
+            "-cpu".into(),
+            match accel {
+                Accelerator::Kvm => "host".into(),
+                _ => vmkit_kernel::boot::qemu_cpu_model().into(),
+            },
+            "-m".into(),
+            mem.clone(),
+            "-smp".into(),
+            c.cpu_count.to_string(),
+            // vhost-user needs guest memory it can map: a shared memfd.
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-kernel".into(),
+            c.kernel_path.clone(),
+            "-append".into(),
+            cmdline,
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-chardev".into(),
+            format!("file,id=console,path={}", plan.paths.console_log.display()),
+            "-serial".into(),
+            "chardev:console".into(),
+        ];
+        let mut drive = |id: &str, path: &Path, read_only: bool| {
+            args.push("-drive".into());
+            args.push(format!(
+                "id={id},file={},format=raw,if=none,discard=unmap{}",
+                qemu_escape(path),
+                if read_only { ",readonly=on" } else { "" }
+            ));
+            args.push("-device".into());
+            args.push(format!("virtio-blk-device,drive={id}"));
+        };
+        drive("root", &plan.root_disk, false);
+        for (i, d) in c.disks.iter().enumerate() {
+            drive(
+                &format!("disk{i}"),
+                Path::new(&d.path),
+                d.mode == DiskMode::Ro,
+            );
+        }
+        drive("config", &plan.paths.config_disk, true);
+        args.extend([
+            "-chardev".into(),
+            format!("socket,id=vsock,path={}", vhost_socket.display()),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock".into(),
+        ]);
+        args
+    }
+}
+
+/// QEMU's option syntax splits on commas; a literal comma is doubled.
+fn qemu_escape(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+impl Machine for QemuMachine {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn host(&self) -> HostInfo {
+        let (accelerator, accelerator_reason) = self.accelerator().clone();
+        HostInfo {
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            accelerator,
+            accelerator_reason,
+            checks: Vec::new(),
+        }
+    }
+
+    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+        Self::tool(
+            Tool::Qemu,
+            "install it (Debian: apt-get install qemu-system-x86)",
+        )?;
+        Self::tool(
+            Tool::VhostDeviceVsock,
+            "install it (cargo install --locked vhost-device-vsock)",
+        )?;
+        let kernel = Path::new(&config.kernel_path);
+        if !kernel.is_file() {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "kernel {} does not exist; run `microagent kernel build`",
+                    kernel.display()
+                ),
+            ));
+        }
+        for (i, d) in config.disks.iter().enumerate() {
+            if !Path::new(&d.path).is_file() {
+                return Err(ProtocolError::invalid(format!(
+                    "disks[{i}].path {} is not a file",
+                    d.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
+        let qemu = Self::tool(Tool::Qemu, "install qemu-system-x86")?;
+        let vhost = Self::tool(Tool::VhostDeviceVsock, "cargo install vhost-device-vsock")?;
+        let supervision = if plan.detached {
+            Supervision::Detached
+        } else {
+            Supervision::DiesWithParent
+        };
+        rotate(&plan.paths.console_log);
+        let log = open_log(&plan.paths.vmm_log)?;
+        let vhost_socket = plan.paths.dir.join("vhost.sock");
+        let _ = std::fs::remove_file(&vhost_socket);
+
+        let mut vhost_child = spawn_supervised(
+            Command::new(&vhost)
+                .arg("--vm")
+                .arg(format!(
+                    "guest-cid={GUEST_CID},socket={},uds-path={}",
+                    vhost_socket.display(),
+                    plan.paths.vsock.display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(clone_log(&log)?)
+                .stderr(clone_log(&log)?),
+            supervision,
+        )
+        .map_err(|e| internal(format!("starting vhost-device-vsock: {e}")))?;
+        if let Err(e) = wait_for_socket(&vhost_socket, &mut vhost_child) {
+            kill(&mut vhost_child);
+            return Err(e);
+        }
+
+        let args = self.qemu_args(plan, &vhost_socket);
+        tracing::debug!("qemu {}", args.join(" "));
+        let spawned = spawn_supervised(
+            Command::new(&qemu)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(clone_log(&log)?)
+                .stderr(clone_log(&log)?),
+            supervision,
+        );
+        match spawned {
+            Ok(vmm) => Ok(Launched {
+                vmm,
+                helpers: vec![vhost_child],
+            }),
+            Err(e) => {
+                kill(&mut vhost_child);
+                Err(internal(format!("starting {}: {e}", qemu.display())))
+            }
+        }
+    }
+}
+
+fn internal(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, message)
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn open_log(path: &Path) -> Result<File, ProtocolError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| internal(format!("opening {}: {e}", path.display())))
+}
+
+fn clone_log(log: &File) -> Result<File, ProtocolError> {
+    log.try_clone()
+        .map_err(|e| internal(format!("duplicating the VMM log handle: {e}")))
+}
+
+/// Keeps one previous console log; each boot starts a fresh one, so the
+/// log's size is bounded by what one boot prints (the kernel is quiet and
+/// command output travels over vsock, not the console).
+fn rotate(path: &Path) {
+    if path.exists() {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+}
+
+fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), ProtocolError> {
+    let deadline = Instant::now() + VHOST_READY;
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(internal(format!(
+                "vhost-device-vsock exited at start ({status}); see vmm.log in the workspace"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(internal(format!(
+                "vhost-device-vsock did not create {} within {}s",
+                path.display(),
+                VHOST_READY.as_secs()
+            )));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,285 @@
+//! The library's front door for the CLI's workload commands: kernels and
+//! root disks on demand, then runs and workspaces through the backend.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use vmkit_kernel::{BuildEvent, KernelStore};
+use vmkit_lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
+use vmkit_protocol::{
+    Backend, BackendKind, Command, Disk, ErrorCode, Event, Identity, MachineConfig, ProtocolError,
+    Request, RunResult, Workload,
+};
+use vmkit_rootfs::{BuildOptions, BuiltRootfs, ImageRef, RootfsBuilder};
+
+use crate::VmkitError;
+
+/// The machine a run or workspace gets.
+#[derive(Debug, Clone)]
+pub struct MachineParams {
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Extra disks.
+    pub disks: Vec<Disk>,
+    /// Extra environment for guest commands.
+    pub env: BTreeMap<String, String>,
+    /// Working directory override.
+    pub cwd: Option<String>,
+    /// User override.
+    pub user: Option<String>,
+    /// Use this kernel instead of the installed one.
+    pub kernel: Option<PathBuf>,
+}
+
+/// A one-shot run.
+#[derive(Debug, Clone)]
+pub struct RunParams {
+    /// Workspace name (a fresh `run-<id>` when `None`).
+    pub name: Option<String>,
+    /// Setup commands, in order.
+    pub setup: Vec<String>,
+    /// The main command.
+    pub exec: String,
+    /// Whole-run deadline, seconds.
+    pub timeout_seconds: Option<u64>,
+    /// Keep the workspace afterwards.
+    pub keep: bool,
+    /// The machine.
+    pub machine: MachineParams,
+}
+
+/// microagent's state folder plus the backend that serves it.
+pub struct Runtime {
+    state_dir: PathBuf,
+    backend: BackendKind,
+    lifecycle: Lifecycle,
+}
+
+impl Runtime {
+    /// A runtime over `state_dir` with `backend` (see [`crate::select_backend`]).
+    /// `observer` sees every lifecycle event as it is recorded.
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        backend: BackendKind,
+        observer: Option<Observer>,
+    ) -> Result<Self, VmkitError> {
+        let lifecycle = match backend {
+            BackendKind::Qemu => vmkit_qemu::backend(),
+            BackendKind::Firecracker => vmkit_firecracker::backend(),
+            BackendKind::AppleVf => {
+                return Err(ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "the apple-vf backend runs only on macOS",
+                )
+                .into())
+            }
+        };
+        let lifecycle = match observer {
+            Some(o) => lifecycle.with_observer(o),
+            None => lifecycle,
+        };
+        Ok(Runtime {
+            state_dir: state_dir.into(),
+            backend,
+            lifecycle,
+        })
+    }
+
+    /// The state folder.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The installed kernel, building it first when there is none
+    /// (`progress` hears what the build is doing), or `explicit` if given.
+    pub fn kernel(
+        &self,
+        explicit: Option<&Path>,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<PathBuf, VmkitError> {
+        if let Some(path) = explicit {
+            return std::path::absolute(path).map_err(|e| {
+                VmkitError::Protocol(ProtocolError::invalid(format!(
+                    "--kernel {}: {e}",
+                    path.display()
+                )))
+            });
+        }
+        let store = KernelStore::new(&self.state_dir);
+        let kernel = vmkit_kernel::ensure_installed(&store, progress)?;
+        Ok(kernel.vmlinux_path().to_owned())
+    }
+
+    /// The root disk for `image` (cached by digest), with the guest init in it.
+    pub fn rootfs(&self, image: &str, progress: bool) -> Result<BuiltRootfs, VmkitError> {
+        let image = ImageRef::parse(image)?;
+        let options = BuildOptions {
+            init_binary: Some(crate::find_guest_init()?),
+            progress,
+            ..BuildOptions::default()
+        };
+        Ok(RootfsBuilder::new(&self.state_dir).build(&image, &options)?)
+    }
+
+    fn request(
+        &self,
+        command: Command,
+        name: &str,
+        role: &str,
+        config: Option<MachineConfig>,
+    ) -> Request {
+        Request {
+            command,
+            identity: Identity {
+                request_id: new_id(),
+                runtime_id: name.to_owned(),
+                role: role.to_owned(),
+                backend: self.backend,
+            },
+            config,
+            state_dir: Some(self.state_dir.to_string_lossy().into_owned()),
+        }
+    }
+
+    fn config(
+        &self,
+        kernel: &Path,
+        rootfs: &Path,
+        m: &MachineParams,
+        workload: Option<Workload>,
+    ) -> MachineConfig {
+        MachineConfig {
+            kernel_path: kernel.to_string_lossy().into_owned(),
+            rootfs_path: rootfs.to_string_lossy().into_owned(),
+            state_dir: self.state_dir.to_string_lossy().into_owned(),
+            memory_mib: m.memory_mib,
+            cpu_count: m.cpus,
+            disks: m.disks.clone(),
+            kernel_args: None,
+            hostname: None,
+            workload: workload.or_else(|| {
+                // A workspace keeps its env/cwd/user for every boot.
+                (!m.env.is_empty() || m.cwd.is_some() || m.user.is_some()).then(|| Workload {
+                    setup: vec![],
+                    exec: "true".into(),
+                    env: m.env.clone(),
+                    cwd: m.cwd.clone(),
+                    user: m.user.clone(),
+                    timeout_seconds: None,
+                })
+            }),
+        }
+    }
+
+    /// Runs `params` once in a fresh VM, streaming the guest's stdout and
+    /// stderr to the sinks as they are produced.
+    pub fn run(
+        &self,
+        params: &RunParams,
+        kernel: &Path,
+        rootfs: &Path,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<RunOutput, VmkitError> {
+        let name = params
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("run-{}", &new_id()[..12]));
+        let workload = Workload {
+            setup: params.setup.clone(),
+            exec: params.exec.clone(),
+            env: params.machine.env.clone(),
+            cwd: params.machine.cwd.clone(),
+            user: params.machine.user.clone(),
+            timeout_seconds: params.timeout_seconds,
+        };
+        let config = self.config(kernel, rootfs, &params.machine, Some(workload));
+        let request = self.request(Command::Run, &name, "run", Some(config));
+        Ok(self
+            .lifecycle
+            .run_streaming(&request, params.keep, stdout, stderr)?)
+    }
+
+    /// Creates a workspace (prepared) from a built root disk.
+    pub fn create(
+        &self,
+        name: &str,
+        image: &str,
+        kernel: &Path,
+        rootfs: &Path,
+        machine: &MachineParams,
+    ) -> Result<Event, VmkitError> {
+        let config = self.config(kernel, rootfs, machine, None);
+        let request = self.request(Command::Prepare, name, image, Some(config));
+        self.call(&request)
+    }
+
+    /// Boots a workspace; returns once its exec service is ready.
+    pub fn start(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Start, name, "workspace", None))
+    }
+
+    /// Runs a command in a running workspace.
+    pub fn exec(
+        &self,
+        name: &str,
+        options: ExecOptions,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<RunResult, VmkitError> {
+        Ok(self
+            .lifecycle
+            .exec_streaming(&self.state_dir, name, options, stdout, stderr)?)
+    }
+
+    /// Clean shutdown; disk kept.
+    pub fn halt(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Halt, name, "workspace", None))
+    }
+
+    /// Stop, forcibly after a grace period; disk kept.
+    pub fn stop(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Stop, name, "workspace", None))
+    }
+
+    /// Kill at once; disk kept.
+    pub fn kill(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Kill, name, "workspace", None))
+    }
+
+    /// Removes a workspace; with `force`, kills its VM first.
+    pub fn delete(&self, name: &str, force: bool) -> Result<(), VmkitError> {
+        if force {
+            self.kill(name)?;
+        }
+        let request = self.request(Command::Delete, name, "workspace", None);
+        self.call_outcome(&request).map(|_| ())
+    }
+
+    /// Cleans up VMs whose driving command died; returns their names.
+    pub fn gc(&self) -> Result<Vec<String>, VmkitError> {
+        Ok(self.lifecycle.gc(&self.state_dir)?)
+    }
+
+    fn call_outcome(&self, request: &Request) -> Result<vmkit_protocol::Response, VmkitError> {
+        let response = crate::dispatch(&self.lifecycle as &dyn Backend, request);
+        match response.error {
+            Some(e) => Err(e.into()),
+            None => Ok(response),
+        }
+    }
+
+    fn call(&self, request: &Request) -> Result<Event, VmkitError> {
+        let response = self.call_outcome(request)?;
+        response.event.ok_or_else(|| {
+            ProtocolError::new(ErrorCode::Internal, "backend returned no event").into()
+        })
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
