@@ -6,7 +6,9 @@
 //! it calls `waitpid(-1)` and hands each status to whoever registered that
 //! pid; statuses nobody registered (orphans) are dropped. [`Reaper::spawn`]
 //! holds the registry lock across the fork, so a child that exits at once
-//! cannot be reaped before its waiter is registered.
+//! cannot be reaped before its waiter is registered, and the reaper only
+//! peeks (`WNOWAIT`) until it holds that lock, so `Command::spawn`'s own
+//! wait for a child whose exec failed still finds it.
 
 use std::collections::HashMap;
 use std::io;
@@ -70,18 +72,37 @@ fn reap_forever(shared: &(Mutex<Registry>, Condvar)) {
     let (lock, cv) = shared;
     loop {
         let generation = lock.lock().unwrap_or_else(|p| p.into_inner()).generation;
-        let mut status: libc::c_int = 0;
-        // SAFETY: `status` is a valid out-pointer for the duration of the call.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-        if pid > 0 {
+        // Peek first (WNOWAIT), reap only under the registry lock: `spawn`
+        // holds that lock while std's `Command::spawn` may itself reap a
+        // child whose exec failed, and must find it still there.
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid out-pointer for the duration of the call.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        if rc == 0 {
+            // SAFETY: waitid succeeded with WEXITED, so `info` describes a child.
+            let pid = unsafe { info.si_pid() };
+            let mut reg = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut status: libc::c_int = 0;
+            // SAFETY: `status` is a valid out-pointer for the duration of the call.
+            let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+            if reaped != pid {
+                continue; // someone (a failed spawn) reaped it already
+            }
             let exit = if libc::WIFEXITED(status) {
                 Exit::Code(libc::WEXITSTATUS(status))
             } else if libc::WIFSIGNALED(status) {
                 Exit::Signal(libc::WTERMSIG(status))
             } else {
-                continue; // stopped/continued: not asked for, not an exit
+                continue;
             };
-            let mut reg = lock.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tx) = reg.waiters.remove(&pid) {
                 // The waiter may have given up; the status is then moot.
                 let _ = tx.send(exit);

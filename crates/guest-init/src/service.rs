@@ -128,8 +128,12 @@ impl Service {
         let spawned = std::thread::Builder::new()
             .name("exec".into())
             .spawn(move || {
-                me.handle(conn);
+                // A bug must cost one connection, not the service.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.handle(conn)));
                 me.active.fetch_sub(1, Ordering::SeqCst);
+                if r.is_err() {
+                    crate::log("exec service: a connection handler panicked");
+                }
             });
         if let Err(e) = spawned {
             self.active.fetch_sub(1, Ordering::SeqCst);

@@ -1,0 +1,434 @@
+//! The exec service and run mode over Unix socket pairs, driven by the host
+//! client of `vmkit-channel`: the same code that runs over vsock in the VM.
+
+use std::collections::BTreeMap;
+use std::io::{self, Cursor, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use vmkit_channel::host::{exec_over, Control, RunOutcome};
+use vmkit_channel::{read_message, ChannelError, ExecRequest, Message, RunSpec};
+use vmkit_guest_init::image::{Defaults, ImageConfig};
+use vmkit_guest_init::service::{run_workload, Service};
+use vmkit_protocol::RunResult;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Like PID 1: orphans of our commands come back to us, so the reaper
+        // is exercised on them.
+        // SAFETY: prctl with integer arguments only.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    });
+}
+
+fn defaults() -> Defaults {
+    Defaults::new(&ImageConfig::default(), &BTreeMap::new(), None, None)
+}
+
+fn service() -> Arc<Service> {
+    setup();
+    Arc::new(Service::new(defaults(), None).with_kill_grace(Duration::from_millis(300)))
+}
+
+fn exec_with(
+    svc: &Arc<Service>,
+    req: &ExecRequest,
+    stdin: Option<Vec<u8>>,
+) -> (Result<RunResult, ChannelError>, Vec<u8>, Vec<u8>) {
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let stdin = stdin.map(|b| Box::new(Cursor::new(b)) as Box<dyn Read + Send>);
+    let r = exec_over(host, req, stdin, &mut out, &mut err, LONG);
+    (r, out, err)
+}
+
+fn sh(svc: &Arc<Service>, cmd: &str) -> (RunResult, String, String) {
+    let (r, out, err) = exec_with(svc, &ExecRequest::shell(cmd), None);
+    (
+        r.unwrap(),
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn exit_codes_and_separate_streams() {
+    let svc = service();
+    let (r, out, err) = sh(&svc, "echo out; echo err >&2; exit 3");
+    assert_eq!((r.exit_code, r.signal, r.error), (Some(3), None, None));
+    assert_eq!(out, "out\n");
+    assert_eq!(err, "err\n");
+    assert!(r.started_at.unwrap() <= r.completed_at.unwrap());
+    let (r, _, _) = sh(&svc, "true");
+    assert_eq!(r.exit_code, Some(0));
+}
+
+#[test]
+fn argv_env_cwd_and_user_are_applied() {
+    let svc = service();
+    let req = ExecRequest {
+        argv: vec!["sh".into(), "-c".into(), "echo $FOO $(pwd) $(id -u)".into()],
+        env: [("FOO".to_string(), "bar".to_string())].into(),
+        cwd: Some("/tmp".into()),
+        user: Some("65534:65534".into()),
+        ..Default::default()
+    };
+    let (r, out, _) = exec_with(&svc, &req, None);
+    assert_eq!(r.unwrap().exit_code, Some(0));
+    assert_eq!(String::from_utf8(out).unwrap(), "bar /tmp 65534\n");
+}
+
+#[test]
+fn stdin_is_delivered() {
+    let svc = service();
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (r, out, _) = exec_with(&svc, &ExecRequest::shell("cat"), Some(input.clone()));
+    assert_eq!(r.unwrap().exit_code, Some(0));
+    assert_eq!(out, input);
+    // Without stdin the command reads /dev/null rather than hanging.
+    let (r, out, _) = sh(&svc, "cat; echo done");
+    assert_eq!((r.exit_code, out.as_str()), (Some(0), "done\n"));
+}
+
+struct Count(u64);
+impl Write for Count {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn hundred_mib_of_output_streams_in_bounded_memory() {
+    let svc = service();
+    let before = peak_rss_kib();
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let (mut out, mut err) = (Count(0), Count(0));
+    let req = ExecRequest::shell("head -c 104857600 /dev/zero; echo tail >&2");
+    let r = exec_over(host, &req, None, &mut out, &mut err, LONG).unwrap();
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(out.0, 100 << 20);
+    assert_eq!(err.0, 5);
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(grown_mib < 32, "peak RSS grew by {grown_mib} MiB");
+}
+
+#[test]
+fn output_cap_drops_the_rest_but_drains() {
+    let svc = service();
+    let req = ExecRequest {
+        max_output_bytes: Some(1000),
+        ..ExecRequest::shell("head -c 5000000 /dev/zero")
+    };
+    let (r, out, _) = exec_with(&svc, &req, None);
+    let r = r.unwrap();
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(out.len(), 1000);
+    assert!(r.error.unwrap().contains("truncated"));
+}
+
+#[test]
+fn a_command_that_never_exits_is_killed_at_its_timeout() {
+    let svc = service();
+    let start = Instant::now();
+    let req = ExecRequest {
+        timeout_ms: Some(300),
+        ..ExecRequest::shell("echo started; sleep 1000")
+    };
+    let (r, out, _) = exec_with(&svc, &req, None);
+    let r = r.unwrap();
+    assert_eq!(out, b"started\n");
+    assert_eq!(r.signal, Some(libc::SIGTERM));
+    assert!(r.error.unwrap().contains("timed out"));
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // One that ignores SIGTERM gets SIGKILL after the grace period.
+    let req = ExecRequest {
+        timeout_ms: Some(200),
+        ..ExecRequest::shell("trap '' TERM; while :; do sleep 0.05; done")
+    };
+    let (r, _, _) = exec_with(&svc, &req, None);
+    assert_eq!(r.unwrap().signal, Some(libc::SIGKILL));
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still has /proc/<pid>; check its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_grandchild_left_behind_does_not_hold_the_exec_and_is_reaped() {
+    let svc = service();
+    let start = Instant::now();
+    let (r, out, _) = sh(&svc, "sleep 1 & echo $!");
+    assert_eq!(r.exit_code, Some(0));
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    let pid: i32 = out.trim().parse().unwrap();
+    assert!(alive(pid), "grandchild should still run");
+    // It was orphaned to us; once it exits the reaper must collect it.
+    wait_until("grandchild reaped", || gone(pid));
+}
+
+#[test]
+fn ten_concurrent_execs_keep_their_output_apart() {
+    let svc = service();
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            let svc = Arc::clone(&svc);
+            std::thread::spawn(move || {
+                let cmd = format!(
+                    "i=0; while [ $i -lt 2000 ]; do echo line-{i}-$i; i=$((i+1)); done; echo err-{i} >&2; exit {i}"
+                );
+                let (r, out, err) = sh(&svc, &cmd);
+                assert_eq!(r.exit_code, Some(i));
+                let lines: Vec<&str> = out.lines().collect();
+                assert_eq!(lines.len(), 2000);
+                for (n, l) in lines.iter().enumerate() {
+                    assert_eq!(*l, format!("line-{i}-{n}"));
+                }
+                assert_eq!(err, format!("err-{i}\n"));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn closing_the_connection_kills_the_command() {
+    let svc = service();
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let mut h = &host;
+    vmkit_channel::write_message(
+        &mut h,
+        &Message::Exec(ExecRequest::shell("echo $$; exec sleep 1000")),
+    )
+    .unwrap();
+    let pid: i32 = match read_message(&mut h).unwrap() {
+        Some(Message::Stdout(b)) => String::from_utf8(b).unwrap().trim().parse().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(alive(pid));
+    drop(host);
+    wait_until("command killed", || !alive(pid));
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let svc = service();
+    let frame = |json: &[u8]| {
+        let mut v = (json.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(json);
+        v
+    };
+    let bad: [Vec<u8>; 5] = [
+        u32::MAX.to_be_bytes().to_vec(),
+        frame(b"hello"),
+        frame(br#"{"type":"nope"}"#),
+        frame(br#"{"type":"stdin","len":4}abcd"#),
+        frame(br#"{"type":"stdout","len":4294967295}"#),
+    ];
+    for frame in bad {
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        svc.spawn_handler(guest);
+        host.write_all(&frame).unwrap();
+        match read_message(&mut host) {
+            Ok(Some(Message::Error { message })) => assert!(!message.is_empty()),
+            other => panic!("{frame:?}: {other:?}"),
+        }
+        assert!(
+            read_message(&mut host).unwrap().is_none(),
+            "connection must close"
+        );
+    }
+    // Garbage in the middle of an exec kills that command and is reported.
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let mut h = &host;
+    vmkit_channel::write_message(&mut h, &Message::Exec(ExecRequest::shell("sleep 1000"))).unwrap();
+    h.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let mut saw = None;
+    while let Some(m) = read_message(&mut h).unwrap() {
+        if let Message::Result(r) = m {
+            saw = Some(r);
+        }
+    }
+    let r = saw.expect("a result");
+    assert_eq!(r.signal, Some(libc::SIGKILL));
+    assert!(r.error.unwrap().contains("bad frame"));
+    // An invalid request is refused with an error.
+    let (r, _, _) = exec_with(&svc, &ExecRequest::default(), None);
+    assert!(matches!(r, Err(ChannelError::Invalid(_))), "{r:?}");
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let mut h = &host;
+    vmkit_channel::write_message(&mut h, &Message::Exec(ExecRequest::default())).unwrap();
+    assert!(matches!(
+        read_message(&mut h),
+        Ok(Some(Message::Error { .. }))
+    ));
+    // And the service still works.
+    let (r, out, _) = sh(&svc, "echo alive");
+    assert_eq!((r.exit_code, out.as_str()), (Some(0), "alive\n"));
+}
+
+#[test]
+fn a_missing_program_is_an_error_not_a_crash() {
+    let svc = service();
+    let req = ExecRequest {
+        argv: vec!["/no/such/program".into()],
+        ..Default::default()
+    };
+    let (r, _, _) = exec_with(&svc, &req, None);
+    let r = r.unwrap();
+    assert_eq!((r.exit_code, r.signal), (None, None));
+    assert!(r.error.unwrap().contains("not found"));
+}
+
+#[test]
+fn tty_mode_runs_on_a_terminal() {
+    let svc = service();
+    let req = ExecRequest {
+        tty: true,
+        ..ExecRequest::shell("test -t 0 && test -t 1 && echo on-a-tty; read x; echo got-$x")
+    };
+    let (r, out, err) = exec_with(&svc, &req, Some(b"hi\n".to_vec()));
+    assert_eq!(r.unwrap().exit_code, Some(0));
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("on-a-tty"), "{out:?}");
+    assert!(out.contains("got-hi"), "{out:?}");
+    assert!(err.is_empty());
+}
+
+#[test]
+fn ping_and_shutdown() {
+    setup();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let svc = Arc::new(Service::new(defaults(), Some(tx)));
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let mut h = &host;
+    vmkit_channel::write_message(&mut h, &Message::Ping).unwrap();
+    assert_eq!(read_message(&mut h).unwrap(), Some(Message::Pong));
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    vmkit_channel::host::shutdown_over(&host, Duration::from_secs(5)).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+fn run(spec: RunSpec) -> (vmkit_channel::host::RunReport, String, String) {
+    setup();
+    let (host, guest) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || {
+        run_workload(guest, &spec, &defaults(), Duration::from_millis(300)).unwrap()
+    });
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let report = Control::from_stream(host)
+        .receive_run(&mut out, &mut err, LONG)
+        .unwrap();
+    t.join().unwrap();
+    (
+        report,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn run_mode_runs_setup_then_exec() {
+    let (report, out, err) = run(RunSpec {
+        setup: vec!["echo one".into(), "echo two >&2".into()],
+        exec: "echo main; exit 5".into(),
+        timeout_ms: None,
+    });
+    assert_eq!(report.setup.len(), 2);
+    assert_eq!(report.setup[1].command, "echo two >&2");
+    assert!(matches!(
+        report.outcome,
+        RunOutcome::Completed(RunResult {
+            exit_code: Some(5),
+            ..
+        })
+    ));
+    assert_eq!(out, "one\nmain\n");
+    assert_eq!(err, "two\n");
+}
+
+#[test]
+fn run_mode_stops_at_the_first_failing_setup_command() {
+    let (report, out, _) = run(RunSpec {
+        setup: vec!["echo one".into(), "exit 7".into(), "echo never".into()],
+        exec: "echo never".into(),
+        timeout_ms: None,
+    });
+    assert_eq!(report.setup.len(), 1);
+    match report.outcome {
+        RunOutcome::SetupFailed(step) => {
+            assert_eq!((step.index, step.command.as_str()), (1, "exit 7"));
+            assert_eq!(step.result.exit_code, Some(7));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out, "one\n");
+}
+
+#[test]
+fn run_mode_timeout_covers_the_whole_run() {
+    let start = Instant::now();
+    let (report, _, _) = run(RunSpec {
+        setup: vec!["sleep 0.2".into()],
+        exec: "sleep 1000".into(),
+        timeout_ms: Some(500),
+    });
+    match report.outcome {
+        RunOutcome::Completed(r) => {
+            assert_eq!(r.signal, Some(libc::SIGTERM));
+            assert!(r.error.unwrap().contains("timed out"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
