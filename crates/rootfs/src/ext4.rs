@@ -122,7 +122,16 @@ pub(crate) fn apply_fixups(
     for (rel, f) in fixups {
         let p = debugfs_path(rel)?;
         if let Some((kind, major, minor)) = f.device {
-            let _ = writeln!(cmds, "mknod {p} {kind} {major} {minor}");
+            // debugfs's mknod links the name into the current directory
+            // verbatim, so change there first.
+            let parent = debugfs_path(rel.parent().unwrap_or(Path::new("")))?;
+            let name = rel.file_name().map(PathBuf::from).unwrap_or_default();
+            let name = debugfs_path(&name)?;
+            let name = name.replacen("\"/", "\"", 1);
+            let _ = writeln!(
+                cmds,
+                "cd {parent}\nmknod {name} {kind} {major} {minor}\ncd \"/\""
+            );
         }
         let _ = writeln!(cmds, "sif {p} uid {}", f.uid);
         let _ = writeln!(cmds, "sif {p} gid {}", f.gid);
