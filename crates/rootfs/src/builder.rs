@@ -164,7 +164,7 @@ impl RootfsBuilder {
             Identified::Tar { digest, .. } => digest.clone(),
         };
         let init_digest = match &opts.init_binary {
-            Some(p) => sources::hash_file(p)?,
+            Some(p) => self.file_digest(p)?,
             None => "-".into(),
         };
         let kind = match image {
@@ -240,14 +240,14 @@ impl RootfsBuilder {
             }
             ImageRef::RootfsTar { file } => Identified::Tar {
                 file: file.clone(),
-                digest: self.tar_digest(file)?,
+                digest: self.file_digest(file)?,
             },
         })
     }
 
-    /// A tarball's digest, remembered by (device, inode, size, mtime) so an
-    /// unchanged file is not hashed again.
-    fn tar_digest(&self, file: &Path) -> Result<String, RootfsError> {
+    /// A file's digest (tarballs, the init binary), remembered by (device,
+    /// inode, size, mtime) so an unchanged file is not hashed again.
+    fn file_digest(&self, file: &Path) -> Result<String, RootfsError> {
         let m = fs::metadata(file).ctx(|| format!("inspecting {}", file.display()))?;
         let stamp = format!(
             "{} {} {} {}.{}",
@@ -258,7 +258,7 @@ impl RootfsBuilder {
             m.mtime_nsec()
         );
         let canon = fs::canonicalize(file).ctx(|| format!("resolving {}", file.display()))?;
-        let memo_dir = self.cache_dir().join("tar-ids");
+        let memo_dir = self.cache_dir().join("file-digests");
         let memo =
             memo_dir.join(&hex::encode(Sha256::digest(canon.as_os_str().as_encoded_bytes()))[..32]);
         if let Ok(s) = fs::read_to_string(&memo) {

@@ -1,17 +1,134 @@
-//! `microagent image ...`.
+//! `microagent image ...`: pull, list and remove images in the local store.
 
+use anyhow::Context;
 use clap::Subcommand;
+use vmkit_rootfs::{ImageRef, Platform, RootfsBuilder};
 
 use crate::cli::Global;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Placeholder until the image issue lands.
-    List,
+    /// Pull an image from a registry into the local store.
+    ///
+    /// REF uses docker's names: `alpine` is `docker.io/library/alpine:latest`;
+    /// `host:port/repo:tag` and `repo@sha256:...` work too. Registries on
+    /// loopback are spoken to over plain HTTP. Credentials come from
+    /// $REGISTRY_AUTH_FILE or ~/.microagent/auth.json (docker's config.json
+    /// shape). Every blob is checked against its digest and size.
+    Pull {
+        /// The image reference.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Platform to pick from multi-platform images (default: this host's).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+    },
+    /// List pulled images.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove a pulled image, the blobs only it used and disks built from it.
+    Rm {
+        /// The image reference, as pulled.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
 }
 
-pub fn run(cmd: ImageCommand, _global: &Global) -> anyhow::Result<u8> {
+fn registry_ref(reference: &str) -> anyhow::Result<vmkit_rootfs::RegistryRef> {
+    match ImageRef::parse(reference)? {
+        ImageRef::Registry(r) => Ok(r),
+        other => anyhow::bail!(
+            "{other} is a local image: it is read in place by `rootfs build` and `run`, there is nothing to pull or remove"
+        ),
+    }
+}
+
+pub fn run(cmd: ImageCommand, global: &Global) -> anyhow::Result<u8> {
+    let builder = RootfsBuilder::new(&global.state_dir);
     match cmd {
-        ImageCommand::List => anyhow::bail!("image commands are not implemented yet"),
+        ImageCommand::Pull {
+            reference,
+            platform,
+        } => {
+            let r = registry_ref(&reference)?;
+            let platform = platform.as_deref().map(Platform::parse).transpose()?;
+            let img = builder
+                .pull(&r, platform.as_ref(), !global.json)
+                .with_context(|| format!("pulling {r}"))?;
+            if global.json {
+                let mut v = serde_json::to_value(&img)?;
+                v["type"] = "image".into();
+                println!("{v}");
+            } else {
+                println!(
+                    "pulled {} ({}) {}",
+                    img.reference, img.platform, img.manifest_digest
+                );
+            }
+            Ok(0)
+        }
+        ImageCommand::Ls => {
+            let images = builder.store().list()?;
+            if global.json {
+                for img in &images {
+                    let mut v = serde_json::to_value(img)?;
+                    v["type"] = "image".into();
+                    println!("{v}");
+                }
+            } else {
+                println!(
+                    "{:<50} {:<14} {:<19} {:>10}  PULLED",
+                    "REFERENCE", "PLATFORM", "DIGEST", "SIZE"
+                );
+                for img in &images {
+                    println!(
+                        "{:<50} {:<14} {:<19} {:>10}  {}",
+                        img.reference,
+                        img.platform,
+                        &img.manifest_digest[..img.manifest_digest.len().min(19)],
+                        human_size(img.size),
+                        img.pulled_at.get(..19).unwrap_or(&img.pulled_at),
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ImageCommand::Rm { reference } => {
+            let r = registry_ref(&reference)?;
+            let removed = builder.store().remove(&r)?;
+            let live = builder.store().list()?;
+            for img in &removed {
+                // Cached disks go too, unless another reference still uses the image.
+                if !live
+                    .iter()
+                    .any(|l| l.manifest_digest == img.manifest_digest)
+                {
+                    builder.forget_digest(&img.manifest_digest)?;
+                }
+                if global.json {
+                    let mut v = serde_json::to_value(img)?;
+                    v["type"] = "removed".into();
+                    println!("{v}");
+                } else {
+                    println!("removed {} ({})", img.reference, img.platform);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
