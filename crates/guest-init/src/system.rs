@@ -234,7 +234,7 @@ pub fn uptime_ms() -> Option<u64> {
     Some((secs * 1000.0) as u64)
 }
 
-/// Stops everything, flushes disks and powers the VM off. Never returns.
+/// Stops everything, flushes disks and ends the VM. Never returns.
 pub fn poweroff(disks: &[DiskMount]) -> ! {
     // SAFETY: kill(-1) signals every process but init itself.
     unsafe {
@@ -261,8 +261,17 @@ pub fn poweroff(disks: &[DiskMount]) -> ! {
         None::<&str>,
     );
     nix::unistd::sync();
-    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-    log(&format!("power-off failed: {e:?}"));
+    use nix::sys::reboot::{reboot, RebootMode};
+    // Without ACPI (Firecracker) a power-off halts the CPU and the VM lingers;
+    // a reboot ends it there (reboot=k), and under QEMU (-no-reboot) too.
+    let mode = if Path::new("/sys/firmware/acpi").exists() {
+        RebootMode::RB_POWER_OFF
+    } else {
+        RebootMode::RB_AUTOBOOT
+    };
+    let e = reboot(mode);
+    log(&format!("{mode:?} failed: {e:?}"));
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
