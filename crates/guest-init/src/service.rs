@@ -21,8 +21,9 @@ use crate::command::{failed_to_start, finish, start, Launch, DEFAULT_KILL_GRACE}
 use crate::image::Defaults;
 use crate::reaper::Reaper;
 
-/// How long a new connection may take to send its first message.
-const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new connection may take to send its first message, and a
+/// started frame to arrive in full.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long run mode waits for the host's `ack` before powering off anyway.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,6 +63,7 @@ impl<C: Connection> Writer<C> {
 pub struct Service {
     defaults: Defaults,
     kill_grace: Duration,
+    frame_timeout: Duration,
     max_connections: usize,
     active: AtomicUsize,
     shutdown: Mutex<Option<Sender<()>>>,
@@ -74,6 +76,7 @@ impl Service {
         Service {
             defaults,
             kill_grace: DEFAULT_KILL_GRACE,
+            frame_timeout: FRAME_TIMEOUT,
             max_connections: 256,
             active: AtomicUsize::new(0),
             shutdown: Mutex::new(shutdown),
@@ -83,6 +86,14 @@ impl Service {
     /// Time between SIGTERM and SIGKILL when an exec times out.
     pub fn with_kill_grace(mut self, grace: Duration) -> Self {
         self.kill_grace = grace;
+        self
+    }
+
+    /// How long a connection may stay silent before its first message, and
+    /// how long a frame may take to arrive once started (default 30 s); a
+    /// peer that stalls gets an `error` and is disconnected.
+    pub fn with_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = timeout;
         self
     }
 
@@ -143,7 +154,7 @@ impl Service {
 
     /// Serves one connection to its end in the calling thread.
     pub fn handle<C: Connection>(&self, mut conn: C) {
-        let _ = conn.set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT));
+        let _ = conn.set_read_timeout(Some(self.frame_timeout));
         let first = read_message(&mut conn);
         let _ = conn.set_read_timeout(None);
         let reply = match first {
@@ -207,7 +218,8 @@ impl Service {
                 let done = AtomicBool::new(false);
                 std::thread::scope(|s| {
                     let (note, done) = (&note, &done);
-                    s.spawn(move || feed(reader, stdin, tty, &handle, note, done));
+                    let timeout = self.frame_timeout;
+                    s.spawn(move || feed(reader, stdin, tty, &handle, note, done, timeout));
                     let send = |m: Message| writer.send(&m);
                     let r = finish(started, &launch, &send, note);
                     done.store(true, Ordering::SeqCst);
@@ -234,10 +246,11 @@ fn feed<C: Connection>(
     handle: &crate::command::Handle,
     note: &Mutex<Option<String>>,
     done: &AtomicBool,
+    frame_timeout: Duration,
 ) {
     // A frame that starts must finish within this; a stalled half-frame
     // counts as garbage.
-    let _ = conn.set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT));
+    let _ = conn.set_read_timeout(Some(frame_timeout));
     loop {
         // Poll instead of blocking in read so the thread notices the command
         // finished (it must not outlive the exec, and shutting the socket's

@@ -432,3 +432,77 @@ fn run_mode_timeout_covers_the_whole_run() {
     }
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn a_stalled_half_frame_is_dropped_and_the_service_survives() {
+    setup();
+    let svc =
+        Arc::new(Service::new(defaults(), None).with_frame_timeout(Duration::from_millis(200)));
+    let (mut host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    host.write_all(&[0, 0, 0, 50, b'{']).unwrap();
+    match read_message(&mut host) {
+        Ok(Some(Message::Error { message })) => assert!(message.contains("bad frame"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // Silence before the first frame is treated the same way.
+    let (mut host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    assert!(matches!(
+        read_message(&mut host),
+        Ok(Some(Message::Error { .. }))
+    ));
+    let (r, out, _) = sh(&svc, "echo alive");
+    assert_eq!((r.exit_code, out.as_str()), (Some(0), "alive\n"));
+}
+
+/// A stand-in for the VMM's hybrid vsock socket: answers `CONNECT <port>`
+/// with `OK <port>` and hands the rest of the stream to the service.
+fn fake_vmm(svc: Arc<Service>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vm.vsock");
+    let listener = std::os::unix::net::UnixListener::bind(&uds).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while conn.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            let port = String::from_utf8_lossy(&line)
+                .trim_start_matches("CONNECT ")
+                .to_string();
+            conn.write_all(format!("OK {port}\n").as_bytes()).unwrap();
+            svc.spawn_handler(conn);
+        }
+    });
+    (dir, uds)
+}
+
+#[test]
+fn exec_client_through_the_hybrid_vsock_handshake() {
+    setup();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let svc = Arc::new(Service::new(defaults(), Some(tx)));
+    let (_dir, uds) = fake_vmm(svc);
+    let client = vmkit_channel::host::ExecClient::new(&uds, vmkit_channel::DEFAULT_EXEC_PORT);
+    client.ping(Duration::from_secs(5)).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let stdin: Box<dyn Read + Send> = Box::new(Cursor::new(b"abc".to_vec()));
+    let r = client
+        .exec(
+            &ExecRequest::shell("cat; echo e >&2"),
+            Some(stdin),
+            &mut out,
+            &mut err,
+            LONG,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, out.as_slice(), err.as_slice()),
+        (Some(0), &b"abc"[..], &b"e\n"[..])
+    );
+    client.shutdown(Duration::from_secs(5)).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
