@@ -8,5 +8,5 @@ fn main() {
     println!("MACHINE='{}'", boot::qemu_microvm_machine());
     println!("CPU='{}'", boot::qemu_cpu_model());
     println!("CMDLINE_BASE='{}'", boot::kernel_cmdline_base(true));
-    println!("TCG_ARGS='{}'", boot::tcg_kernel_args());
+    println!("TSC_ARGS='{}'", boot::tsc_kernel_args());
 }

@@ -8,8 +8,8 @@
 //!     -accel tcg -cpu max            # KVM: -accel kvm -cpu host
 //!     -m 512M -smp N -nodefaults -no-user-config -display none -no-reboot
 //!     -kernel ~/.microagent/kernels/x86_64/vmlinux
-//!     -append "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw init=...
-//!              tsc_early_khz=<host TSC kHz> tsc=reliable"   # TCG only
+//!     -append "console=ttyS0 reboot=t panic=-1 tsc_early_khz=<host TSC kHz>
+//!              tsc=reliable root=/dev/vda rw init=..."
 //!     -serial file:console.log (or chardev)
 //!     -drive id=root,file=root.ext4,format=raw,if=none
 //!     -device virtio-blk-device,drive=root ...
@@ -26,10 +26,13 @@
 //!   SSE4.2/POPCNT/AVX that today's userspace binaries assume); `host`
 //!   under KVM.
 //! - [`kernel_cmdline_base`]: `console=ttyS0`, then `reboot=t` (a guest
-//!   reboot triple-faults, which `-no-reboot` turns into QEMU exiting) and
-//!   `panic=-1` (a panic reboots at once, so QEMU exits instead of hanging).
-//! - [`tcg_kernel_args`] (TCG only): `tsc_early_khz=<host TSC kHz>
-//!   tsc=reliable`. This is the boot-hang fix, explained below.
+//!   reboot triple-faults, which `-no-reboot` turns into QEMU exiting),
+//!   `panic=-1` (a panic reboots at once, so QEMU exits instead of
+//!   hanging), and [`tsc_kernel_args`]: `tsc_early_khz=<host TSC kHz>
+//!   tsc=reliable`, the boot-hang fix explained below. Under TCG the guest
+//!   TSC is the host TSC; under KVM (no TSC scaling, as microagent runs
+//!   QEMU) it runs at the host TSC rate too, so the same arguments are
+//!   right for both accelerators.
 //!
 //! # Firecracker (KVM)
 //!
@@ -69,7 +72,7 @@
 //!    help: they all still need a tick or a TSC frequency.
 //!
 //! Fix: under TCG the guest's `rdtsc` returns the host's TSC, so the host
-//! knows the guest's TSC frequency exactly. [`tcg_kernel_args`] measures it
+//! knows the guest's TSC frequency exactly. [`tsc_kernel_args`] measures it
 //! once per process and passes `tsc_early_khz=`, which the kernel uses
 //! instead of calibrating; the calibration can no longer fail, and the
 //! PIT is not needed at all (with `pit=off` the unfixed kernel hangs every
@@ -95,10 +98,11 @@ pub fn qemu_cpu_model() -> &'static str {
     "max"
 }
 
-/// The kernel command line every QEMU boot starts with: serial console
-/// (when `console`) and reboot/panic behaviour that makes the VM exit.
-/// Callers append `root=`, `init=` and their own arguments, and under TCG
-/// [`tcg_kernel_args`].
+/// The kernel command line every QEMU boot (TCG or KVM) starts with:
+/// serial console (when `console`, else `quiet`), reboot/panic behaviour
+/// that makes the VM exit, and the TSC arguments that keep TCG boots from
+/// hanging ([`tsc_kernel_args`]). Callers append `root=`, `init=` and
+/// their own arguments.
 pub fn kernel_cmdline_base(console: bool) -> String {
     let mut parts = Vec::new();
     if console {
@@ -107,7 +111,10 @@ pub fn kernel_cmdline_base(console: bool) -> String {
         parts.push("quiet");
     }
     parts.extend(["reboot=t", "panic=-1"]);
-    parts.join(" ")
+    let mut line = parts.join(" ");
+    line.push(' ');
+    line.push_str(&tsc_kernel_args());
+    line
 }
 
 /// The kernel command line base for Firecracker (see the module docs).
@@ -122,11 +129,11 @@ pub fn firecracker_cmdline_base(console: bool) -> String {
     parts.join(" ")
 }
 
-/// Arguments every TCG boot needs: `tsc_early_khz=<host TSC kHz>
-/// tsc=reliable` (see "The TCG boot hang" in the module docs). When the
-/// host TSC frequency cannot be known (no invariant TSC, not x86_64),
-/// only `tsc=reliable`, and the kernel falls back to calibrating.
-pub fn tcg_kernel_args() -> String {
+/// `tsc_early_khz=<host TSC kHz> tsc=reliable` (see "The TCG boot hang"
+/// in the module docs); part of [`kernel_cmdline_base`]. When the host TSC
+/// frequency cannot be known (no invariant TSC, not x86_64), only
+/// `tsc=reliable`, and the kernel falls back to calibrating.
+pub fn tsc_kernel_args() -> String {
     match host_tsc_khz() {
         Some(khz) => format!("tsc_early_khz={khz} tsc=reliable"),
         None => "tsc=reliable".to_string(),
@@ -135,7 +142,7 @@ pub fn tcg_kernel_args() -> String {
 
 /// The host's TSC frequency in kHz, which is the TCG guest's TSC
 /// frequency. `$MICROAGENT_TSC_KHZ` overrides; otherwise measured once per
-/// process (about 60 ms) against the monotonic clock. `None` when the host
+/// process (about 130 ms) against the monotonic clock. `None` when the host
 /// TSC is not invariant or this is not an x86_64 host.
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: OnceLock<Option<u64>> = OnceLock::new();
@@ -160,9 +167,11 @@ fn plausible_khz(khz: u64) -> bool {
 mod measure {
     use std::time::{Duration, Instant};
 
-    /// Median of three 20 ms measurements of TSC ticks per millisecond,
+    /// Median of five 25 ms measurements of TSC ticks per millisecond,
     /// only on hosts whose kernel reports a constant, non-stop TSC (else
-    /// the guest's TSC rate is not one number).
+    /// the guest's TSC rate is not one number). Each end of a measurement
+    /// is known to well under a microsecond, so the result is within a few
+    /// parts per million (tens of ppm on a very busy host).
     pub(super) fn tsc_khz() -> Option<u64> {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
         let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
@@ -170,10 +179,10 @@ mod measure {
         if !has("constant_tsc") || !has("nonstop_tsc") {
             return None;
         }
-        let mut samples = Vec::with_capacity(3);
-        for _ in 0..3 {
+        let mut samples = Vec::with_capacity(5);
+        for _ in 0..5 {
             let (t0, i0) = sample();
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(25));
             let (t1, i1) = sample();
             let ns = i1.duration_since(i0).as_nanos();
             if ns == 0 || t1 <= t0 {
@@ -182,24 +191,24 @@ mod measure {
             samples.push(u128::from(t1 - t0) * 1_000_000 / ns);
         }
         samples.sort_unstable();
-        let khz = u64::try_from(samples[1]).ok()?;
+        let khz = u64::try_from(samples[2]).ok()?;
         super::plausible_khz(khz).then_some(khz)
     }
 
-    /// A TSC reading paired with `Instant::now()`, bracketed by two TSC
-    /// reads; retried when the bracket is wide (the thread was preempted).
+    /// A TSC reading paired with `Instant::now()`: the narrowest of many
+    /// `rdtsc; now; rdtsc` brackets (a wide one means the thread was
+    /// preempted or interrupted in between).
     fn sample() -> (u64, Instant) {
-        let mut best = None;
-        for _ in 0..20 {
+        let mut best: Option<(u64, u64, Instant)> = None;
+        for _ in 0..200 {
             let a = rdtsc();
             let now = Instant::now();
             let b = rdtsc();
             let width = b.wrapping_sub(a);
-            let mid = a.wrapping_add(width / 2);
             if best.is_none_or(|(w, _, _)| width < w) {
-                best = Some((width, mid, now));
+                best = Some((width, a.wrapping_add(width / 2), now));
             }
-            if width < 10_000 {
+            if width < 500 {
                 break;
             }
         }
@@ -231,7 +240,8 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(kernel_cmdline_base(true), "console=ttyS0 reboot=t panic=-1");
+        assert!(kernel_cmdline_base(true).starts_with("console=ttyS0 reboot=t panic=-1 "));
+        assert!(kernel_cmdline_base(true).ends_with(&tsc_kernel_args()));
         assert!(!kernel_cmdline_base(false).contains("console="));
         assert!(firecracker_cmdline_base(true).contains("reboot=k"));
         assert!(qemu_microvm_machine().starts_with("microvm,"));
@@ -240,8 +250,8 @@ mod tests {
 
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn tcg_args_carry_the_host_tsc_frequency() {
-        let args = tcg_kernel_args();
+    fn tsc_args_carry_the_host_tsc_frequency() {
+        let args = tsc_kernel_args();
         assert!(args.ends_with("tsc=reliable"), "{args}");
         if let Some(khz) = host_tsc_khz() {
             assert!(plausible_khz(khz));

@@ -53,9 +53,8 @@ fn boot(cpus: u32) -> (String, Duration) {
     let image = tiny_root(dir.path());
     let console = dir.path().join("console.log");
     let cmdline = format!(
-        "{} root=/dev/vda ro init=/init {}",
-        boot::kernel_cmdline_base(true),
-        boot::tcg_kernel_args()
+        "{} root=/dev/vda ro init=/init",
+        boot::kernel_cmdline_base(true)
     );
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
