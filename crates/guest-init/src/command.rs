@@ -183,7 +183,7 @@ pub fn failed_to_start(error: String) -> RunResult {
 
 /// Spawns the command through the reaper.
 pub fn start(l: &Launch, reaper: &Reaper) -> Result<Started, String> {
-    let program = &l.argv[0];
+    let program = l.argv.first().ok_or("no program to run")?;
     if !std::path::Path::new(&l.cwd).is_dir() {
         std::fs::create_dir_all(&l.cwd).map_err(|e| format!("working directory {}: {e}", l.cwd))?;
     }
@@ -457,6 +457,10 @@ fn pump(
                 continue;
             }
             match file.read(&mut buf) {
+                // A tty master shares its file description with the stdin
+                // writer, which makes it non-blocking: nothing to read yet.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // EIO: the tty's last slave fd closed; that is its EOF.
                 Ok(0) | Err(_) => closed.push(i),
                 Ok(n) => {

@@ -251,6 +251,14 @@ fn feed<C: Connection>(
     // A frame that starts must finish within this; a stalled half-frame
     // counts as garbage.
     let _ = conn.set_read_timeout(Some(frame_timeout));
+    if let Some(f) = &stdin {
+        // Non-blocking, so a full pipe nobody reads (a background grandchild
+        // holding it) cannot keep this thread, and so the exec, alive.
+        let _ = nix::fcntl::fcntl(
+            f,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+    }
     loop {
         // Poll instead of blocking in read so the thread notices the command
         // finished (it must not outlive the exec, and shutting the socket's
@@ -269,7 +277,7 @@ fn feed<C: Connection>(
             Ok(Some(Message::Stdin(bytes))) => {
                 // A command that closed its stdin just loses the rest.
                 if let Some(f) = stdin.as_mut() {
-                    if f.write_all(&bytes).is_err() {
+                    if !write_stdin(f, &bytes, done) {
                         stdin = None;
                     }
                 }
@@ -303,6 +311,26 @@ fn feed<C: Connection>(
             }
         }
     }
+}
+
+/// Writes all of `bytes` to the (non-blocking) stdin, waiting for room in
+/// short polls; false once the command's stdin is closed or the exec is over.
+fn write_stdin(f: &mut std::fs::File, mut bytes: &[u8], done: &AtomicBool) -> bool {
+    while !bytes.is_empty() {
+        match f.write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if done.load(Ordering::SeqCst) {
+                    return false;
+                }
+                let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLOUT)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u16));
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Run mode over the control connection: setup commands in order (the first

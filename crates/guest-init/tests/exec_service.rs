@@ -506,3 +506,22 @@ fn exec_client_through_the_hybrid_vsock_handshake() {
     client.shutdown(Duration::from_secs(5)).unwrap();
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn stdin_nobody_reads_does_not_hold_the_exec() {
+    let svc = service();
+    let start = Instant::now();
+    // The background sleep inherits stdin and never reads it; 1 MiB cannot fit in the pipe.
+    let (r, out, _) = exec_with(
+        &svc,
+        &ExecRequest::shell("sleep 3 & echo bye"),
+        Some(vec![7; 1 << 20]),
+    );
+    assert_eq!(r.unwrap().exit_code, Some(0));
+    assert_eq!(out, b"bye\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
