@@ -21,19 +21,36 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let code = exit::code_for(&err);
+            let message = error_chain(&err);
             if global.json {
                 let line = serde_json::json!({
                     "type": "error",
-                    "error": format!("{err:#}"),
+                    "error": message,
                     "exitCode": code,
                 });
                 println!("{line}");
             } else {
-                eprintln!("microagent: error: {err:#}");
+                eprintln!("microagent: error: {message}");
             }
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, joined with ": ", leaving out a cause whose
+/// text its parent already shows (library errors often wrap and repeat).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_tracing(verbose: u8) {

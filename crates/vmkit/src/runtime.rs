@@ -32,6 +32,8 @@ pub struct MachineParams {
     pub user: Option<String>,
     /// Use this kernel instead of the installed one.
     pub kernel: Option<PathBuf>,
+    /// Extra kernel command-line arguments.
+    pub kernel_args: Option<String>,
 }
 
 /// A one-shot run.
@@ -158,7 +160,7 @@ impl Runtime {
             memory_mib: m.memory_mib,
             cpu_count: m.cpus,
             disks: m.disks.clone(),
-            kernel_args: None,
+            kernel_args: m.kernel_args.clone(),
             hostname: None,
             workload: workload.or_else(|| {
                 // A workspace keeps its env/cwd/user for every boot.

@@ -47,6 +47,10 @@ pub struct MachineArgs {
     /// Use this kernel instead of the installed one.
     #[arg(long, value_name = "VMLINUX")]
     pub kernel: Option<PathBuf>,
+
+    /// Extra kernel command-line arguments, appended after microagent's own.
+    #[arg(long, value_name = "ARGS")]
+    pub kernel_args: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +184,7 @@ pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
         cwd: m.workdir.clone(),
         user: m.user.clone(),
         kernel: m.kernel.clone(),
+        kernel_args: m.kernel_args.clone(),
     }
 }
 

@@ -1,0 +1,196 @@
+//! Kept workspaces end to end: create, start, exec, halt, start again,
+//! delete; the event log; the workspace lock; extra disks.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{describe, json_lines, processes_mentioning, Env};
+
+fn create(env: &Env, name: &str, extra: &[&str]) {
+    let out = env
+        .cmd()
+        .args(["create", name, "--image", &env.image])
+        .arg("--kernel")
+        .arg(&env.kernel)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+fn exec(env: &Env, name: &str, script: &str) -> std::process::Output {
+    env.cmd()
+        .args(["exec", name, "--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn workspace_lifecycle_keeps_state_across_execs_and_halts() {
+    let env = Env::new();
+    create(&env, "ws", &["-e", "GREETING=hello"]);
+    env.ok(&["start", "ws"]);
+
+    let out = exec(&env, "ws", "echo $GREETING > /root/note; echo written");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
+    let out = exec(&env, "ws", "cat /root/note; exit 5");
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    env.ok(&["halt", "ws"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "ws"]).stdout).unwrap();
+    assert_eq!(status["state"], "halted");
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+
+    env.ok(&["start", "ws"]);
+    let out = exec(&env, "ws", "cat /root/note");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\n",
+        "{}",
+        describe(&out)
+    );
+
+    // Deleting a running workspace is refused; --force kills it first.
+    let out = env.cmd().args(["delete", "ws"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+
+    let events = json_lines(&env.ok(&["--json", "events", "ws"]));
+    let states: Vec<&str> = events
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["prepared", "starting", "running", "stopping", "halted", "starting", "running"]
+    );
+    env.ok(&["delete", "--force", "ws"]);
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+    assert!(!env.state_path().join("workspaces/ws").exists());
+}
+
+#[test]
+fn exec_needs_a_running_workspace_and_timeouts_kill() {
+    let env = Env::new();
+    create(&env, "idle", &[]);
+    let out = exec(&env, "idle", "true");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is prepared"),
+        "{}",
+        describe(&out)
+    );
+    env.ok(&["start", "idle"]);
+    let out = env
+        .cmd()
+        .args(["exec", "idle", "--timeout", "2", "--", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "{}", describe(&out));
+    env.ok(&["kill", "idle"]);
+    env.ok(&["delete", "idle"]);
+}
+
+#[test]
+fn concurrent_lifecycle_commands_are_serialised_by_the_lock() {
+    let env = Env::new();
+    create(&env, "shared", &[]);
+    // start and delete at once: delete waits for start's lock, then finds a
+    // running workspace and refuses. Either way the record stays whole.
+    let spawn = |args: &[&str]| {
+        env.cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let start = spawn(&["start", "shared"]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let delete = spawn(&["delete", "shared"]);
+    let start = start.wait_with_output().unwrap();
+    let delete = delete.wait_with_output().unwrap();
+    assert!(start.status.success(), "{}", describe(&start));
+    assert!(!delete.status.success(), "{}", describe(&delete));
+    let record: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "shared"]).stdout).unwrap();
+    assert_eq!(record["state"], "running");
+
+    // Two creates of one name: exactly one wins.
+    let a = spawn(&[
+        "create",
+        "twin",
+        "--image",
+        &env.image,
+        "--kernel",
+        env.kernel.to_str().unwrap(),
+    ]);
+    let b = spawn(&[
+        "create",
+        "twin",
+        "--image",
+        &env.image,
+        "--kernel",
+        env.kernel.to_str().unwrap(),
+    ]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(
+        [a.status.success(), b.status.success()]
+            .iter()
+            .filter(|s| **s)
+            .count(),
+        1,
+        "{}\n{}",
+        describe(&a),
+        describe(&b)
+    );
+    env.ok(&["delete", "--force", "shared"]);
+    env.ok(&["delete", "twin"]);
+}
+
+#[test]
+fn extra_disks_mount_in_order_ro_and_rw() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, file: &str| {
+        let src = dir.path().join(format!("{name}-src"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("hello.txt"), file).unwrap();
+        let img = dir.path().join(format!("{name}.ext4"));
+        let st = Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-d"])
+            .arg(&src)
+            .arg(&img)
+            .arg("8M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        img
+    };
+    let data = make("data", "from data\n");
+    let refs = make("refs", "from refs\n");
+    let out = env.run(&[
+        "--disk",
+        &format!("data={}:/data:rw", data.display()),
+        "--disk",
+        &format!("refs={}:/refs:ro", refs.display()),
+        "--exec",
+        "cat /data/hello.txt /refs/hello.txt; echo new > /data/new.txt; touch /refs/x 2>/dev/null && echo refs-writable || echo refs-readonly",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from data\nfrom refs\nrefs-readonly\n"
+    );
+    // The rw disk kept the write.
+    let dump = Command::new("debugfs")
+        .args(["-R", "cat /new.txt"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dump.stdout), "new\n");
+}
