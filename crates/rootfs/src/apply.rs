@@ -124,6 +124,10 @@ impl Staging {
         }
     }
 
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Applies one uncompressed layer tarball.
     pub(crate) fn apply_layer(
         &mut self,
@@ -442,12 +446,12 @@ impl Staging {
                 }
                 let (trel, depth) = self.resolve(&raw, &tcomps, false)?;
                 let thost = self.root.join(&trel);
+                let exists = depth >= trel.iter().count();
                 match fs::symlink_metadata(&thost) {
-                    Ok(m) if depth == tcomps.len() || depth >= trel.iter().count() => {
-                        if m.is_dir() {
-                            return Err(self.refuse(&raw, "hard link to a directory"));
-                        }
+                    Ok(m) if exists && m.is_dir() => {
+                        return Err(self.refuse(&raw, "hard link to a directory"))
                     }
+                    Ok(_) if exists => {}
                     _ => {
                         return Err(self.refuse(
                             &raw,

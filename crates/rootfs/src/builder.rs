@@ -68,6 +68,9 @@ pub struct BuildOptions {
     pub pull: PullPolicy,
     /// Bounds on hostile input.
     pub limits: Limits,
+    /// Where to unpack layers; `None` picks `/dev/shm` when the content
+    /// fits comfortably in memory, else a folder next to the cache.
+    pub staging_dir: Option<PathBuf>,
 }
 
 /// A built (or cached) root disk.
@@ -290,25 +293,32 @@ impl RootfsBuilder {
     ) -> Result<(), RootfsError> {
         let tmp_root = self.cache_dir().join("tmp");
         fs::create_dir_all(&tmp_root).ctx(|| format!("creating {}", tmp_root.display()))?;
-        sweep_stale(&tmp_root);
-        // 0700 (tempfile's default): setuid files and device nodes in the
-        // staging tree are unreachable for other users.
+        sweep_stale(&tmp_root, "");
+        sweep_stale(Path::new("/dev/shm"), "microagent-stage-");
         let work = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(&tmp_root)
             .ctx(|| format!("creating a folder in {}", tmp_root.display()))?;
-        let stage = work.path().join("stage");
-        fs::create_dir(&stage).ctx(|| format!("creating {}", stage.display()))?;
-        fs::set_permissions(&stage, fs::Permissions::from_mode(0o755))
-            .ctx(|| format!("chmod {}", stage.display()))?;
 
-        let privileged = rustix::process::geteuid().is_root();
-        let mut staging = Staging::new(stage.clone(), privileged, opts.limits.clone());
-        let t = Instant::now();
-        for (i, layer) in resolved.layers.iter().enumerate() {
-            sources::apply(&mut staging, layer, i)?;
-        }
-        tracing::debug!(elapsed = ?t.elapsed(), layers = resolved.layers.len(), "layers applied");
+        // Stage in memory (tmpfs) when the content surely fits: writing and
+        // deleting thousands of files there costs no journal traffic. A
+        // full tmpfs falls back to staging next to the cache.
+        let estimate = staging_estimate(&resolved);
+        let memory = opts
+            .staging_dir
+            .clone()
+            .or_else(|| tmpfs_with_room(estimate));
+        let (stage_holder, mut staging) = match memory {
+            Some(parent) => match self.stage(&parent, &resolved, opts) {
+                Err(e) if opts.staging_dir.is_none() && is_no_space(&e) => {
+                    tracing::info!("tmpfs staging ran out of space; staging on disk");
+                    self.stage(work.path(), &resolved, opts)?
+                }
+                other => other?,
+            },
+            None => self.stage(work.path(), &resolved, opts)?,
+        };
+        let stage = staging.root().to_path_buf();
 
         for (dir, mode) in MOUNT_POINTS {
             staging.ensure_dir(dir, *mode)?;
@@ -356,6 +366,9 @@ impl RootfsBuilder {
             needed,
         )?;
         ext4::apply_fixups(&disk, &staging.fixups, work.path())?;
+        let t_rm = Instant::now();
+        drop(stage_holder);
+        tracing::debug!(elapsed = ?t_rm.elapsed(), "staging removed");
         tracing::debug!(elapsed = ?t.elapsed(), size_mib, fixups = staging.fixups.len(), "ext4 made");
 
         let meta = CacheMeta {
@@ -382,17 +395,50 @@ impl RootfsBuilder {
         File::open(&out_dir)
             .and_then(|f| f.sync_all())
             .ctx(|| format!("syncing {}", out_dir.display()))?;
-        match fs::rename(&out_dir, entry) {
-            Ok(()) => {}
-            // Another build of the same key won the race; its entry is as good.
-            Err(_) if entry.join("meta.json").is_file() => {}
-            Err(e) => return Err(RootfsError::io(format!("storing {}", entry.display()), e)),
+        if let Err(e) = fs::rename(&out_dir, entry) {
+            match read_entry(entry) {
+                // Another build of the same key won the race; its entry is as good.
+                Ok(Some(_)) => {}
+                // A damaged entry (never trusted): move it out of the way.
+                _ if entry.exists() => {
+                    let aside = work.path().join("damaged");
+                    fs::rename(entry, &aside)
+                        .ctx(|| format!("moving aside {}", entry.display()))?;
+                    fs::rename(&out_dir, entry).ctx(|| format!("storing {}", entry.display()))?;
+                }
+                _ => return Err(RootfsError::io(format!("storing {}", entry.display()), e)),
+            }
         }
         let _ = File::open(self.cache_dir()).and_then(|f| f.sync_all());
-        let t = Instant::now();
         drop(work);
-        tracing::debug!(elapsed = ?t.elapsed(), "staging removed");
         Ok(())
+    }
+
+    /// Applies every layer into a fresh staging folder under `parent`.
+    fn stage(
+        &self,
+        parent: &Path,
+        resolved: &Resolved,
+        opts: &BuildOptions,
+    ) -> Result<(tempfile::TempDir, Staging), RootfsError> {
+        // 0700 (tempfile's default): setuid files and device nodes in the
+        // staging tree are unreachable for other users.
+        let holder = tempfile::Builder::new()
+            .prefix("microagent-stage-")
+            .tempdir_in(parent)
+            .ctx(|| format!("creating a folder in {}", parent.display()))?;
+        let stage = holder.path().join("root");
+        fs::create_dir(&stage).ctx(|| format!("creating {}", stage.display()))?;
+        fs::set_permissions(&stage, fs::Permissions::from_mode(0o755))
+            .ctx(|| format!("chmod {}", stage.display()))?;
+        let privileged = rustix::process::geteuid().is_root();
+        let mut staging = Staging::new(stage, privileged, opts.limits.clone());
+        let t = Instant::now();
+        for (i, layer) in resolved.layers.iter().enumerate() {
+            sources::apply(&mut staging, layer, i)?;
+        }
+        tracing::debug!(elapsed = ?t.elapsed(), layers = resolved.layers.len(), staging = %parent.display(), "layers applied");
+        Ok((holder, staging))
     }
 
     /// Removes cached disks built from `manifest_digest`.
@@ -451,12 +497,15 @@ fn read_entry(entry: &Path) -> Result<Option<BuiltRootfs>, RootfsError> {
     }))
 }
 
-fn sweep_stale(tmp_root: &Path) {
+fn sweep_stale(tmp_root: &Path, prefix: &str) {
     let Ok(rd) = fs::read_dir(tmp_root) else {
         return;
     };
     let now = SystemTime::now();
     for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
         let old = e
             .metadata()
             .and_then(|m| m.modified())
@@ -465,4 +514,50 @@ fn sweep_stale(tmp_root: &Path) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// A generous guess of the unpacked size: compressed layers grow about 3x.
+fn staging_estimate(resolved: &Resolved) -> u64 {
+    resolved
+        .layers
+        .iter()
+        .map(|l| {
+            let len = match l.range {
+                Some((_, len)) => len,
+                None => fs::metadata(&l.file)
+                    .map(|m| m.len())
+                    .unwrap_or(u64::MAX / 64),
+            };
+            len.saturating_mul(4)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// `/dev/shm` if it is a tmpfs we can write with room for `estimate`
+/// twice over, and the machine has memory to spare for it.
+fn tmpfs_with_room(estimate: u64) -> Option<PathBuf> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let shm = Path::new("/dev/shm");
+    let fs = rustix::fs::statfs(shm).ok()?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    if fs.f_type as i64 != TMPFS_MAGIC {
+        return None;
+    }
+    let vfs = rustix::fs::statvfs(shm).ok()?;
+    let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    let available = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    })?;
+    let room = estimate.saturating_mul(2).saturating_add(256 << 20);
+    (free >= room
+        && available / 4 >= estimate
+        && rustix::fs::access(shm, rustix::fs::Access::WRITE_OK).is_ok())
+    .then(|| shm.to_path_buf())
+}
+
+fn is_no_space(e: &RootfsError) -> bool {
+    matches!(e, RootfsError::Io { source, .. } if source.raw_os_error() == Some(28))
 }

@@ -23,6 +23,12 @@ impl World {
     fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
+    /// Five levels below the world, as the default staging would be.
+    fn staging(&self) -> PathBuf {
+        let p = self.dir.path().join("state/rootfs/staging");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
     /// Builds an image of `layers` (gzip) with `limits`.
     fn build(
         &self,
@@ -65,7 +71,7 @@ impl World {
                 .unwrap()
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "tmp")
+                .filter(|n| n != "tmp" && n != "staging")
                 .collect();
             assert!(entries.is_empty(), "a cache entry was written: {entries:?}");
             assert_eq!(

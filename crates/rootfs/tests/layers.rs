@@ -283,3 +283,49 @@ fn size_option_and_too_small() {
         0
     );
 }
+
+#[test]
+fn damaged_cache_entries_are_rebuilt_and_concurrent_builds_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    images::busybox_oci_layout(&layout, "latest");
+    let image = ImageRef::parse(&format!("oci-layout:{}", layout.display())).unwrap();
+    let state = tmp.path().join("state");
+
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (state, image) = (state.clone(), image.clone());
+            std::thread::spawn(move || {
+                RootfsBuilder::new(state)
+                    .build(&image, &BuildOptions::default())
+                    .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results[0].path, results[1].path);
+    fsck_clean(&results[0].path);
+
+    let builder = RootfsBuilder::new(&state);
+    let entry = results[0].path.parent().unwrap().to_path_buf();
+    std::fs::write(entry.join("meta.json"), b"{garbage").unwrap();
+    let rebuilt = builder.build(&image, &BuildOptions::default()).unwrap();
+    assert!(!rebuilt.cached, "a damaged entry is never trusted");
+    assert!(
+        builder
+            .build(&image, &BuildOptions::default())
+            .unwrap()
+            .cached
+    );
+
+    std::fs::remove_file(entry.join("disk.ext4")).unwrap();
+    let rebuilt = builder.build(&image, &BuildOptions::default()).unwrap();
+    assert!(!rebuilt.cached);
+    fsck_clean(&rebuilt.path);
+    assert_eq!(
+        std::fs::read_dir(builder.cache_dir().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
