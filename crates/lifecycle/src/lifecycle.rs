@@ -715,7 +715,6 @@ impl Backend for Lifecycle {
                 let disk = record.config.rootfs_path.clone();
                 record.config = config.clone();
                 record.config.rootfs_path = disk;
-                record.config.workload = None;
             }
             let (launched, _control) =
                 self.boot(store, lock, &mut record, &request.identity, Mode::Workspace, true)?;

@@ -46,10 +46,7 @@ fn requests_round_trip_and_validate() {
     assert_eq!(config.disks[1].mode, DiskMode::Ro);
     let halt = Request::from_json(&fixture("request-halt.json")).unwrap();
     assert_eq!(halt.identity.backend, BackendKind::AppleVf);
-    assert_eq!(
-        halt.state_dir(),
-        Some("/Users/me/.microagent")
-    );
+    assert_eq!(halt.state_dir(), Some("/Users/me/.microagent"));
 }
 
 #[test]

@@ -19,7 +19,7 @@ pub mod supervisor;
 
 pub use error::VmkitError;
 pub use guest_init::find_guest_init;
-pub use runtime::{MachineParams, RunParams, Runtime};
+pub use runtime::{new_run_name, MachineParams, RunParams, Runtime};
 pub use vmkit_channel::ExecRequest;
 pub use vmkit_kernel::BuildEvent;
 pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};

@@ -219,9 +219,19 @@ impl Runtime {
         self.call(&request)
     }
 
-    /// Boots a workspace; returns once its exec service is ready.
+    /// Boots a workspace with the machine it was created with; returns
+    /// once its exec service is ready.
     pub fn start(&self, name: &str) -> Result<Event, VmkitError> {
-        self.call(&self.request(Command::Start, name, "workspace", None))
+        let store = vmkit_state::StateStore::open(&self.state_dir)?;
+        let record = store.peek(name)?.ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::NotFound,
+                format!("workspace {name:?} does not exist"),
+            )
+        })?;
+        let mut config = record.config;
+        config.state_dir = self.state_dir.to_string_lossy().into_owned();
+        self.call(&self.request(Command::Start, name, "workspace", Some(config)))
     }
 
     /// Runs a command in a running workspace.
@@ -280,6 +290,11 @@ impl Runtime {
             ProtocolError::new(ErrorCode::Internal, "backend returned no event").into()
         })
     }
+}
+
+/// A fresh name for a one-shot run: `run-` and 12 hex digits.
+pub fn new_run_name() -> String {
+    format!("run-{}", &new_id()[..12])
 }
 
 fn new_id() -> String {

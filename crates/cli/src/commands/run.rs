@@ -47,8 +47,9 @@ pub struct RunArgs {
 pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = runtime(global, args.machine.backend)?;
     let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
+    let name = args.name.clone().unwrap_or_else(vmkit::new_run_name);
     let params = vmkit::RunParams {
-        name: args.name.clone(),
+        name: Some(name.clone()),
         setup: args.setup.clone(),
         exec: args.exec.clone(),
         timeout_seconds: args.timeout,
@@ -86,7 +87,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
             .as_ref()
             .map(|s| json!({"index": s.index, "command": s.command}));
         print_result(
-            args.name.as_deref().unwrap_or(""),
+            &name,
             &output.result,
             code,
             json!({"timedOut": output.timed_out, "setupFailed": setup}),
