@@ -166,6 +166,7 @@ fn extra_disks_mount_in_order_ro_and_rw() {
             .arg(&src)
             .arg(&img)
             .arg("8M")
+            .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(st.success());
