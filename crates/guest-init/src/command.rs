@@ -69,7 +69,7 @@ impl Launch {
         l.tty = req.tty;
         l.deadline = req
             .timeout_ms
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
         l.max_output = req.max_output_bytes;
         Ok(l)
     }

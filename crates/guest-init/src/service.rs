@@ -347,7 +347,7 @@ pub fn run_workload<C: Connection>(
     let send = |m: Message| writer.send(&m);
     let deadline = spec
         .timeout_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
+        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
     let run = |command: &str| -> RunResult {
         match Launch::shell(command, defaults, deadline).and_then(|mut l| {
             l.kill_grace = kill_grace;

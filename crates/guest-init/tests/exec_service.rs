@@ -525,3 +525,17 @@ fn stdin_nobody_reads_does_not_hold_the_exec() {
         start.elapsed()
     );
 }
+
+#[test]
+fn an_absurd_timeout_is_no_timeout() {
+    let svc = service();
+    let req = ExecRequest {
+        timeout_ms: Some(u64::MAX),
+        ..ExecRequest::shell("echo ok")
+    };
+    let (r, out, _) = exec_with(&svc, &req, None);
+    assert_eq!(
+        (r.unwrap().exit_code, out.as_slice()),
+        (Some(0), &b"ok\n"[..])
+    );
+}

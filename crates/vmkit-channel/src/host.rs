@@ -72,6 +72,14 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ChannelError 
     move |source| ChannelError::Io { context, source }
 }
 
+/// `now + timeout`, saturating: an absurd timeout means "no deadline", not a panic.
+pub fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 fn remaining(deadline: Instant) -> Option<Duration> {
     deadline
         .checked_duration_since(Instant::now())
@@ -86,7 +94,7 @@ fn remaining(deadline: Instant) -> Option<Duration> {
 /// it can be called right after the VMM starts. Returns a blocking stream
 /// without timeouts.
 pub fn connect(uds_path: &Path, port: u32, timeout: Duration) -> Result<UnixStream, ChannelError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     loop {
         let last_error = match try_connect(uds_path, port, deadline) {
             Ok(s) => return Ok(s),
@@ -184,7 +192,7 @@ impl HostListener {
     /// Waits up to `timeout` for the guest to connect. The returned stream
     /// is blocking, without timeouts.
     pub fn accept(&self, timeout: Duration) -> Result<UnixStream, ChannelError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let ctx = || format!("accepting on {}", self.path.display());
         loop {
             match self.listener.accept() {
@@ -315,7 +323,7 @@ impl Control {
 
     /// Workspace boots: waits for the guest's `ready`.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, ChannelError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         match recv(&self.stream, deadline, "waiting for the guest to be ready")? {
             Message::Ready(r) => Ok(r),
             other => Err(ChannelError::Protocol(format!(
@@ -337,7 +345,7 @@ impl Control {
         stderr: &mut dyn Write,
         timeout: Duration,
     ) -> Result<RunReport, ChannelError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut setup = Vec::new();
         let outcome = loop {
             match recv(&self.stream, deadline, "waiting for the run to finish")? {
@@ -425,7 +433,7 @@ impl ExecClient {
     /// Checks that the exec service answers.
     pub fn ping(&self, timeout: Duration) -> Result<(), ChannelError> {
         let stream = connect(&self.uds_path, self.port, self.connect_timeout)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         send(&stream, &Message::Ping, timeout)?;
         match recv(&stream, deadline, "waiting for pong")? {
             Message::Pong => Ok(()),
@@ -439,7 +447,7 @@ impl ExecClient {
 
 /// [`ExecClient::shutdown`] over an already connected stream.
 pub fn shutdown_over(stream: &UnixStream, timeout: Duration) -> Result<(), ChannelError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     send(stream, &Message::Shutdown, timeout)?;
     match recv(
         stream,
@@ -464,7 +472,7 @@ pub fn exec_over(
     stderr: &mut dyn Write,
     timeout: Duration,
 ) -> Result<RunResult, ChannelError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let mut req = req.clone();
     req.stdin = stdin.is_some();
     req.validate().map_err(ChannelError::Invalid)?;
@@ -549,6 +557,16 @@ mod tests {
         s.read_exact(&mut rest).unwrap();
         assert_eq!(&rest, b"guest");
         t.join().unwrap();
+    }
+
+    #[test]
+    fn absurd_timeouts_do_not_overflow() {
+        assert!(deadline_after(Duration::MAX) > Instant::now());
+        let (host, _guest) = UnixStream::pair().unwrap();
+        host.set_nonblocking(false).unwrap();
+        let mut c = Control::from_stream(host);
+        drop(_guest);
+        assert!(c.wait_ready(Duration::MAX).is_err());
     }
 
     #[test]
