@@ -283,6 +283,10 @@ fn send(stream: &UnixStream, msg: &Message, timeout: Duration) -> Result<(), Cha
     }
 }
 
+/// A guest claiming more setup steps than this is lying (and would make the
+/// host keep an unbounded list).
+const MAX_SETUP_STEPS: usize = 4096;
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -352,6 +356,11 @@ impl Control {
                 Message::Stdout(b) => sink(stdout, &b)?,
                 Message::Stderr(b) => sink(stderr, &b)?,
                 Message::SetupStarted { .. } => {}
+                Message::SetupResult(_) if setup.len() >= MAX_SETUP_STEPS => {
+                    return Err(ChannelError::Protocol(format!(
+                        "more than {MAX_SETUP_STEPS} setup results"
+                    )))
+                }
                 Message::SetupResult(s) => setup.push(s),
                 Message::SetupFailed(s) => break RunOutcome::SetupFailed(s),
                 Message::Result(r) => break RunOutcome::Completed(r),
