@@ -53,6 +53,8 @@ impl World {
             &ImageRef::parse(&format!("oci-layout:{}:x", layout.display())).unwrap(),
             &BuildOptions {
                 limits,
+                // On disk inside the world, so that escapes would land in it.
+                staging_dir: Some(self.staging()),
                 ..Default::default()
             },
         )

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::{cat, fsck_clean, stat, xattr};
 use vmkit_rootfs::{BuildOptions, ImageRef, RootfsBuilder};
-use vmkit_testkit::images::{self, Compression, ImageSpec, LayerBuilder};
+use vmkit_testkit::images::{self, Compression, ImageSpec};
 
 const CHILD_ENV: &str = "VMKIT_ROOTFS_UNPRIVILEGED_CHILD";
 const NOBODY: u32 = 65534;
