@@ -105,7 +105,23 @@ async fn pull_async(
     let (bytes, _) = client
         .pull_manifest_raw(&top_ref, &auth, &accepted)
         .await
-        .map_err(|e| reg_err(image, format!("fetching manifest of {image}: {e}")))?;
+        .map_err(|e| {
+            let mut msg = format!("fetching manifest of {image}: {e}");
+            if matches!(
+                e,
+                oci_client::errors::OciDistributionError::UnauthorizedError { .. }
+            ) || msg.contains("uthoriz")
+            {
+                let file = crate::auth::auth_file_path()
+                    .map_or("~/.microagent/auth.json".into(), |p| {
+                        p.display().to_string()
+                    });
+                msg.push_str(&format!(
+                    " (credentials are read from {file}, or the file REGISTRY_AUTH_FILE names)"
+                ));
+            }
+            reg_err(image, msg)
+        })?;
     if bytes.len() as u64 > MAX_JSON_BYTES {
         return Err(RootfsError::limit(
             format!("manifest of {image}"),

@@ -169,6 +169,21 @@ impl Drop for Registry {
     }
 }
 
+/// An htpasswd line (bcrypt, as the registry requires) made with
+/// apache2-utils' `htpasswd`.
+pub fn htpasswd_line(user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args(["-nbB", user, password])
+        .output()
+        .expect("running htpasswd (apache2-utils, installed by scripts/setup)");
+    assert!(
+        out.status.success(),
+        "htpasswd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + "\n"
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
