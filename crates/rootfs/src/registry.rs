@@ -117,7 +117,7 @@ async fn pull_async(
                         p.display().to_string()
                     });
                 msg.push_str(&format!(
-                    " (credentials are read from {file}, or the file REGISTRY_AUTH_FILE names)"
+                    " (credentials come from {file}; REGISTRY_AUTH_FILE names another file)"
                 ));
             }
             reg_err(image, msg)
