@@ -181,3 +181,76 @@ fn unknown_image_and_platform_errors_are_clear() {
     assert!(matches!(err, RootfsError::Registry { .. }), "{err:?}");
     assert!(err.to_string().contains("nope/nothing"), "{err}");
 }
+
+fn marked(marker: &str, arch: &str) -> ImageSpec {
+    let mut l = LayerBuilder::new();
+    l.file("arch", marker.as_bytes(), 0o644, 0, 0);
+    let mut spec = ImageSpec::new(
+        vec![(l.finish(), Compression::Gzip)],
+        serde_json::json!({"Cmd": [marker]}),
+    );
+    spec.architecture = arch.into();
+    spec
+}
+
+#[test]
+fn multi_platform_index_picks_the_platform() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let (amd, arm, armv7) = (
+        marked("amd64", "amd64"),
+        marked("arm64", "arm64"),
+        marked("armv7", "arm"),
+    );
+    let (index_digest, manifests) = images::write_oci_index(
+        &layout,
+        "multi",
+        &[
+            ("linux/amd64", &amd),
+            ("linux/arm64/v8", &arm),
+            ("linux/arm/v7", &armv7),
+        ],
+    );
+    let pushed = reg.push_oci_layout(&layout, "multi", "multi/app:1");
+    assert_eq!(pushed, index_digest);
+
+    let builder = RootfsBuilder::new(tmp.path().join("state"));
+    let by_tag = ImageRef::parse(&format!("{}/multi/app:1", reg.addr())).unwrap();
+    let by_digest = ImageRef::parse(&format!("{}/multi/app@{index_digest}", reg.addr())).unwrap();
+    let layout_ref = ImageRef::parse(&format!("oci-layout:{}:multi", layout.display())).unwrap();
+    for (platform, marker, manifest) in [
+        ("linux/amd64", "amd64", &manifests[0]),
+        ("linux/arm64", "arm64", &manifests[1]),
+        ("linux/arm/v7", "armv7", &manifests[2]),
+    ] {
+        let opts = BuildOptions {
+            platform: Some(vmkit_rootfs::Platform::parse(platform).unwrap()),
+            ..Default::default()
+        };
+        for image in [&by_tag, &by_digest, &layout_ref] {
+            let built = builder.build(image, &opts).unwrap();
+            assert_eq!(&built.manifest_digest, manifest, "{image} for {platform}");
+            assert_eq!(
+                cat(&built.path, "/arch"),
+                marker.as_bytes(),
+                "{image} for {platform}"
+            );
+            assert_eq!(built.image_config.cmd, Some(vec![marker.to_string()]));
+        }
+    }
+    // The host's platform by default (these tests run on amd64 hosts).
+    let built = builder.build(&by_tag, &BuildOptions::default()).unwrap();
+    assert_eq!(built.manifest_digest, manifests[0]);
+
+    let opts = BuildOptions {
+        platform: Some(vmkit_rootfs::Platform::parse("linux/s390x").unwrap()),
+        ..Default::default()
+    };
+    let err = builder.build(&by_tag, &opts).unwrap_err();
+    assert!(
+        matches!(err, RootfsError::NoMatchingPlatform { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
+}

@@ -349,6 +349,69 @@ pub fn write_oci_layout(dir: &Path, tag: &str, spec: &ImageSpec) -> String {
     md
 }
 
+/// Adds a multi-platform image to the OCI layout at `dir` under `tag`: one
+/// manifest per `(os/arch[/variant], spec)` behind an image index. Returns
+/// the index digest and the manifest digests in order.
+pub fn write_oci_index(
+    dir: &Path,
+    tag: &str,
+    images: &[(&str, &ImageSpec)],
+) -> (String, Vec<String>) {
+    let mut entries = Vec::new();
+    let mut digests = Vec::new();
+    for (i, (platform, spec)) in images.iter().enumerate() {
+        let inner_tag = format!("{tag}-platform-{i}");
+        let md = write_oci_layout(dir, &inner_tag, spec);
+        let size = std::fs::metadata(dir.join("blobs/sha256").join(&md[7..]))
+            .expect("manifest blob")
+            .len();
+        let mut parts = platform.split('/');
+        let (os, arch, variant) = (
+            parts.next().expect("os"),
+            parts.next().expect("arch"),
+            parts.next(),
+        );
+        let mut p = serde_json::json!({"os": os, "architecture": arch});
+        if let Some(v) = variant {
+            p["variant"] = v.into();
+        }
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md,
+            "size": size,
+            "platform": p,
+        }));
+        digests.push(md);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .expect("index json");
+    let (id, is) = put_blob(dir, &index);
+    // Only the index is tagged in the layout's index.json.
+    let index_path = dir.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("index.json"))
+            .expect("index.json");
+    let manifests = top["manifests"].as_array_mut().expect("manifests array");
+    manifests.retain(|m| {
+        let name = m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap_or("");
+        name != tag && !name.starts_with(&format!("{tag}-platform-"))
+    });
+    manifests.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": id,
+        "size": is,
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&top).expect("index json")).expect("index.json");
+    (id, digests)
+}
+
 /// Writes `spec` as a `docker save` archive (layers uncompressed, as
 /// docker writes them). Returns the config digest (the image ID).
 pub fn write_docker_archive(file: &Path, repo_tag: &str, spec: &ImageSpec) -> String {

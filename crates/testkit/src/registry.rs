@@ -135,6 +135,7 @@ impl Registry {
         let mut cmd = Command::new("skopeo");
         cmd.args([
             "copy",
+            "--all",
             "--quiet",
             "--insecure-policy",
             "--dest-tls-verify=false",
