@@ -35,10 +35,24 @@ fn main() {
     system::poweroff(&disks);
 }
 
+/// With `microagent.debug` on the kernel command line, logs boot stages
+/// with the kernel's uptime, to see where boot time goes.
+fn stage(debug: bool, what: &str) {
+    if debug {
+        log(&format!(
+            "{:>6} ms  {what}",
+            system::uptime_ms().unwrap_or(0)
+        ));
+    }
+}
+
 fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     system::ensure_console();
     system::mount_basics();
     system::ensure_console();
+    let debug = std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|c| c.split_ascii_whitespace().any(|a| a == "microagent.debug"));
+    stage(debug, "filesystems mounted");
     Reaper::global();
     if let Err(e) = system::loopback_up() {
         log(&format!("loopback: {e}"));
@@ -48,6 +62,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
         errors.push(e);
         BootSpec::default()
     });
+    stage(debug, "boot spec read");
     if let Some(h) = &spec.hostname {
         system::set_hostname(h);
     }
@@ -64,6 +79,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     if let Err(e) = system::place_files(&spec.files) {
         errors.push(e);
     }
+    stage(debug, "disks mounted, files placed");
     let defaults = Defaults::new(&image, &spec.env, spec.cwd.as_deref(), spec.user.as_deref());
 
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
@@ -95,6 +111,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             return;
         }
     };
+    stage(debug, "connected to the host");
     if !errors.is_empty() {
         let message = errors.join("; ");
         log(&message);
