@@ -162,5 +162,10 @@ fn ownership_lands_when_not_root() {
         assert_eq!((i.uid, i.gid), (0, 0), "{p} owned by {}:{}", i.uid, i.gid);
     }
     assert_eq!(stat(img, "/sbin/microagent-init").unwrap().mode, 0o755);
+    // Fix-ups on symlinks change the link, not what it points to.
+    let bb = stat(img, "/bin/busybox").unwrap();
+    assert_eq!((bb.kind.as_str(), bb.mode), ("regular", 0o755));
+    assert_eq!(stat(img, "/bin/sh").unwrap().kind, "symlink");
+    assert_eq!(common::readlink(img, "/bin/sh"), "/bin/busybox");
     assert_eq!(stat(img, "/tmp").unwrap().mode, 0o1777);
 }
