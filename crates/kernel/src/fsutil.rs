@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -16,7 +17,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KernelError>
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| KernelError::io("creating a temp file in", dir, e))?;
-    tmp.write_all(bytes)
+    // tempfile creates 0600; manifests are as readable as the kernel.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|_| tmp.write_all(bytes))
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| KernelError::io("writing", tmp.path(), e))?;
     tmp.persist(path)
