@@ -254,3 +254,35 @@ fn multi_platform_index_picks_the_platform() {
     );
     assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
 }
+
+#[test]
+fn bearer_token_auth_anonymous_flow() {
+    let reg = Registry::start_with_token_auth(&["tok/app"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let pushed = images::busybox_oci_layout(&layout, "latest");
+    assert_eq!(
+        reg.push_oci_layout(&layout, "latest", "tok/app:latest"),
+        pushed
+    );
+    // Without a token the registry refuses.
+    assert_eq!(
+        vmkit_testkit::registry::http_status(reg.addr(), "/v2/tok/app/manifests/latest"),
+        Some(401)
+    );
+
+    let before = reg.token_requests().len();
+    let builder = RootfsBuilder::new(tmp.path().join("state"));
+    let image = ImageRef::parse(&format!("{}/tok/app:latest", reg.addr())).unwrap();
+    let built = builder.build(&image, &BuildOptions::default()).unwrap();
+    assert_eq!(built.manifest_digest, pushed);
+    assert!(stat(&built.path, "/bin/busybox").is_some());
+    let asked: Vec<String> = reg.token_requests().split_off(before);
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.contains("scope=repository%3Atok%2Fapp%3Apull")
+                || r.contains("scope=repository:tok/app:pull")),
+        "the client fetched a pull token: {asked:?}"
+    );
+}
