@@ -639,4 +639,71 @@ mod tests {
         assert_eq!(estimated_build_time(2), Duration::from_secs(270));
         assert!(estimated_build_time(0) >= estimated_build_time(1));
     }
+
+    /// Puts a fake "build" of the current fragment from the current Debian
+    /// source into a store, as a real build would have recorded it.
+    fn fake_current_build(store: &KernelStore) -> InstalledKernel {
+        let source =
+            resolve_source(&BuildSource::Debian).expect("scripts/setup installs linux-source-6.1");
+        let mut bytes = crate::elf::tests::fake_vmlinux(62, &crate::elf::tests::pvh_note());
+        bytes.extend_from_slice(b"Linux version 6.1.0-fake (x@y) #1");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        fs::write(&path, bytes).unwrap();
+        let _lock = store.lock().unwrap();
+        store
+            .install_image(
+                File::open(&path).unwrap(),
+                &path,
+                source.record,
+                Some(fragment::fragment_sha256(fragment::X86_64_FRAGMENT)),
+                Some(1.0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn build_is_a_fast_no_op_when_up_to_date() {
+        let state = tempfile::tempdir().unwrap();
+        let store = KernelStore::with_arch(state.path(), "x86_64");
+        let installed = fake_current_build(&store);
+        assert!(installed.is_current_build());
+        let mut events = Vec::new();
+        let started = Instant::now();
+        let got = store
+            .build(&BuildOptions::default(), &mut |e| events.push(e))
+            .unwrap();
+        assert_eq!(got, installed);
+        assert!(
+            matches!(events.as_slice(), [BuildEvent::UpToDate]),
+            "{events:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!store.build_log_path().exists(), "no build ran");
+    }
+
+    #[test]
+    fn ensure_installed_uses_what_is_there() {
+        let state = tempfile::tempdir().unwrap();
+        let store = KernelStore::with_arch(state.path(), "x86_64");
+        let installed = fake_current_build(&store);
+        let mut events = Vec::new();
+        let got = ensure_installed(&store, &mut |e| events.push(e)).unwrap();
+        assert_eq!(got, installed);
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn started_event_says_what_and_how_long() {
+        let ev = BuildEvent::Started {
+            reason: "no kernel is installed".into(),
+            source: "from Debian linux-source-6.1 6.1.192-2".into(),
+            estimate: estimated_build_time(2),
+            log: PathBuf::from("/s/kernels/build.log"),
+        };
+        let text = ev.to_string();
+        assert!(text.contains("no kernel is installed"), "{text}");
+        assert!(text.contains("about 5 minutes"), "{text}");
+        assert!(text.contains("/s/kernels/build.log"), "{text}");
+    }
 }
