@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::sys::socket::{
-    accept4, bind, connect, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
-    SockType, VsockAddr,
+    accept4, bind, connect, getpeername, listen, setsockopt, socket, sockopt, AddressFamily,
+    Backlog, SockFlag, SockType, VsockAddr,
 };
 use nix::sys::time::TimeVal;
 
@@ -90,12 +90,24 @@ impl VsockListener {
         Ok(VsockListener(fd))
     }
 
-    /// Waits for the next connection.
+    /// Waits for the next connection from the host. Connections from any
+    /// other CID (another VM, or a guest process over vsock loopback, which
+    /// could otherwise run commands as root) are closed unanswered.
     pub fn accept(&self) -> io::Result<VsockStream> {
-        // Close-on-exec atomically: a concurrent spawn must not inherit the
-        // socket, or the host would never see it close.
-        let raw = accept4(self.0.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
-        // SAFETY: accept4 returned a new descriptor that nothing else owns.
-        Ok(VsockStream(unsafe { OwnedFd::from_raw_fd(raw) }))
+        loop {
+            // Close-on-exec atomically: a concurrent spawn must not inherit the
+            // socket, or the host would never see it close.
+            let raw = accept4(self.0.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            match getpeername::<VsockAddr>(fd.as_raw_fd()) {
+                Ok(peer) if peer.cid() == HOST_CID => return Ok(VsockStream(fd)),
+                Ok(peer) => crate::log(&format!(
+                    "exec service: refused a connection from CID {}",
+                    peer.cid()
+                )),
+                Err(e) => crate::log(&format!("exec service: getpeername: {e}")),
+            }
+        }
     }
 }
