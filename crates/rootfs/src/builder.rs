@@ -159,6 +159,11 @@ impl RootfsBuilder {
     pub fn build(&self, image: &ImageRef, opts: &BuildOptions) -> Result<BuiltRootfs, RootfsError> {
         let started = Instant::now();
         let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+        // Keeps `image rm` from deleting blobs this build is about to read.
+        let _lock = match image {
+            ImageRef::Registry(_) => Some(self.store.lock(false)?),
+            _ => None,
+        };
         let identified = self.identify(image, &platform, opts)?;
         let digest = match &identified {
             Identified::Store(d) => d.clone(),

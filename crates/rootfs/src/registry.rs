@@ -79,6 +79,7 @@ async fn pull_async(
     limits: &Limits,
     progress: bool,
 ) -> Result<StoredImage, RootfsError> {
+    let _lock = store.lock(false)?;
     let protocol = if image.is_loopback() {
         ClientProtocol::HttpsExcept(vec![image.registry.clone()])
     } else {

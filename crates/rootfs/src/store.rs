@@ -45,6 +45,28 @@ impl ImageStore {
         }
     }
 
+    /// Takes the store lock: shared for pulls and builds (which only add or
+    /// read blobs), exclusive for removal (which deletes blobs no record
+    /// names, so must not run while a pull has fetched blobs but not yet
+    /// recorded them). Released when the returned file is dropped.
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<fs::File, RootfsError> {
+        fs::create_dir_all(&self.root).ctx(|| format!("creating {}", self.root.display()))?;
+        let path = self.root.join("lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let op = if exclusive {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::LockShared
+        };
+        rustix::fs::flock(&f, op).ctx(|| format!("locking {}", path.display()))?;
+        Ok(f)
+    }
+
     /// Where a verified blob lives. `digest` must be valid.
     pub(crate) fn blob_path(&self, digest: &str) -> PathBuf {
         debug_assert!(validate_digest(digest).is_ok());
@@ -164,6 +186,7 @@ impl ImageStore {
     /// Forgets `reference` (every platform) and deletes blobs no remaining
     /// reference needs. Returns the removed records.
     pub fn remove(&self, reference: &RegistryRef) -> Result<Vec<StoredImage>, RootfsError> {
+        let _lock = self.lock(true)?;
         let name = reference.to_string();
         let mut removed = Vec::new();
         for img in self.list()? {
