@@ -166,6 +166,7 @@ pub(crate) struct Reporter {
     json: bool,
     bar: Option<ProgressBar>,
     built: bool,
+    last_tenth: u64,
 }
 
 impl Reporter {
@@ -174,6 +175,7 @@ impl Reporter {
             json,
             bar: None,
             built: false,
+            last_tenth: 0,
         }
     }
 
@@ -224,6 +226,16 @@ impl Reporter {
                     bar.set_length(estimated_total.max(done));
                     bar.set_position(done);
                     bar.set_message(what);
+                    // No terminal (CI logs): a line every tenth instead of
+                    // minutes of silence.
+                    let tenth = (done * 10 / estimated_total.max(1)).min(9);
+                    if bar.is_hidden() && tenth > self.last_tenth {
+                        self.last_tenth = tenth;
+                        eprintln!(
+                            "kernel build: compiling, about {}% ({done}/~{estimated_total} steps)",
+                            tenth * 10
+                        );
+                    }
                 }
             }
             BuildEvent::UpToDate => {}
