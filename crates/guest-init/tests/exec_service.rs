@@ -539,3 +539,36 @@ fn an_absurd_timeout_is_no_timeout() {
         (Some(0), &b"ok\n"[..])
     );
 }
+
+#[test]
+fn image_and_boot_spec_defaults_apply_unless_the_request_overrides() {
+    setup();
+    let image: ImageConfig = serde_json::from_str(
+        r#"{"Env":["PATH=/usr/bin:/bin","FROM=image","KEEP=image"],"WorkingDir":"/tmp","User":"agent"}"#,
+    )
+    .unwrap();
+    // Users resolve against this passwd, not the host's.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    std::fs::write(
+        root.path().join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nagent:x:4242:4243::/home/agent:/bin/sh\n",
+    )
+    .unwrap();
+    let spec_env = [("FROM".to_string(), "spec".to_string())].into();
+    let mut defaults = Defaults::new(&image, &spec_env, None, None);
+    defaults.root = root.path().to_owned();
+    let svc = Arc::new(Service::new(defaults, None));
+    let (r, out, _) = sh(&svc, "echo $FROM $KEEP $(pwd) $(id -u):$(id -g) $HOME");
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(out, "spec image /tmp 4242:4243 /home/agent\n");
+    let req = ExecRequest {
+        env: [("FROM".to_string(), "request".to_string())].into(),
+        cwd: Some("/".into()),
+        user: Some("0".into()),
+        ..ExecRequest::shell("echo $FROM $(pwd) $(id -u)")
+    };
+    let (r, out, _) = exec_with(&svc, &req, None);
+    assert_eq!(r.unwrap().exit_code, Some(0));
+    assert_eq!(out, b"request / 0\n");
+}
