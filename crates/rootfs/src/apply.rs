@@ -353,6 +353,23 @@ impl Staging {
                         OsStr::from_bytes(name).to_os_string(),
                         ext.value_bytes().to_vec(),
                     ));
+                } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+                    // bsdtar's spelling: the value is base64, padded or not.
+                    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+                    use base64::Engine as _;
+                    let lenient = GeneralPurpose::new(
+                        &base64::alphabet::STANDARD,
+                        GeneralPurposeConfig::new()
+                            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+                    );
+                    let value = lenient
+                        .decode(ext.value_bytes())
+                        .map_err(|_| self.refuse(&raw, "bad LIBARCHIVE.xattr value"))?;
+                    if value.len() > self.limits.max_xattr_bytes {
+                        return Err(self.refuse(&raw, "xattr value too large"));
+                    }
+                    meta.xattrs
+                        .push((OsStr::from_bytes(name).to_os_string(), value));
                 } else if key == b"uid" {
                     meta.uid = num()
                         .and_then(|v| u64::try_from(v).ok())

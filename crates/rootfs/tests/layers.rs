@@ -38,6 +38,16 @@ fn rich_image() -> ImageSpec {
             b"x\n",
             0o644,
             &[("user.microagent", b"hello")],
+        )
+        .file_with_pax(
+            "data/bsdtar",
+            b"b\n",
+            0o644,
+            &[
+                ("LIBARCHIVE.xattr.user.b64", b"d29ybGQ"),
+                ("uid", b"3000000"),
+                ("gid", b"3000001"),
+            ],
         );
     let mut top = LayerBuilder::new();
     top.whiteout("data/gone.txt")
@@ -112,6 +122,17 @@ fn check_rich(img: &Path) {
         xattr(img, "/data/xattr", "user.microagent").contains("hello"),
         "{}",
         xattr(img, "/data/xattr", "user.microagent")
+    );
+    let b = stat(img, "/data/bsdtar").unwrap();
+    assert_eq!(
+        (b.uid, b.gid),
+        (3_000_000, 3_000_001),
+        "pax uid/gid win over the header"
+    );
+    assert!(
+        xattr(img, "/data/bsdtar", "user.b64").contains("world"),
+        "{}",
+        xattr(img, "/data/bsdtar", "user.b64")
     );
     // Mount points and the recorded config.
     for d in ["/proc", "/sys", "/dev", "/run", "/tmp"] {

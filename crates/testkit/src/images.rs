@@ -183,7 +183,8 @@ impl LayerBuilder {
         self.file(&format!("{dir}/.wh..wh..opq"), &[], 0o644, 0, 0)
     }
 
-    /// A regular file carrying extended attributes in a PAX header.
+    /// A regular file carrying extended attributes in a PAX header
+    /// (`SCHILY.xattr.*`, as GNU tar and Go's archive/tar write them).
     pub fn file_with_xattrs(
         &mut self,
         name: &str,
@@ -191,17 +192,34 @@ impl LayerBuilder {
         mode: u32,
         xattrs: &[(&str, &[u8])],
     ) -> &mut Self {
-        let mut records = Vec::new();
-        for (k, v) in xattrs {
-            let body_len = format!(" SCHILY.xattr.{k}=").len() + v.len() + 1;
+        let keys: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        let records: Vec<(&str, &[u8])> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        self.file_with_pax(name, content, mode, &records)
+    }
+
+    /// A regular file preceded by a PAX header with `records` (any keys:
+    /// `uid`, `LIBARCHIVE.xattr.*`, ...).
+    pub fn file_with_pax(
+        &mut self,
+        name: &str,
+        content: &[u8],
+        mode: u32,
+        records: &[(&str, &[u8])],
+    ) -> &mut Self {
+        let mut data = Vec::new();
+        for (k, v) in records {
+            let body_len = format!(" {k}=").len() + v.len() + 1;
             // The length field counts its own digits.
             let mut len = body_len + 1;
             while len.to_string().len() + body_len != len {
                 len = len.to_string().len() + body_len;
             }
-            records.extend_from_slice(format!("{len} SCHILY.xattr.{k}=").as_bytes());
-            records.extend_from_slice(v);
-            records.push(b'\n');
+            data.extend_from_slice(format!("{len} {k}=").as_bytes());
+            data.extend_from_slice(v);
+            data.push(b'\n');
         }
         let h = Self::header(
             tar::EntryType::XHeader,
@@ -209,9 +227,9 @@ impl LayerBuilder {
             0o644,
             0,
             0,
-            records.len() as u64,
+            data.len() as u64,
         );
-        self.push(h, &records);
+        self.push(h, &data);
         self.file(name, content, mode, 0, 0)
     }
 
