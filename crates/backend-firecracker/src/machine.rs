@@ -1,0 +1,354 @@
+//! The [`Machine`] for Firecracker: spawn the process, configure it over
+//! its API socket, start the guest.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmkit_host::{find_in_path, probe_kvm, Tool};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
+use vmkit_protocol::{Accelerator, BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
+
+use crate::api::{ApiClient, ApiError};
+use crate::config::{self, ApiCall};
+
+/// The API socket's name in the workspace folder (short: a Unix socket
+/// path must fit in 108 bytes).
+pub const API_SOCKET: &str = "fc.sock";
+/// How long Firecracker may take to open its API socket.
+const API_READY: Duration = Duration::from_secs(10);
+/// Most of a log line quoted in an error.
+const MAX_HINT_CHARS: usize = 300;
+
+/// Launches Firecracker microVMs.
+#[derive(Debug, Default)]
+pub struct FirecrackerMachine {}
+
+impl FirecrackerMachine {
+    /// A machine that finds `firecracker` in `PATH` at each launch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn binary() -> Result<PathBuf, ProtocolError> {
+    find_in_path(Tool::Firecracker.program()).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::Unavailable,
+            "firecracker not found in PATH; install a release binary or use --backend qemu",
+        )
+    })
+}
+
+impl Machine for FirecrackerMachine {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
+    }
+
+    fn host(&self) -> HostInfo {
+        let kvm = probe_kvm();
+        HostInfo {
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            accelerator: if kvm.usable() {
+                Accelerator::Kvm
+            } else {
+                Accelerator::None
+            },
+            accelerator_reason: kvm.detail,
+            checks: Vec::new(),
+        }
+    }
+
+    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+        binary()?;
+        let kvm = probe_kvm();
+        if !kvm.usable() {
+            return Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "firecracker needs usable KVM: {}; use --backend qemu",
+                    kvm.detail
+                ),
+            ));
+        }
+        config::validate(config)?;
+        let kernel = Path::new(&config.kernel_path);
+        if !kernel.is_file() {
+            return Err(ProtocolError::invalid(format!(
+                "kernel {} does not exist; run `microagent kernel build`",
+                kernel.display()
+            )));
+        }
+        for (i, d) in config.disks.iter().enumerate() {
+            if !Path::new(&d.path).is_file() {
+                return Err(ProtocolError::invalid(format!(
+                    "disks[{i}].path {} is not a file",
+                    d.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
+        let firecracker = binary()?;
+        // Everything that can be refused is refused before a process runs.
+        let calls = config::configuration(plan)?;
+        let supervision = if plan.detached {
+            Supervision::Detached
+        } else {
+            Supervision::DiesWithParent
+        };
+        rotate(&plan.paths.console_log);
+        let mut log = open_log(&plan.paths.vmm_log)?;
+        let console = open_log(&plan.paths.console_log)?;
+        let socket = plan.paths.dir.join(API_SOCKET);
+        // Firecracker refuses to start when its socket path exists, and a
+        // VMM that died leaves its socket behind.
+        remove_stale_socket(&socket)?;
+        let name = plan
+            .paths
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let id = config::instance_id(&name);
+        note(
+            &mut log,
+            &format!(
+                "starting {} --api-sock {} --id {id}",
+                firecracker.display(),
+                socket.display()
+            ),
+        );
+        // The guest's serial console is Firecracker's stdout, and so are
+        // Firecracker's own log lines (it logs to stdout unless told
+        // otherwise), so a boot failure's console tail shows both.
+        // stderr (panics) goes to vmm.log with our notes. stdin is a pipe
+        // closed at once: the serial input sees end-of-file and is dropped
+        // (/dev/null cannot be polled, which Firecracker warns about).
+        let spawned = spawn_supervised(
+            Command::new(&firecracker)
+                .arg("--api-sock")
+                .arg(&socket)
+                .arg("--id")
+                .arg(&id)
+                .stdin(Stdio::piped())
+                .stdout(console)
+                .stderr(clone_log(&log)?),
+            supervision,
+        );
+        let mut child =
+            spawned.map_err(|e| internal(format!("starting {}: {e}", firecracker.display())))?;
+        drop(child.stdin.take());
+        match configure_and_start(&mut child, &socket, &calls, plan, &mut log) {
+            Ok(()) => Ok(Launched {
+                vmm: child,
+                helpers: Vec::new(),
+            }),
+            Err(e) => {
+                note(&mut log, &format!("launch failed: {}", e.message));
+                kill(&mut child);
+                let _ = std::fs::remove_file(&socket);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Waits for the API socket, then makes every call and `InstanceStart`.
+fn configure_and_start(
+    child: &mut Child,
+    socket: &Path,
+    calls: &[ApiCall],
+    plan: &BootPlan,
+    log: &mut File,
+) -> Result<(), ProtocolError> {
+    wait_for_api(child, socket, plan)?;
+    let client = ApiClient::new(socket);
+    for call in calls.iter().chain([&config::instance_start()]) {
+        note(log, &format!("PUT {} {}", call.path, call.body));
+        match client.put_within(&call.path, &call.body, call.timeout) {
+            Ok(()) => {}
+            Err(e) => return Err(api_error(child, &call.path, e, plan)),
+        }
+    }
+    note(log, "InstanceStart accepted; the guest is booting");
+    Ok(())
+}
+
+/// Turns an API failure into the error the caller sees, noting whether
+/// Firecracker is still alive (a crash shows up as a refused connection).
+fn api_error(child: &mut Child, path: &str, e: ApiError, plan: &BootPlan) -> ProtocolError {
+    let exited = match child.try_wait() {
+        Ok(Some(status)) => format!(
+            " (firecracker exited: {status}{})",
+            last_output(plan)
+                .map(|l| format!("; last output: {l}"))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    match e {
+        ApiError::Fault { status, message } => internal(format!(
+            "firecracker refused PUT {path} (HTTP {status}): {message}{exited}"
+        )),
+        ApiError::Timeout(t) => ProtocolError::new(
+            ErrorCode::Timeout,
+            format!(
+                "firecracker did not answer PUT {path} within {}s{exited}",
+                t.as_secs()
+            ),
+        ),
+        other => internal(format!("firecracker API, PUT {path}: {other}{exited}")),
+    }
+}
+
+/// Polls until the API socket accepts a connection; fails early if the
+/// process exits first.
+fn wait_for_api(child: &mut Child, socket: &Path, plan: &BootPlan) -> Result<(), ProtocolError> {
+    let deadline = Instant::now() + API_READY;
+    loop {
+        if UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let hint = last_output(plan)
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default();
+            return Err(internal(format!(
+                "firecracker exited at start ({status}){hint}; see console.log and vmm.log in {}",
+                plan.paths.dir.display()
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(ProtocolError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "firecracker did not open its API socket {} within {}s",
+                    socket.display(),
+                    API_READY.as_secs()
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The last line Firecracker printed: on stdout (console.log, where its
+/// log lines go) or, failing that, in vmm.log.
+fn last_output(plan: &BootPlan) -> Option<String> {
+    last_line(&plan.paths.console_log).or_else(|| last_line(&plan.paths.vmm_log))
+}
+
+/// The last non-empty line of a file, read from its last 4 KiB only,
+/// made printable and cut to [`MAX_HINT_CHARS`].
+fn last_line(path: &Path) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    file.take(4096).read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("microagent: "))?;
+    Some(
+        line.chars()
+            .take(MAX_HINT_CHARS)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+    )
+}
+
+/// Appends one of our own lines to vmm.log. Losing a note must not fail
+/// a launch, so write errors are ignored.
+fn note(log: &mut File, line: &str) {
+    tracing::debug!("firecracker: {line}");
+    let _ = writeln!(log, "microagent: {line}");
+}
+
+fn internal(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, message)
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn remove_stale_socket(path: &Path) -> Result<(), ProtocolError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| internal(format!("removing the stale {}: {e}", path.display()))),
+        Ok(_) => Err(internal(format!(
+            "{} exists and is not a socket; remove it",
+            path.display()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
+fn open_log(path: &Path) -> Result<File, ProtocolError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| internal(format!("opening {}: {e}", path.display())))
+}
+
+fn clone_log(log: &File) -> Result<File, ProtocolError> {
+    log.try_clone()
+        .map_err(|e| internal(format!("duplicating the VMM log handle: {e}")))
+}
+
+/// Keeps one previous console log; each boot starts a fresh one, so its
+/// size is bounded by what one boot prints.
+fn rotate(path: &Path) {
+    if path.exists() {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_line_skips_our_notes_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(
+            &p,
+            "a\nError: bad \x1b thing\n\nmicroagent: launch failed\n\n",
+        )
+        .unwrap();
+        assert_eq!(last_line(&p).unwrap(), "Error: bad   thing");
+        std::fs::write(&p, "x".repeat(10_000)).unwrap();
+        assert_eq!(last_line(&p).unwrap().len(), MAX_HINT_CHARS);
+        assert!(last_line(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn a_stale_socket_is_removed_and_a_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fc.sock");
+        drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
+        remove_stale_socket(&p).unwrap();
+        assert!(!p.exists());
+        remove_stale_socket(&p).unwrap();
+        std::fs::write(&p, "data").unwrap();
+        assert!(remove_stale_socket(&p).is_err());
+        assert!(p.exists());
+    }
+}
