@@ -329,6 +329,40 @@ mod tests {
     }
 
     #[test]
+    fn random_and_mutated_input_never_panics() {
+        // A cheap fuzzer: xorshift bytes, and valid frames with bytes flipped.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = encode(&Message::Exec(ExecRequest::shell("echo hi"))).unwrap();
+        for i in 0..20_000 {
+            let buf: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 64) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if b.len() >= 4 && next() % 2 == 0 {
+                    // Plausible small lengths reach the JSON parser.
+                    let n = (b.len() - 4) as u32;
+                    b[..4].copy_from_slice(&n.to_be_bytes());
+                }
+                b
+            } else {
+                let mut b = valid.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % b.len();
+                    b[at] = next() as u8;
+                }
+                b
+            };
+            let mut r = &buf[..];
+            while let Ok(Some(_)) = read_message(&mut r) {}
+        }
+    }
+
+    #[test]
     fn writer_refuses_oversized_payload() {
         let err = encode(&Message::Stdout(vec![0; MAX_CHUNK_LEN as usize + 1])).unwrap_err();
         assert!(matches!(err, FrameError::Oversized { .. }));
