@@ -211,6 +211,12 @@ impl Staging {
         let mut existing: Option<usize> = None;
         while let Some(c) = pending.pop_front() {
             if c == ".." {
+                if existing.is_some() {
+                    // `missing/..`: the kernel says ENOENT, and so do we.
+                    return Err(
+                        self.refuse(entry, "goes through a symlink into a missing directory")
+                    );
+                }
                 if stack.pop().is_none() {
                     return Err(
                         self.refuse(entry, "goes through a symlink that points outside the root")

@@ -135,7 +135,7 @@ fn writing_through_an_escaping_symlink_is_refused() {
     let mut a = LayerBuilder::new();
     a.dir("d", 0o755, 0, 0)
         .symlink("d/up", "..")
-        .symlink("d/esc", "up/up/up/../../../../..");
+        .symlink("d/esc", "up/d/up/../../../../..");
     let mut b = LayerBuilder::new();
     b.dir("d/esc/outside", 0o755, 0, 0)
         .file("d/esc/outside/pwned", b"x", 0o644, 0, 0);
@@ -377,4 +377,27 @@ fn tampered_layout_blobs_and_garbage_are_refused() {
         "{err:?}"
     );
     w.assert_untouched();
+}
+
+#[test]
+fn symlinks_through_missing_directories_are_refused() {
+    let w = World::new();
+    let mut l = LayerBuilder::new();
+    l.dir("real", 0o755, 0, 0)
+        .symlink("esc", "../../../../../outside")
+        .symlink("tricky", "missing/../esc")
+        .file("tricky/pwned", b"x", 0o644, 0, 0);
+    unsafe_entry(
+        w.build(vec![l.finish()], Limits::default()),
+        "missing directory",
+    );
+    w.assert_untouched();
+    // A legitimate chain of links inside the image still works.
+    let mut l = LayerBuilder::new();
+    l.dir("usr/lib", 0o755, 0, 0)
+        .symlink("lib", "usr/lib")
+        .symlink("usr/lib64", "../lib")
+        .file("usr/lib64/libx.so", b"elf", 0o755, 0, 0);
+    let built = w.build(vec![l.finish()], Limits::default()).unwrap();
+    assert_eq!(cat(&built.path, "/usr/lib/libx.so"), b"elf");
 }
