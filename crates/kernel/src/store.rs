@@ -531,6 +531,7 @@ mod tests {
             (&dir, "is a directory"),
             (&through_file, "cannot be examined"),
             (&empty, "too short"),
+            (&PathBuf::from("/dev/null"), "not a regular file"),
         ] {
             let err = store.install_from(path).unwrap_err();
             let msg = err.to_string();
