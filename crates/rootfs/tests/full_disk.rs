@@ -12,8 +12,9 @@ use vmkit_rootfs::{BuildOptions, ImageRef, RootfsBuilder, RootfsError};
 use vmkit_testkit::images::{self, Compression, ImageSpec, LayerBuilder};
 use vmkit_testkit::registry::Registry;
 
-/// A small tmpfs, unmounted on drop.
-struct TinyDisk(PathBuf, tempfile::TempDir);
+/// A small tmpfs, unmounted on drop (the temp folder holding the mount
+/// point goes after it).
+struct TinyDisk(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TinyDisk {
     fn new(size: &str) -> TinyDisk {
