@@ -123,7 +123,8 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     }
     match spec.mode {
         Mode::Run(run) => {
-            if let Err(e) = run_workload(control, &run, &defaults, DEFAULT_KILL_GRACE) {
+            let flush = || system::flush_disks(&spec.disks);
+            if let Err(e) = run_workload(control, &run, &defaults, DEFAULT_KILL_GRACE, &flush) {
                 log(&format!("reporting the run to the host: {e}"));
             }
         }

@@ -336,11 +336,14 @@ fn write_stdin(f: &mut std::fs::File, mut bytes: &[u8], done: &AtomicBool) -> bo
 /// Run mode over the control connection: setup commands in order (the first
 /// failure stops the run), then the exec command, streaming output, then the
 /// result; waits for the host's `ack` so nothing is lost to the power-off.
+/// `before_report` runs just before the final message (the guest flushes its
+/// read-write disks there, so the host may end the VM as soon as it has it).
 pub fn run_workload<C: Connection>(
     conn: C,
     spec: &RunSpec,
     defaults: &Defaults,
     kill_grace: Duration,
+    before_report: &dyn Fn(),
 ) -> io::Result<()> {
     let mut reader = conn.try_clone()?;
     let writer = Writer(Mutex::new(conn));
@@ -372,6 +375,7 @@ pub fn run_workload<C: Connection>(
             result,
         };
         if !ok {
+            before_report();
             send(Message::SetupFailed(step))?;
             wait_ack(&mut reader);
             return Ok(());
@@ -379,6 +383,7 @@ pub fn run_workload<C: Connection>(
         send(Message::SetupResult(step))?;
     }
     let result = run(&spec.exec);
+    before_report();
     send(Message::Result(result))?;
     wait_ack(&mut reader);
     Ok(())

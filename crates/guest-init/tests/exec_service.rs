@@ -363,7 +363,14 @@ fn run(spec: RunSpec) -> (vmkit_channel::host::RunReport, String, String) {
     setup();
     let (host, guest) = UnixStream::pair().unwrap();
     let t = std::thread::spawn(move || {
-        run_workload(guest, &spec, &defaults(), Duration::from_millis(300)).unwrap()
+        run_workload(
+            guest,
+            &spec,
+            &defaults(),
+            Duration::from_millis(300),
+            &|| {},
+        )
+        .unwrap()
     });
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let report = Control::from_stream(host)
@@ -571,4 +578,44 @@ fn image_and_boot_spec_defaults_apply_unless_the_request_overrides() {
     let (r, out, _) = exec_with(&svc, &req, None);
     assert_eq!(r.unwrap().exit_code, Some(0));
     assert_eq!(out, b"request / 0\n");
+}
+
+#[test]
+fn run_mode_flushes_before_the_final_report() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("flushed");
+    for spec in [
+        RunSpec {
+            setup: vec![],
+            exec: "true".into(),
+            timeout_ms: None,
+        },
+        RunSpec {
+            setup: vec!["false".into()],
+            exec: "true".into(),
+            timeout_ms: None,
+        },
+    ] {
+        let _ = std::fs::remove_file(&marker);
+        let (host, guest) = UnixStream::pair().unwrap();
+        let m = marker.clone();
+        let t = std::thread::spawn(move || {
+            let flush = || std::fs::write(&m, b"").unwrap();
+            run_workload(
+                guest,
+                &spec,
+                &defaults(),
+                Duration::from_millis(300),
+                &flush,
+            )
+            .unwrap()
+        });
+        let mut c = Control::from_stream(host);
+        c.receive_run(&mut io::sink(), &mut io::sink(), LONG)
+            .unwrap();
+        // The report is only sent after the flush.
+        assert!(marker.exists());
+        t.join().unwrap();
+    }
 }
