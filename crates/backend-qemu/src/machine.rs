@@ -207,7 +207,11 @@ impl Machine for QemuMachine {
         }
 
         let args = self.qemu_args(plan, &vhost_socket);
-        tracing::debug!("qemu {}", args.join(" "));
+        // One JSON array, so scripts/bench-run can replay the exact command.
+        tracing::debug!(
+            "qemu argv {}",
+            serde_json::to_string(&args).unwrap_or_default()
+        );
         let spawned = spawn_supervised(
             Command::new(&qemu)
                 .args(&args)

@@ -482,8 +482,11 @@ impl Lifecycle {
             let backstop =
                 timeout.map_or(Duration::from_secs(365 * 24 * 3600), |t| t + TIMEOUT_SLACK);
             let received = control.receive_run(stdout, stderr, backstop);
-            // The guest powers off after acknowledging; give it a moment.
-            let powered_off = wait_child(&mut launched.vmm, Duration::from_secs(10));
+            // A kept disk must be flushed and cleanly unmounted, so the
+            // guest powers off by itself after acknowledging. A discarded
+            // one needs no flush: ending the VM at once saves the guest's
+            // shutdown, which is most of a short run's tail.
+            let powered_off = keep && wait_child(&mut launched.vmm, Duration::from_secs(10));
             kill_and_reap(std::slice::from_mut(&mut launched.vmm));
             kill_and_reap(&mut launched.helpers);
             let paths = Self::paths(&store, &record.name)?;
@@ -525,10 +528,10 @@ impl Lifecycle {
                     return Err(e);
                 }
             };
-            let detail = if powered_off {
-                "guest powered off"
-            } else {
-                "guest did not power off; VMM killed"
+            let detail = match (keep, powered_off) {
+                (false, _) => "run finished; VM discarded",
+                (true, true) => "guest powered off",
+                (true, false) => "guest did not power off; VMM killed",
             };
             let output = match report.outcome {
                 RunOutcome::Completed(result) => {
