@@ -197,3 +197,28 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     let ws = env.state_path().join("workspaces");
     assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
 }
+
+#[test]
+fn run_pulls_from_a_registry_by_tag_and_by_digest() {
+    let env = Env::new();
+    let registry = vmkit_testkit::registry::Registry::start();
+    let layout = tempfile::tempdir().unwrap();
+    vmkit_testkit::images::busybox_oci_layout(layout.path(), "latest");
+    let digest = registry.push_oci_layout(layout.path(), "latest", "tools/busybox:1");
+    for image in [
+        format!("{}/tools/busybox:1", registry.addr()),
+        format!("{}/tools/busybox@{digest}", registry.addr()),
+    ] {
+        let out = env
+            .cmd()
+            .args(["run", "--image", &image])
+            .arg("--kernel")
+            .arg(&env.kernel)
+            .args(["--exec", "echo pulled; pwd"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{image}: {}", describe(&out));
+        // The image's WorkingDir applies.
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled\n/root\n");
+    }
+}
