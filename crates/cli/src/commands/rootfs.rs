@@ -87,6 +87,7 @@ pub fn run(cmd: RootfsCommand, global: &Global) -> anyhow::Result<u8> {
             let built = RootfsBuilder::new(&global.state_dir)
                 .build(&image, &opts)
                 .with_context(|| format!("building a root disk from {image}"))?;
+            let build_seconds = started.elapsed().as_secs_f64();
             clone_disk(&built.path, &output)?;
             let seconds = started.elapsed().as_secs_f64();
             if global.json {
@@ -101,6 +102,8 @@ pub fn run(cmd: RootfsCommand, global: &Global) -> anyhow::Result<u8> {
                         "sizeMib": built.size_mib,
                         "cached": built.cached,
                         "seconds": seconds,
+                        "buildSeconds": build_seconds,
+                        "copySeconds": seconds - build_seconds,
                     })
                 );
             } else {
