@@ -1,24 +1,177 @@
-//! The Apple Virtualization.framework backend: spawns the Swift supervisor
-//! and speaks one JSON request/response with it over stdin/stdout.
+//! The Apple Virtualization.framework backend.
+//!
+//! Virtualization.framework is only reachable from Swift/Objective-C, so the
+//! VM lives in a separate supervisor process (`microagent-vf-supervisor`,
+//! or `$MICROAGENT_VF_SUPERVISOR`). Each protocol command spawns it once:
+//! one JSON [`Request`] on its stdin, one JSON [`Response`] on its stdout,
+//! exit 0 iff `"ok": true`, diagnostics on stderr. This crate is that
+//! client. The supervisor's output is untrusted: it is read with a size
+//! bound and a deadline, and anything that is not one well-formed response
+//! agreeing with the exit status becomes an error, never a panic.
 
-use vmkit_protocol::{Backend, BackendKind, ErrorCode, HostInfo, Outcome, ProtocolError, Request};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
 
-/// The Apple Virtualization.framework backend.
-#[derive(Debug, Default)]
-pub struct AppleVfBackend {}
+use vmkit_protocol::{
+    Backend, BackendKind, ErrorCode, HostInfo, Outcome, ProtocolError, Request, Response,
+};
 
-impl AppleVfBackend {
-    /// An Apple VF backend with default settings.
-    pub fn new() -> Self {
-        Self::default()
+/// Largest response accepted from a supervisor.
+pub const MAX_RESPONSE_BYTES: u64 = 1 << 20;
+/// Largest stderr kept for error messages.
+const MAX_DIAGNOSTICS: u64 = 16 << 10;
+/// The supervisor's program name when `$MICROAGENT_VF_SUPERVISOR` is unset.
+pub const SUPERVISOR_PROGRAM: &str = "microagent-vf-supervisor";
+
+/// The Apple VF backend: a client of the Swift supervisor.
+#[derive(Debug, Clone)]
+pub struct AppleVfBackend {
+    supervisor: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl Default for AppleVfBackend {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-fn unsupported() -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::Unsupported,
-        "the apple-vf backend runs only on macOS with the Swift supervisor, which is not built yet",
-    )
+impl AppleVfBackend {
+    /// Uses `$MICROAGENT_VF_SUPERVISOR`, else `microagent-vf-supervisor` in PATH.
+    pub fn new() -> Self {
+        AppleVfBackend {
+            supervisor: std::env::var_os("MICROAGENT_VF_SUPERVISOR").map(PathBuf::from),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Uses the supervisor at `path`, with a deadline per command.
+    pub fn with_supervisor(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+        AppleVfBackend {
+            supervisor: Some(path.into()),
+            timeout,
+        }
+    }
+
+    /// Sends one request to a fresh supervisor process and returns its response.
+    pub fn call(&self, request: &Request) -> Result<Response, ProtocolError> {
+        let program = self
+            .supervisor
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SUPERVISOR_PROGRAM));
+        let unavailable = |e: std::io::Error| {
+            ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot start the Apple VF supervisor {}: {e}; it ships with the macOS build of microagent",
+                    program.display()
+                ),
+            )
+        };
+        let mut child = Command::new(&program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(unavailable)?;
+        let body = serde_json::to_vec(request).expect("requests always serialize");
+        let mut stdin = child.stdin.take().expect("piped");
+        // A supervisor that never reads must not block us: write on a thread.
+        let writer = thread::spawn(move || {
+            let _ = stdin.write_all(&body);
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        let tx_err = tx.clone();
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            let r = stdout.take(MAX_RESPONSE_BYTES + 1).read_to_end(&mut out);
+            let _ = tx.send((true, r.map(|_| out)));
+        });
+        thread::spawn(move || {
+            let mut err = Vec::new();
+            let r = stderr.take(MAX_DIAGNOSTICS).read_to_end(&mut err);
+            let _ = tx_err.send((false, r.map(|_| err)));
+        });
+        let mut out = None;
+        let mut diag = Vec::new();
+        for _ in 0..2 {
+            match rx.recv_timeout(self.timeout) {
+                Ok((true, r)) => out = Some(r),
+                Ok((false, r)) => diag = r.unwrap_or_default(),
+                Err(_) => break,
+            }
+        }
+        let Some(out) = out else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ProtocolError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the Apple VF supervisor did not answer within {}s",
+                    self.timeout.as_secs()
+                ),
+            ));
+        };
+        let _ = writer.join();
+        let status = child.wait().map_err(unavailable)?;
+        let diag = String::from_utf8_lossy(&diag).trim().to_owned();
+        let out = out.map_err(|e| bad(format!("reading its response: {e}"), &diag))?;
+        if out.len() as u64 > MAX_RESPONSE_BYTES {
+            let _ = child.kill();
+            return Err(bad(
+                format!("its response exceeds {MAX_RESPONSE_BYTES} bytes"),
+                &diag,
+            ));
+        }
+        let response: Response = serde_json::from_slice(&out).map_err(|e| {
+            bad(
+                format!("its response is not a protocol response: {e}"),
+                &diag,
+            )
+        })?;
+        if response.ok != status.success() {
+            return Err(bad(
+                format!("it answered ok={} but exited with {status}", response.ok),
+                &diag,
+            ));
+        }
+        if response.ok == response.error.is_some() {
+            return Err(bad("ok and error disagree in its response".into(), &diag));
+        }
+        if response.backend != BackendKind::AppleVf {
+            return Err(bad(
+                format!("it answered as backend {}", response.backend),
+                &diag,
+            ));
+        }
+        Ok(response)
+    }
+
+    fn command(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        let response = self.call(request)?;
+        if let Some(error) = response.error {
+            return Err(error);
+        }
+        Ok(Outcome {
+            event: response.event,
+            host: response.host,
+            result: response.result,
+        })
+    }
+}
+
+fn bad(what: String, diagnostics: &str) -> ProtocolError {
+    let mut message = format!("the Apple VF supervisor misbehaved: {what}");
+    if !diagnostics.is_empty() {
+        message.push_str(&format!(" (stderr: {diagnostics})"));
+    }
+    ProtocolError::new(ErrorCode::Internal, message)
 }
 
 impl Backend for AppleVfBackend {
@@ -26,33 +179,36 @@ impl Backend for AppleVfBackend {
         BackendKind::AppleVf
     }
     fn host(&self) -> Result<HostInfo, ProtocolError> {
-        Err(unsupported())
+        Err(ProtocolError::new(
+            ErrorCode::Unsupported,
+            "host is answered by the supervisor: send a host request",
+        ))
     }
-    fn check(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn check(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn prepare(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn prepare(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn start(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn start(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn run(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn run(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn inspect(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn inspect(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn halt(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn halt(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn stop(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn stop(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn kill(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn kill(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
-    fn delete(&self, _r: &Request) -> Result<Outcome, ProtocolError> {
-        Err(unsupported())
+    fn delete(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
     }
 }
