@@ -65,7 +65,8 @@ impl Machine for FirecrackerMachine {
     }
 
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
-        binary()?;
+        // KVM first: without it, installing firecracker would not help,
+        // so it is the refusal worth reading.
         let kvm = probe_kvm();
         if !kvm.usable() {
             return Err(ProtocolError::new(
@@ -76,6 +77,7 @@ impl Machine for FirecrackerMachine {
                 ),
             ));
         }
+        binary()?;
         config::validate(config)?;
         let kernel = Path::new(&config.kernel_path);
         if !kernel.is_file() {
