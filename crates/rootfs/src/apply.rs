@@ -95,6 +95,9 @@ pub(crate) struct Staging {
     pub content_bytes: u64,
     /// Inodes created (an over-estimate: removals are not subtracted).
     pub inodes: u64,
+    /// Staging in memory: the content bytes allowed before giving up with
+    /// ENOSPC (the builder then restages on disk).
+    pub memory_budget: Option<u64>,
     /// Keyed by path relative to the root.
     pub fixups: BTreeMap<PathBuf, Fixup>,
     dir_times: BTreeMap<PathBuf, i64>,
@@ -117,6 +120,7 @@ impl Staging {
             bytes: 0,
             content_bytes: 0,
             inodes: 1,
+            memory_budget: None,
             fixups: BTreeMap::new(),
             dir_times: BTreeMap::new(),
             this_layer: HashSet::new(),
@@ -421,6 +425,12 @@ impl Staging {
             T::Regular | T::Continuous | T::GNUSparse => {
                 let size = entry.size();
                 self.bytes = self.bytes.saturating_add(size);
+                if self.memory_budget.is_some_and(|b| self.bytes > b) {
+                    return Err(RootfsError::io(
+                        "staging in memory",
+                        io::Error::from_raw_os_error(28),
+                    ));
+                }
                 if self.bytes > self.limits.max_total_bytes {
                     return Err(RootfsError::limit(
                         "uncompressed image content",

@@ -71,6 +71,10 @@ pub struct BuildOptions {
     /// Where to unpack layers; `None` picks `/dev/shm` when the content
     /// fits comfortably in memory, else a folder next to the cache.
     pub staging_dir: Option<PathBuf>,
+    /// Most content staged in memory before the build moves to disk
+    /// (default: the smaller of half the free tmpfs and a quarter of the
+    /// available memory).
+    pub memory_staging_limit: Option<u64>,
 }
 
 /// A built (or cached) root disk.
@@ -309,19 +313,24 @@ impl RootfsBuilder {
         // deleting thousands of files there costs no journal traffic. A
         // full tmpfs falls back to staging next to the cache.
         let estimate = staging_estimate(&resolved);
-        let memory = opts
-            .staging_dir
-            .clone()
-            .or_else(|| tmpfs_with_room(estimate));
+        let memory = match &opts.staging_dir {
+            Some(dir) => Some((dir.clone(), None)),
+            None => tmpfs_with_room(estimate).map(|(dir, budget)| {
+                let budget = opts.memory_staging_limit.map_or(budget, |l| l.min(budget));
+                (dir, Some(budget))
+            }),
+        };
         let (stage_holder, mut staging) = match memory {
-            Some(parent) => match self.stage(&parent, &resolved, opts) {
-                Err(e) if opts.staging_dir.is_none() && is_no_space(&e) => {
-                    tracing::info!("tmpfs staging ran out of space; staging on disk");
-                    self.stage(work.path(), &resolved, opts)?
+            Some((parent, budget)) => match self.stage(&parent, &resolved, opts, budget) {
+                // More content than memory can spare (or a compression
+                // bomb): start over on disk, where the normal bounds apply.
+                Err(e) if budget.is_some() && is_no_space(&e) => {
+                    tracing::info!("content outgrew tmpfs staging; staging on disk");
+                    self.stage(work.path(), &resolved, opts, None)?
                 }
                 other => other?,
             },
-            None => self.stage(work.path(), &resolved, opts)?,
+            None => self.stage(work.path(), &resolved, opts, None)?,
         };
         let stage = staging.root().to_path_buf();
 
@@ -425,6 +434,7 @@ impl RootfsBuilder {
         parent: &Path,
         resolved: &Resolved,
         opts: &BuildOptions,
+        budget: Option<u64>,
     ) -> Result<(tempfile::TempDir, Staging), RootfsError> {
         // 0700 (tempfile's default): setuid files and device nodes in the
         // staging tree are unreachable for other users.
@@ -438,6 +448,7 @@ impl RootfsBuilder {
             .ctx(|| format!("chmod {}", stage.display()))?;
         let privileged = rustix::process::geteuid().is_root();
         let mut staging = Staging::new(stage, privileged, opts.limits.clone());
+        staging.memory_budget = budget;
         let t = Instant::now();
         for (i, layer) in resolved.layers.iter().enumerate() {
             sources::apply(&mut staging, layer, i)?;
@@ -539,8 +550,9 @@ fn staging_estimate(resolved: &Resolved) -> u64 {
 }
 
 /// `/dev/shm` if it is a tmpfs we can write with room for `estimate`
-/// twice over, and the machine has memory to spare for it.
-fn tmpfs_with_room(estimate: u64) -> Option<PathBuf> {
+/// twice over, and the machine has memory to spare for it; with the most
+/// content staging there may hold before moving to disk.
+fn tmpfs_with_room(estimate: u64) -> Option<(PathBuf, u64)> {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     let shm = Path::new("/dev/shm");
     let fs = rustix::fs::statfs(shm).ok()?;
@@ -557,10 +569,11 @@ fn tmpfs_with_room(estimate: u64) -> Option<PathBuf> {
             .map(|kb| kb * 1024)
     })?;
     let room = estimate.saturating_mul(2).saturating_add(256 << 20);
+    let budget = (free / 2).min(available / 4);
     (free >= room
-        && available / 4 >= estimate
+        && budget >= estimate
         && rustix::fs::access(shm, rustix::fs::Access::WRITE_OK).is_ok())
-    .then(|| shm.to_path_buf())
+    .then(|| (shm.to_path_buf(), budget))
 }
 
 fn is_no_space(e: &RootfsError) -> bool {

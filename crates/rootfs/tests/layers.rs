@@ -350,3 +350,29 @@ fn damaged_cache_entries_are_rebuilt_and_concurrent_builds_agree() {
         0
     );
 }
+
+#[test]
+fn content_outgrowing_memory_staging_moves_to_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut l = LayerBuilder::new();
+    // 8 MiB that gzip shrinks to almost nothing: the estimate says "fits".
+    l.file("zeros", &vec![0u8; 8 << 20], 0o644, 0, 0)
+        .file("after", b"still here", 0o644, 0, 0);
+    let spec = ImageSpec::new(vec![(l.finish(), Compression::Gzip)], serde_json::json!({}));
+    images::write_oci_layout(&layout, "z", &spec);
+    let builder = RootfsBuilder::new(tmp.path().join("state"));
+    let built = builder
+        .build(
+            &ImageRef::parse(&format!("oci-layout:{}:z", layout.display())).unwrap(),
+            &BuildOptions {
+                memory_staging_limit: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(stat(&built.path, "/zeros").unwrap().size, 8 << 20);
+    assert_eq!(cat(&built.path, "/after"), b"still here");
+    // Without the fallback the build would have failed with "staging in
+    // memory: No space left on device".
+}
