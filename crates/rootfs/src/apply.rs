@@ -774,9 +774,14 @@ fn set_mtime(host: &Path, mtime: i64) -> Result<(), RootfsError> {
 }
 
 /// Copies exactly `size` bytes in large chunks; a short entry is an error.
+/// Runs of zeros become holes, so a sparse file (say a huge
+/// `/var/log/lastlog`) does not balloon the staging tree; mke2fs keeps the
+/// holes.
 fn copy_file(mut from: impl Read, mut to: File, size: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
     let mut buf = vec![0u8; (size.min(256 << 10) as usize).max(1)];
     let mut left = size;
+    let mut holes = false;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = from.read(&mut buf[..want])?;
@@ -786,8 +791,16 @@ fn copy_file(mut from: impl Read, mut to: File, size: u64) -> io::Result<()> {
                 "archive entry is truncated",
             ));
         }
-        to.write_all(&buf[..n])?;
+        if n >= 4096 && buf[..n].iter().all(|&b| b == 0) {
+            to.seek(SeekFrom::Current(n as i64))?;
+            holes = true;
+        } else {
+            to.write_all(&buf[..n])?;
+        }
         left -= n as u64;
+    }
+    if holes {
+        to.set_len(size)?;
     }
     Ok(())
 }

@@ -376,3 +376,30 @@ fn content_outgrowing_memory_staging_moves_to_disk() {
     // Without the fallback the build would have failed with "staging in
     // memory: No space left on device".
 }
+
+#[test]
+fn zero_runs_stay_holes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut content = vec![0u8; 64 << 20];
+    content[..5].copy_from_slice(b"start");
+    let n = content.len();
+    content[n - 3..].copy_from_slice(b"end");
+    let mut l = LayerBuilder::new();
+    l.file("var/log/lastlog", &content, 0o644, 0, 0);
+    let spec = ImageSpec::new(vec![(l.finish(), Compression::Zstd)], serde_json::json!({}));
+    images::write_oci_layout(&layout, "s", &spec);
+    let built = RootfsBuilder::new(tmp.path().join("state"))
+        .build(
+            &ImageRef::parse(&format!("oci-layout:{}:s", layout.display())).unwrap(),
+            &BuildOptions::default(),
+        )
+        .unwrap();
+    let f = stat(&built.path, "/var/log/lastlog").unwrap();
+    assert_eq!(f.size, 64 << 20);
+    assert_eq!(cat(&built.path, "/var/log/lastlog"), content);
+    // The disk holds a few blocks for it, not 64 MiB.
+    use std::os::unix::fs::MetadataExt;
+    let used = std::fs::metadata(&built.path).unwrap().blocks() * 512;
+    assert!(used < 32 << 20, "disk uses {used} bytes");
+}
