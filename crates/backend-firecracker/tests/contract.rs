@@ -54,6 +54,13 @@ fn every_body_the_backend_builds_follows_the_contract() {
             spec.check_request("PUT", &call.path, Some(&body))
                 .unwrap_or_else(|e| panic!("PUT {} {}: {e}", call.path, call.body));
             assert_eq!(spec.success_status("PUT", &call.path), Some(204));
+            // Configuration must come before InstanceStart, which is not.
+            assert_eq!(
+                spec.pre_boot_only("PUT", &call.path),
+                call.path != "/actions",
+                "{}",
+                call.path
+            );
         }
     }
 }

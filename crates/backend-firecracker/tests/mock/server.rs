@@ -175,11 +175,12 @@ fn serve(
     let listener =
         UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let started = AtomicBool::new(false);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-                connection(stream, spec, behaviour, requests)?;
+                connection(stream, spec, behaviour, requests, &started)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(2));
@@ -197,6 +198,7 @@ fn connection(
     spec: &Spec,
     behaviour: &Behaviour,
     requests: &Mutex<Vec<Recorded>>,
+    started: &AtomicBool,
 ) -> Result<(), String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -279,11 +281,25 @@ fn connection(
                 "Content-Type must be application/json, got {content_type:?}"
             ));
         }
+        // The file marks configuration calls "Pre-boot only".
+        if verdict.is_ok() && started.load(Ordering::SeqCst) && spec.pre_boot_only(&method, &path) {
+            verdict =
+                Err("The requested operation is not supported after starting the microVM.".into());
+        }
         if verdict.is_ok() {
             if let Some((fail_path, message)) = &behaviour.fail {
                 if *fail_path == path {
                     verdict = Err(message.clone());
                 }
+            }
+        }
+        let starting = method == "PUT"
+            && path == "/actions"
+            && serde_json::from_slice::<Value>(&body)
+                .is_ok_and(|b| b["action_type"] == "InstanceStart");
+        if verdict.is_ok() && starting {
+            if started.swap(true, Ordering::SeqCst) {
+                verdict = Err("The microVM is already running.".into());
             }
         }
         let (status, fault) = match verdict {

@@ -108,6 +108,14 @@ impl Spec {
             .min()
     }
 
+    /// Whether the operation's summary says "Pre-boot only".
+    pub fn pre_boot_only(&self, method: &str, path: &str) -> bool {
+        self.route(path)
+            .and_then(|(_, item, _)| item.get(method.to_ascii_lowercase()))
+            .and_then(|op| op["summary"].as_str())
+            .is_some_and(|s| s.contains("Pre-boot only"))
+    }
+
     /// The schema of the operation's answer with `status` (or `default`).
     pub fn response_schema(&self, method: &str, path: &str, status: u16) -> Option<&Value> {
         let (_, item, _) = self.route(path)?;
