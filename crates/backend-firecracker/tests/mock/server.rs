@@ -297,10 +297,8 @@ fn connection(
             && path == "/actions"
             && serde_json::from_slice::<Value>(&body)
                 .is_ok_and(|b| b["action_type"] == "InstanceStart");
-        if verdict.is_ok() && starting {
-            if started.swap(true, Ordering::SeqCst) {
-                verdict = Err("The microVM is already running.".into());
-            }
+        if verdict.is_ok() && starting && started.swap(true, Ordering::SeqCst) {
+            verdict = Err("The microVM is already running.".into());
         }
         let (status, fault) = match verdict {
             Ok(()) => (
