@@ -55,16 +55,18 @@ pub struct FakeFirecracker {
     server: Option<thread::JoinHandle<()>>,
 }
 
+/// The args file is written last: it tells the API thread to serve, so
+/// everything the tests read about the process is in place by then.
 const SCRIPT: &str = r#"#!/bin/sh
 here=$(dirname "$0")
 echo $$ > "$here/pid"
-printf '%s\n' "$@" > "$here/args.tmp" && mv "$here/args.tmp" "$here/args"
 echo "fake-firecracker: serial console line"
 echo "fake-firecracker: stderr line" >&2
 if [ -e "$here/exit-at-start" ]; then
     echo "Error: fake failure at start"
     exit 1
 fi
+printf '%s\n' "$@" > "$here/args.tmp" && mv "$here/args.tmp" "$here/args"
 exec sleep 600
 "#;
 
