@@ -232,7 +232,11 @@ impl RootfsBuilder {
                 };
                 let record = match (local, opts.pull) {
                     (Some(rec), _) => rec,
-                    (None, PullPolicy::Never) => return Err(RootfsError::NotFound(r.to_string())),
+                    (None, PullPolicy::Never) => {
+                        return Err(RootfsError::NotFound(format!(
+                            "image {r} is not in the local store (pull it, or build without --pull never)"
+                        )))
+                    }
                     (None, _) => {
                         registry::pull(&self.store, r, platform, &opts.limits, opts.progress)?
                     }

@@ -90,8 +90,9 @@ pub enum RootfsError {
         reason: String,
     },
 
-    /// The image is not in the local store.
-    #[error("image {0} is not in the local store (pull it first)")]
+    /// An image, tag or blob is not where it should be; the message says
+    /// what and what to do.
+    #[error("{0}")]
     NotFound(String),
 
     /// The requested disk size cannot hold the image.

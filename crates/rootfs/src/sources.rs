@@ -80,7 +80,7 @@ pub(crate) fn from_store(
             let size = l.check(&format!("layer {i}"), limits.max_blob_bytes)?;
             if !store.has_blob(&l.digest, size) {
                 return Err(RootfsError::NotFound(format!(
-                    "layer {} (pull the image again)",
+                    "layer {} of image {manifest_digest} is missing from the local store (pull the image again)",
                     l.digest
                 )));
             }
@@ -147,7 +147,7 @@ pub(crate) fn layout_manifest(
         [] => {
             let tags: Vec<String> = manifests.iter().filter_map(name_of).collect();
             return Err(RootfsError::NotFound(format!(
-                "{what}: tag {:?} (tags: {})",
+                "{what} has no image tagged {:?} (tags: {})",
                 tag.unwrap_or(""),
                 tags.join(", ")
             )));

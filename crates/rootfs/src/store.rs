@@ -200,7 +200,9 @@ impl ImageStore {
             }
         }
         if removed.is_empty() {
-            return Err(RootfsError::NotFound(name));
+            return Err(RootfsError::NotFound(format!(
+                "image {name} is not in the local store"
+            )));
         }
         self.gc()?;
         Ok(removed)
