@@ -26,6 +26,18 @@
 //! # Ok::<(), vmkit_rootfs::RootfsError>(())
 //! ```
 //!
+//! Where things live under the state folder:
+//!
+//! - `images/blobs/sha256/<hex>`: verified blobs of pulled images;
+//!   `images/refs/*.json`: one record per pulled reference and platform;
+//!   `images/lock`: shared by pulls and builds, exclusive for `image rm`.
+//! - `rootfs/<key>/{disk.ext4,meta.json}`: cached disks, keyed by image
+//!   digest, platform, init binary digest and size option;
+//!   `rootfs/tmp/`: builds in progress; `rootfs/file-digests/`: remembered
+//!   digests of tarballs and init binaries.
+//! - Layers are unpacked in `/dev/shm` when the content fits comfortably in
+//!   memory (else in `rootfs/tmp/`), in a 0700 folder.
+//!
 //! Layers are treated as hostile: see the `apply` module for the rules,
 //! [`Limits`] for the bounds. When not running as root, ownership, device
 //! nodes and privileged xattrs are written into the ext4 with `debugfs`.
