@@ -184,30 +184,31 @@ fn configure_and_start(
     Ok(())
 }
 
-/// Turns an API failure into the error the caller sees, noting whether
-/// Firecracker is still alive (a crash shows up as a refused connection).
+/// Turns an API failure into the error the caller sees. A Firecracker
+/// that died shows up as a refused or dropped connection; then its death
+/// (and its last words) is the news, not the transport error.
 fn api_error(child: &mut Child, path: &str, e: ApiError, plan: &BootPlan) -> ProtocolError {
-    let exited = match child.try_wait() {
-        Ok(Some(status)) => format!(
-            " (firecracker exited: {status}{})",
-            last_output(plan)
-                .map(|l| format!("; last output: {l}"))
-                .unwrap_or_default()
-        ),
-        _ => String::new(),
-    };
+    if let Ok(Some(status)) = child.try_wait() {
+        let hint = last_output(plan)
+            .map(|l| format!("; last output: {l}"))
+            .unwrap_or_default();
+        return internal(format!(
+            "firecracker exited during PUT {path} ({status}){hint}; see console.log and vmm.log in {}",
+            plan.paths.dir.display()
+        ));
+    }
     match e {
         ApiError::Fault { status, message } => internal(format!(
-            "firecracker refused PUT {path} (HTTP {status}): {message}{exited}"
+            "firecracker refused PUT {path} (HTTP {status}): {message}"
         )),
         ApiError::Timeout(t) => ProtocolError::new(
             ErrorCode::Timeout,
             format!(
-                "firecracker did not answer PUT {path} within {}s{exited}",
+                "firecracker did not answer PUT {path} within {}s",
                 t.as_secs()
             ),
         ),
-        other => internal(format!("firecracker API, PUT {path}: {other}{exited}")),
+        other => internal(format!("firecracker API, PUT {path}: {other}")),
     }
 }
 

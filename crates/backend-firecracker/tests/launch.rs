@@ -273,6 +273,35 @@ fn a_fault_at_instance_start_kills_firecracker_too() {
 }
 
 #[test]
+fn firecracker_dying_mid_configuration_is_reported() {
+    let _guard = path_lock();
+    let fake = FakeFirecracker::install(
+        spec(),
+        Behaviour {
+            crash_on: Some("/drives/root".into()),
+            ..Behaviour::default()
+        },
+    );
+    set_path(fake.bin_dir());
+    let state = tempfile::tempdir().unwrap();
+    let plan = plan(state.path(), "w", Vec::new(), false);
+    let err = FirecrackerMachine::new().launch(&plan).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Internal);
+    assert!(
+        err.message
+            .starts_with("firecracker exited during PUT /drives/root (signal: 9"),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains("last output: fake-firecracker: serial console line"),
+        "{err}"
+    );
+    assert!(!alive(fake.pid()));
+    assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+}
+
+#[test]
 fn firecracker_exiting_at_start_is_reported_with_its_last_words() {
     let _guard = path_lock();
     let fake = FakeFirecracker::install(

@@ -44,6 +44,17 @@ pub struct Behaviour {
     pub fail: Option<(String, String)>,
     /// Exit with an error before opening the API socket.
     pub exit_at_start: bool,
+    /// Die (SIGKILL) on receiving a request to this path, without
+    /// answering, as Firecracker does when its seccomp filter trips.
+    pub crash_on: Option<String>,
+}
+
+/// What a connection ended with.
+enum Flow {
+    /// The client closed it.
+    Closed,
+    /// The process was killed: stop serving.
+    Crashed,
 }
 
 /// A fake `firecracker` in its own folder, with the API thread behind it.
@@ -182,7 +193,15 @@ fn serve(
         match listener.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-                connection(stream, spec, behaviour, requests, &started)?;
+                let pid_file = args_file.with_file_name("pid");
+                if let Flow::Crashed =
+                    connection(stream, spec, behaviour, requests, &started, &pid_file)?
+                {
+                    // A dead Firecracker answers nothing more.
+                    drop(listener);
+                    let _ = std::fs::remove_file(&socket);
+                    return Ok(());
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(2));
@@ -201,7 +220,8 @@ fn connection(
     behaviour: &Behaviour,
     requests: &Mutex<Vec<Recorded>>,
     started: &AtomicBool,
-) -> Result<(), String> {
+    pid_file: &Path,
+) -> Result<Flow, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
@@ -250,7 +270,7 @@ fn connection(
             if n == 0 {
                 // The client closed between requests: normal.
                 return if buf.is_empty() {
-                    Ok(())
+                    Ok(Flow::Closed)
                 } else {
                     Err("connection closed mid-request".into())
                 };
@@ -287,6 +307,17 @@ fn connection(
         if verdict.is_ok() && started.load(Ordering::SeqCst) && spec.pre_boot_only(&method, &path) {
             verdict =
                 Err("The requested operation is not supported after starting the microVM.".into());
+        }
+        if behaviour.crash_on.as_deref() == Some(path.as_str()) {
+            kill_and_wait_for_zombie(pid_file)?;
+            requests.lock().unwrap().push(Recorded {
+                method,
+                path,
+                body: serde_json::from_slice(&body).ok(),
+                status: 0,
+                fault: None,
+            });
+            return Ok(Flow::Crashed);
         }
         if verdict.is_ok() {
             if let Some((fail_path, message)) = &behaviour.fail {
@@ -336,5 +367,31 @@ fn connection(
         stream
             .write_all(response.as_bytes())
             .map_err(|e| format!("answering: {e}"))?;
+    }
+}
+
+/// SIGKILLs the fake and waits until it is a zombie, so its parent sees
+/// it exited by the time the connection drops.
+fn kill_and_wait_for_zombie(pid_file: &Path) -> Result<(), String> {
+    let pid = std::fs::read_to_string(pid_file).map_err(|e| format!("reading the pid: {e}"))?;
+    let pid = pid.trim();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .map_err(|e| format!("running kill: {e}"))?;
+    if !status.success() {
+        return Err(format!("kill -KILL {pid} failed"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+        if stat.is_empty() || state == Some("Z") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{pid} did not die"));
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
