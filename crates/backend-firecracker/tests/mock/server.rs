@@ -30,7 +30,7 @@ pub struct Recorded {
     pub path: String,
     /// The JSON body, if it parsed.
     pub body: Option<Value>,
-    /// What the mock answered.
+    /// What the mock answered (0: it died instead, see `Behaviour::crash_on`).
     pub status: u16,
     /// The fault message of a 400.
     pub fault: Option<String>,
