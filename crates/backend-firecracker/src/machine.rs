@@ -1,7 +1,7 @@
 //! The [`Machine`] for Firecracker: spawn the process, configure it over
 //! its API socket, start the guest.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
+use vmkit_lifecycle::vmm_files::{
+    clone_log, kill_child, open_log, remove_stale_socket, rotate_console,
+};
 use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
 use vmkit_protocol::{Accelerator, BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
 
@@ -106,7 +109,7 @@ impl Machine for FirecrackerMachine {
         } else {
             Supervision::DiesWithParent
         };
-        rotate(&plan.paths.console_log);
+        rotate_console(&plan.paths.console_log);
         let mut log = open_log(&plan.paths.vmm_log)?;
         let console = open_log(&plan.paths.console_log)?;
         let socket = plan.paths.dir.join(API_SOCKET);
@@ -155,7 +158,7 @@ impl Machine for FirecrackerMachine {
             }),
             Err(e) => {
                 note(&mut log, &format!("launch failed: {}", e.message));
-                kill(&mut child);
+                kill_child(&mut child);
                 let _ = std::fs::remove_file(&socket);
                 Err(e)
             }
@@ -280,47 +283,6 @@ fn note(log: &mut File, line: &str) {
 
 fn internal(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Internal, message)
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn remove_stale_socket(path: &Path) -> Result<(), ProtocolError> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| internal(format!("removing the stale {}: {e}", path.display()))),
-        Ok(_) => Err(internal(format!(
-            "{} exists and is not a socket; remove it",
-            path.display()
-        ))),
-        Err(_) => Ok(()),
-    }
-}
-
-fn open_log(path: &Path) -> Result<File, ProtocolError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| internal(format!("opening {}: {e}", path.display())))
-}
-
-fn clone_log(log: &File) -> Result<File, ProtocolError> {
-    log.try_clone()
-        .map_err(|e| internal(format!("duplicating the VMM log handle: {e}")))
-}
-
-/// Keeps one previous console log; each boot starts a fresh one, so its
-/// size is bounded by what one boot prints.
-fn rotate(path: &Path) {
-    if path.exists() {
-        let _ = std::fs::rename(path, path.with_extension("log.1"));
-    }
 }
 
 #[cfg(test)]

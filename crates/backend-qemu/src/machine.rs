@@ -1,4 +1,3 @@
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -6,6 +5,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
+use vmkit_lifecycle::vmm_files::{clone_log, kill_child, open_log, rotate_console};
 use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, HostInfo, MachineConfig, ProtocolError,
@@ -182,7 +182,7 @@ impl Machine for QemuMachine {
         } else {
             Supervision::DiesWithParent
         };
-        rotate(&plan.paths.console_log);
+        rotate_console(&plan.paths.console_log);
         let log = open_log(&plan.paths.vmm_log)?;
         let vhost_socket = plan.paths.dir.join("vhost.sock");
         let _ = std::fs::remove_file(&vhost_socket);
@@ -202,7 +202,7 @@ impl Machine for QemuMachine {
         )
         .map_err(|e| internal(format!("starting vhost-device-vsock: {e}")))?;
         if let Err(e) = wait_for_socket(&vhost_socket, &mut vhost_child) {
-            kill(&mut vhost_child);
+            kill_child(&mut vhost_child);
             return Err(e);
         }
 
@@ -226,7 +226,7 @@ impl Machine for QemuMachine {
                 helpers: vec![vhost_child],
             }),
             Err(e) => {
-                kill(&mut vhost_child);
+                kill_child(&mut vhost_child);
                 Err(internal(format!("starting {}: {e}", qemu.display())))
             }
         }
@@ -235,35 +235,6 @@ impl Machine for QemuMachine {
 
 fn internal(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Internal, message)
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn open_log(path: &Path) -> Result<File, ProtocolError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| internal(format!("opening {}: {e}", path.display())))
-}
-
-fn clone_log(log: &File) -> Result<File, ProtocolError> {
-    log.try_clone()
-        .map_err(|e| internal(format!("duplicating the VMM log handle: {e}")))
-}
-
-/// Keeps one previous console log; each boot starts a fresh one, so the
-/// log's size is bounded by what one boot prints (the kernel is quiet and
-/// command output travels over vsock, not the console).
-fn rotate(path: &Path) {
-    if path.exists() {
-        let _ = std::fs::rename(path, path.with_extension("log.1"));
-    }
 }
 
 fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), ProtocolError> {

@@ -17,6 +17,7 @@ mod lifecycle;
 mod machine;
 mod paths;
 mod process;
+pub mod vmm_files;
 
 pub use clone::clone_disk;
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
