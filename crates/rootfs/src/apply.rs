@@ -69,6 +69,8 @@ pub(crate) struct Fixup {
     pub mode: u32,
     /// `(type 'c' or 'b', major, minor)` for device nodes not creatable here.
     pub device: Option<(char, u32, u32)>,
+    /// Modification time, for inodes created by debugfs (device nodes).
+    pub mtime: i64,
     /// Extended attributes the staging filesystem refused.
     pub xattrs: Vec<(OsString, Vec<u8>)>,
 }
@@ -666,6 +668,7 @@ impl Staging {
                     gid: meta.gid,
                     mode: ft.as_raw_mode() | meta.mode,
                     device,
+                    mtime: meta.mtime,
                     xattrs: failed_xattrs,
                 },
             );

@@ -136,6 +136,9 @@ pub(crate) fn apply_fixups(
         let _ = writeln!(cmds, "sif {p} uid {}", f.uid);
         let _ = writeln!(cmds, "sif {p} gid {}", f.gid);
         let _ = writeln!(cmds, "sif {p} mode 0{:o}", f.mode);
+        if f.device.is_some() {
+            let _ = writeln!(cmds, "sif {p} mtime {}", f.mtime.max(0));
+        }
         for (name, value) in &f.xattrs {
             let name = name
                 .to_str()

@@ -140,6 +140,11 @@ fn ownership_lands_when_not_root() {
         ("character", Some((1, 3)), 0o666, 0)
     );
     assert_eq!(stat(img, "/dev/console").unwrap().device, Some((5, 1)));
+    assert_eq!(
+        null.mtime,
+        images::FIXTURE_MTIME as i64,
+        "device mtime from the layer"
+    );
     assert_eq!(stat(img, "/run-fifo").unwrap().kind, "FIFO");
     assert!(
         xattr(img, "/caps", "trusted.microagent").contains("t1"),
