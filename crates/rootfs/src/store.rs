@@ -69,11 +69,12 @@ impl ImageStore {
 
     /// Where a verified blob lives. `digest` must be valid.
     pub(crate) fn blob_path(&self, digest: &str) -> PathBuf {
-        debug_assert!(validate_digest(digest).is_ok());
-        self.root
-            .join("blobs")
-            .join("sha256")
-            .join(digest.trim_start_matches("sha256:"))
+        // Never a path outside the blob folder, whatever the input.
+        let name = match validate_digest(digest) {
+            Ok(()) => &digest[7..],
+            Err(_) => "invalid-digest",
+        };
+        self.root.join("blobs").join("sha256").join(name)
     }
 
     pub(crate) fn has_blob(&self, digest: &str, size: u64) -> bool {
@@ -140,6 +141,7 @@ impl ImageStore {
     pub fn get(&self, reference: &RegistryRef, platform: &str) -> Option<StoredImage> {
         let bytes = fs::read(self.ref_file(&reference.to_string(), platform)).ok()?;
         let img: StoredImage = serde_json::from_slice(&bytes).ok()?;
+        validate_digest(&img.manifest_digest).ok()?;
         // Trust the record only if its manifest is still here.
         self.blob_path(&img.manifest_digest)
             .is_file()
@@ -175,7 +177,9 @@ impl ImageStore {
                     .map_err(|_| ())
                     .and_then(|b| serde_json::from_slice::<StoredImage>(&b).map_err(|_| ()))
                 {
-                    out.push(img);
+                    if validate_digest(&img.manifest_digest).is_ok() {
+                        out.push(img);
+                    }
                 }
             }
         }

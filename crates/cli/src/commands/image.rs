@@ -85,7 +85,9 @@ pub fn run(cmd: ImageCommand, global: &Global) -> anyhow::Result<u8> {
                         "{:<50} {:<14} {:<19} {:>10}  {}",
                         img.reference,
                         img.platform,
-                        &img.manifest_digest[..img.manifest_digest.len().min(19)],
+                        img.manifest_digest
+                            .get(..19)
+                            .unwrap_or(&img.manifest_digest),
                         human_size(img.size),
                         img.pulled_at.get(..19).unwrap_or(&img.pulled_at),
                     );
