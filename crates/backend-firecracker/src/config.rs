@@ -117,9 +117,13 @@ pub fn disk_drive_id(i: usize) -> String {
 }
 
 /// The kernel command line: Firecracker's base (console, reboot and panic
-/// behaviour), then microagent's arguments, then the user's `kernelArgs`.
+/// behaviour), the guest init's cue to end the VM by reboot (Firecracker has
+/// no ACPI power-off), then microagent's arguments, then the user's
+/// `kernelArgs`.
 pub fn boot_args(plan: &BootPlan) -> String {
     let mut line = vmkit_kernel::boot::firecracker_cmdline_base(true);
+    line.push(' ');
+    line.push_str(vmkit_channel::CMDLINE_EXIT_BY_REBOOT);
     for part in [
         Some(plan.kernel_args.as_str()),
         plan.config.kernel_args.as_deref(),
@@ -345,7 +349,7 @@ mod tests {
         assert_eq!(
             boot_args(&plan(vec![])),
             format!(
-                "{} root=/dev/vda rw init=/sbin/microagent-init quiet loglevel=3",
+                "{} microagent.exit=reboot root=/dev/vda rw init=/sbin/microagent-init quiet loglevel=3",
                 vmkit_kernel::boot::firecracker_cmdline_base(true)
             )
         );

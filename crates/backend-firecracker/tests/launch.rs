@@ -128,7 +128,7 @@ fn launch_configures_two_extra_disks_and_starts() {
         serde_json::json!({
             "kernel_image_path": plan.config.kernel_path,
             "boot_args": format!(
-                "{} {} loglevel=4",
+                "{} microagent.exit=reboot {} loglevel=4",
                 vmkit_kernel::boot::firecracker_cmdline_base(true),
                 plan.kernel_args
             ),

@@ -289,9 +289,15 @@ pub fn poweroff(disks: &[DiskMount]) -> ! {
     );
     nix::unistd::sync();
     use nix::sys::reboot::{reboot, RebootMode};
-    // Without ACPI (Firecracker) a power-off halts the CPU and the VM lingers;
-    // a reboot ends it there (reboot=k), and under QEMU (-no-reboot) too.
-    let mode = if Path::new("/sys/firmware/acpi").exists() {
+    // Without ACPI power-off (Firecracker, which says so on the command
+    // line, or any VM without ACPI) a power-off halts the CPU and the VM
+    // lingers; a reboot ends it there (reboot=k), and under QEMU
+    // (-no-reboot) too.
+    let reboot_asked = std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| {
+        c.split_ascii_whitespace()
+            .any(|a| a == vmkit_channel::CMDLINE_EXIT_BY_REBOOT)
+    });
+    let mode = if !reboot_asked && Path::new("/sys/firmware/acpi").exists() {
         RebootMode::RB_POWER_OFF
     } else {
         RebootMode::RB_AUTOBOOT

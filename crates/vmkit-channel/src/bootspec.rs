@@ -25,6 +25,10 @@ pub const CONFIG_MAGIC: &[u8; 8] = b"MAGTCFG1";
 pub const MAX_CONFIG_LEN: u32 = 4 << 20;
 /// Kernel command-line key naming the config device.
 pub const CMDLINE_CONFIG_KEY: &str = "microagent.config";
+/// Kernel argument with which a backend tells the guest init to end the VM
+/// by reboot rather than power-off (Firecracker has no ACPI power-off; its
+/// `reboot=k` reset ends the VM).
+pub const CMDLINE_EXIT_BY_REBOOT: &str = "microagent.exit=reboot";
 const SECTOR: usize = 512;
 
 /// The run spec for one boot.

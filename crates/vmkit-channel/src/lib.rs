@@ -37,7 +37,8 @@ pub mod message;
 
 pub use bootspec::{
     config_device_from_cmdline, encode_config, kernel_args, read_config, write_config_disk,
-    BootSpec, ConfigError, DiskMount, FileSpec, Mode, RunSpec, CMDLINE_CONFIG_KEY, CONFIG_MAGIC,
+    BootSpec, ConfigError, DiskMount, FileSpec, Mode, RunSpec, CMDLINE_CONFIG_KEY,
+    CMDLINE_EXIT_BY_REBOOT, CONFIG_MAGIC,
 };
 pub use frame::{read_message, write_message, FrameError, MAX_CHUNK_LEN, MAX_HEADER_LEN};
 #[cfg(unix)]
