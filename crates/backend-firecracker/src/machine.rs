@@ -67,7 +67,7 @@ impl Machine for FirecrackerMachine {
         }
     }
 
-    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+    fn available(&self) -> Result<(), ProtocolError> {
         // KVM first: without it, installing firecracker would not help,
         // so it is the refusal worth reading.
         let kvm = probe_kvm();
@@ -80,7 +80,11 @@ impl Machine for FirecrackerMachine {
                 ),
             ));
         }
-        binary()?;
+        binary().map(|_| ())
+    }
+
+    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+        self.available()?;
         config::validate(config)?;
         let kernel = Path::new(&config.kernel_path);
         if !kernel.is_file() {

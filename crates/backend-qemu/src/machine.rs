@@ -144,7 +144,7 @@ impl Machine for QemuMachine {
         }
     }
 
-    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+    fn available(&self) -> Result<(), ProtocolError> {
         Self::tool(
             Tool::Qemu,
             "install it (Debian: apt-get install qemu-system-x86)",
@@ -153,6 +153,11 @@ impl Machine for QemuMachine {
             Tool::VhostDeviceVsock,
             "install it (cargo install --locked vhost-device-vsock)",
         )?;
+        Ok(())
+    }
+
+    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+        self.available()?;
         let kernel = Path::new(&config.kernel_path);
         if !kernel.is_file() {
             return Err(ProtocolError::new(

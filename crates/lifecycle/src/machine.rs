@@ -52,7 +52,13 @@ pub trait Machine: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// Host facts as this backend sees them.
     fn host(&self) -> HostInfo;
-    /// Whether `config` can run here (binaries present, accelerator usable).
+    /// Whether this backend can run on this host at all (binaries present,
+    /// accelerator usable), before any kernel or image work is done.
+    fn available(&self) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+    /// Whether `config` can run here (what `available` checks, plus the
+    /// kernel and disks it names).
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError>;
     /// Starts the VMM (and its helpers) for `plan`. Returns once the VMM
     /// process runs; the guest's readiness is the lifecycle's business. On

@@ -90,6 +90,12 @@ impl Runtime {
         })
     }
 
+    /// Fails early, with the remedy, when the backend cannot run on this
+    /// host: better than finding out after a five-minute kernel build.
+    pub fn preflight(&self) -> Result<(), VmkitError> {
+        Ok(self.lifecycle.machine().available()?)
+    }
+
     /// The state folder.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir

@@ -31,8 +31,9 @@ pub enum RootfsCommand {
         /// Platform to pick from multi-platform images (default: this host's).
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
-        /// Guest init to inject at /sbin/microagent-init (default:
-        /// microagent-init next to this program, if present).
+        /// Guest init to inject at /sbin/microagent-init (default: the one
+        /// `run` uses: $MICROAGENT_INIT, else microagent-init next to this
+        /// program or under /usr/lib/microagent).
         #[arg(long, value_name = "PATH")]
         init: Option<PathBuf>,
         /// When to ask the registry: missing (use a pulled copy if any),
@@ -49,13 +50,6 @@ pub enum Pull {
     Never,
 }
 
-/// The guest init shipped next to this binary, if any.
-pub fn default_init() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.join("microagent-init");
-    candidate.is_file().then_some(candidate)
-}
-
 pub fn run(cmd: RootfsCommand, global: &Global) -> anyhow::Result<u8> {
     match cmd {
         RootfsCommand::Build {
@@ -68,10 +62,18 @@ pub fn run(cmd: RootfsCommand, global: &Global) -> anyhow::Result<u8> {
         } => {
             let started = Instant::now();
             let image = ImageRef::parse(&image)?;
-            let init = init.or_else(default_init);
-            if init.is_none() {
-                tracing::warn!("no guest init found next to microagent and no --init given: the disk will not boot by itself");
-            }
+            let init = match init {
+                Some(p) => Some(p),
+                None => match vmkit::find_guest_init() {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no guest init injected ({e}); the disk will not boot by itself"
+                        );
+                        None
+                    }
+                },
+            };
             let opts = BuildOptions {
                 size_mib,
                 platform: platform.as_deref().map(Platform::parse).transpose()?,

@@ -195,6 +195,7 @@ pub fn prepare_disks(
     kernel: Option<&std::path::Path>,
     global: &Global,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    rt.preflight().map_err(exit::classify)?;
     let mut reporter = crate::commands::kernel::Reporter::new(global.json);
     let kernel = rt
         .kernel(kernel, &mut |ev| reporter.event(ev))
