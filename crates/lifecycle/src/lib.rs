@@ -11,7 +11,6 @@
 //! A backend implements [`Machine`]; [`Lifecycle`] turns it into a
 //! [`vmkit_protocol::Backend`].
 
-mod clone;
 mod gc;
 mod lifecycle;
 mod machine;
@@ -19,7 +18,6 @@ mod paths;
 mod process;
 pub mod vmm_files;
 
-pub use clone::clone_disk;
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
 pub use machine::{BootPlan, Launched, Machine};
 pub use paths::WorkspacePaths;

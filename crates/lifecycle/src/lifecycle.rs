@@ -232,7 +232,11 @@ impl Lifecycle {
         create_private_dir(&paths.dir)?;
         let result = (|| {
             if source != paths.disk {
-                crate::clone_disk(source, &paths.disk)?;
+                // The workspace's own writable copy: shared blocks where the
+                // file system can, else a sparse copy; atomic either way.
+                vmkit_rootfs::clone_disk(source, &paths.disk).map_err(|e| {
+                    ProtocolError::new(ErrorCode::Internal, format!("copying the root disk: {e}"))
+                })?;
             }
             let now = Utc::now();
             let mut config = config.clone();
