@@ -160,3 +160,8 @@ fn the_error_answer_follows_the_contract() {
         .validate(schema, &json!({"message": "x"}), "400", false)
         .is_err());
 }
+
+#[test]
+fn the_vendored_contract_is_the_reference_one() {
+    mock::swagger::check_vendored_copy();
+}

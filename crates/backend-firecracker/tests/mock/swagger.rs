@@ -23,23 +23,36 @@ pub struct Spec {
 /// Keywords that describe and never constrain.
 const ANNOTATIONS: &[&str] = &["description", "default", "example", "title"];
 
-/// Where the contract lives: `shared/reference/` beside the repository.
+/// Where the contract lives: Firecracker's own swagger file, vendored from
+/// `shared/reference/` into `tests/contract/` so the tests never depend on
+/// what is beside the checkout. When `shared/reference/` is there too (as
+/// in CI), the copy must still match it: see [`check_vendored_copy`].
 pub fn spec_path() -> PathBuf {
     if let Some(p) = std::env::var_os("FIRECRACKER_API_YAML") {
         return PathBuf::from(p);
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/contract/firecracker-api.yaml")
+}
+
+/// The `shared/reference/` copy above the repository, if there is one.
+pub fn shared_copy() -> Option<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .map(|dir| dir.join("shared/reference/firecracker-api.yaml"))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "firecracker-api.yaml not found in shared/reference/ above {}; \
-                 set FIRECRACKER_API_YAML to the Firecracker swagger file",
-                manifest.display()
-            )
-        })
+}
+
+/// Panics when the vendored contract differs from the reference copy.
+pub fn check_vendored_copy() {
+    if let Some(shared) = shared_copy() {
+        let ours = std::fs::read(spec_path()).expect("vendored contract");
+        let theirs = std::fs::read(&shared).expect("shared contract");
+        assert!(
+            ours == theirs,
+            "tests/contract/firecracker-api.yaml differs from {}: copy the new contract in",
+            shared.display()
+        );
+    }
 }
 
 impl Spec {
