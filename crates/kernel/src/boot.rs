@@ -152,9 +152,12 @@ pub fn tsc_kernel_args() -> String {
 }
 
 /// The host's TSC frequency in kHz, which is the TCG guest's TSC
-/// frequency. `$MICROAGENT_TSC_KHZ` overrides; otherwise measured once per
-/// process (about 130 ms) against the monotonic clock. `None` when the host
-/// TSC is not invariant or this is not an x86_64 host.
+/// frequency. `$MICROAGENT_TSC_KHZ` overrides; otherwise measured against
+/// the monotonic clock (about 130 ms) once per host boot: the result is
+/// kept in a runtime folder (`/run/microagent` for root,
+/// `$XDG_RUNTIME_DIR/microagent` otherwise), which is a tmpfs emptied at
+/// every reboot, so a VM start does not pay for the measurement again.
+/// `None` when the host TSC is not invariant or this is not an x86_64 host.
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: OnceLock<Option<u64>> = OnceLock::new();
     *KHZ.get_or_init(|| {
@@ -165,8 +168,64 @@ pub fn host_tsc_khz() -> Option<u64> {
         {
             return Some(v);
         }
-        measure::tsc_khz()
+        let cache = tsc_cache_path();
+        if let Some(v) = cache.as_deref().and_then(read_tsc_cache) {
+            return Some(v);
+        }
+        let measured = measure::tsc_khz();
+        if let (Some(path), Some(v)) = (cache.as_deref(), measured) {
+            write_tsc_cache(path, v);
+        }
+        measured
     })
+}
+
+fn tsc_cache_path() -> Option<std::path::PathBuf> {
+    let dir = if rustix::process::getuid().is_root() {
+        std::path::PathBuf::from("/run/microagent")
+    } else {
+        std::path::PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("microagent")
+    };
+    Some(dir.join("host-tsc-khz"))
+}
+
+/// Trusts the cache only if it is ours and nobody else could have written it.
+fn read_tsc_cache(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file()
+        || meta.uid() != rustix::process::getuid().as_raw()
+        || meta.mode() & 0o022 != 0
+    {
+        return None;
+    }
+    std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v| plausible_khz(*v))
+}
+
+/// Best effort: a cache that cannot be written only costs the next start
+/// another measurement.
+fn write_tsc_cache(path: &std::path::Path, khz: u64) {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = path.parent() else { return };
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .is_err()
+    {
+        return;
+    }
+    let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else {
+        return;
+    };
+    if std::io::Write::write_all(&mut tmp, khz.to_string().as_bytes()).is_ok() {
+        let _ = tmp.persist(path);
+    }
 }
 
 /// 100 MHz .. 10 GHz: anything else is a measuring error.
@@ -268,5 +327,33 @@ mod tests {
             assert!(plausible_khz(khz));
             assert!(args.contains(&format!("tsc_early_khz={khz}")), "{args}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tsc_cache_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn cache_round_trips_and_distrusts_what_others_could_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/host-tsc-khz");
+        write_tsc_cache(&path, 2_599_998);
+        assert_eq!(read_tsc_cache(&path), Some(2_599_998));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(
+            read_tsc_cache(&path),
+            None,
+            "world-writable cache is ignored"
+        );
+        std::fs::write(&path, "12").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_tsc_cache(&path),
+            None,
+            "implausible values are ignored"
+        );
+        assert_eq!(read_tsc_cache(&dir.path().join("absent")), None);
     }
 }

@@ -401,6 +401,7 @@ impl Lifecycle {
             detached,
         };
         let mut launched = self.machine.launch(&plan).map_err(|e| (None, e))?;
+        tracing::debug!("VMM launched");
         let (vmm, helpers) = launched.records();
         record.vmm = vmm;
         record.helpers = helpers;
@@ -417,7 +418,10 @@ impl Lifecycle {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
             match listener.accept(Duration::from_millis(100)) {
-                Ok(stream) => return Ok((launched, Control::from_stream(stream))),
+                Ok(stream) => {
+                    tracing::debug!("guest connected");
+                    return Ok((launched, Control::from_stream(stream)));
+                }
                 Err(vmkit_channel::ChannelError::Timeout(_)) => {}
                 Err(e) => {
                     return Err((
@@ -486,6 +490,7 @@ impl Lifecycle {
             let backstop =
                 timeout.map_or(Duration::from_secs(365 * 24 * 3600), |t| t + TIMEOUT_SLACK);
             let received = control.receive_run(stdout, stderr, backstop);
+            tracing::debug!("run reported");
             // A kept disk must be flushed and cleanly unmounted, so the
             // guest powers off by itself after acknowledging. A discarded
             // one needs no flush: ending the VM at once saves the guest's
