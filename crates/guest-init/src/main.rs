@@ -39,19 +39,26 @@ fn main() {
 /// with the kernel's uptime, to see where boot time goes.
 fn stage(debug: bool, what: &str) {
     if debug {
-        log(&format!(
-            "{:>6} ms  {what}",
-            system::uptime_ms().unwrap_or(0)
-        ));
+        let us = system::uptime_us().unwrap_or(0);
+        log(&format!("{:>4}.{:03} ms  {what}", us / 1000, us % 1000));
     }
 }
 
 fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
+    let entered = system::uptime_us();
     system::ensure_console();
     system::mount_basics();
     system::ensure_console();
     let debug = std::fs::read_to_string("/proc/cmdline")
         .is_ok_and(|c| c.split_ascii_whitespace().any(|a| a == "microagent.debug"));
+    if debug {
+        let us = entered.unwrap_or(0);
+        log(&format!(
+            "{:>4}.{:03} ms  init entered",
+            us / 1000,
+            us % 1000
+        ));
+    }
     stage(debug, "filesystems mounted");
     Reaper::global();
     if let Err(e) = system::loopback_up() {

@@ -55,8 +55,18 @@ pub fn mount_basics() {
         ("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
         ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
     ];
+    // Read once, as soon as /proc is there (the first entry mounts it): it
+    // tells what the kernel mounted already (devtmpfs with
+    // CONFIG_DEVTMPFS_MOUNT); our own mounts need no re-check.
+    let mut mountinfo: Option<String> = None;
     for (source, target, fstype, flags, data) in table {
-        if is_mountpoint(target) {
+        if mountinfo.is_none() {
+            mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok();
+        }
+        if mountinfo
+            .as_deref()
+            .is_some_and(|info| lists_mountpoint(info, target))
+        {
             continue;
         }
         if let Err(e) = std::fs::create_dir_all(target) {
@@ -81,13 +91,11 @@ pub fn mount_basics() {
     }
 }
 
-/// Whether `path` is a mount point, per /proc/self/mountinfo (false when
-/// /proc is not mounted yet).
-fn is_mountpoint(path: &str) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines()
+/// Whether `path` is a mount point according to `mountinfo`, the text of
+/// /proc/self/mountinfo.
+fn lists_mountpoint(mountinfo: &str, path: &str) -> bool {
+    mountinfo
+        .lines()
         .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == path))
 }
 
@@ -256,9 +264,14 @@ pub fn flush_disks(disks: &[DiskMount]) {
 
 /// Milliseconds since boot, from /proc/uptime.
 pub fn uptime_ms() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
-    Some((secs * 1000.0) as u64)
+    uptime_us().map(|us| us / 1000)
+}
+
+/// Microseconds since boot (CLOCK_BOOTTIME, which /proc/uptime reports),
+/// readable before /proc is mounted.
+pub fn uptime_us() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
 }
 
 /// Stops everything, flushes disks and ends the VM. Never returns.

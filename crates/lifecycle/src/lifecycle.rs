@@ -496,7 +496,7 @@ impl Lifecycle {
             // one needs no flush: ending the VM at once saves the guest's
             // shutdown, which is most of a short run's tail.
             let powered_off = keep && wait_child(&mut launched.vmm, Duration::from_secs(10));
-            kill_and_reap(std::slice::from_mut(&mut launched.vmm));
+            launched.helpers.push(launched.vmm);
             kill_and_reap(&mut launched.helpers);
             let paths = Self::paths(&store, &record.name)?;
             remove_sockets(&paths);
