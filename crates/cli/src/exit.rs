@@ -12,6 +12,8 @@ pub const INTERNAL: u8 = 125;
 pub const SETUP_FAILED: u8 = 126;
 /// The VM did not boot or the guest channel broke.
 pub const BOOT_FAILED: u8 = 127;
+/// Interrupted by Ctrl-C (or SIGTERM/SIGHUP): 128 + SIGINT, as shells do.
+pub const INTERRUPTED: u8 = 130;
 
 /// A library error that knows its exit code.
 #[derive(Debug, thiserror::Error)]

@@ -222,3 +222,35 @@ fn run_pulls_from_a_registry_by_tag_and_by_digest() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled\n/root\n");
     }
 }
+
+#[test]
+fn ctrl_c_stops_the_vm_and_removes_the_run() {
+    let env = Env::new();
+    let mut child = env
+        .cmd()
+        .arg("run")
+        .args(["--image", &env.image])
+        .arg("--kernel")
+        .arg(&env.kernel)
+        .args(["--exec", "echo started; sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 8];
+    std::io::Read::read_exact(&mut stdout, &mut buf).unwrap();
+    let started = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+    let ws = env.state_path().join("workspaces");
+    assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
+}

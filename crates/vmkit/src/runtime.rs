@@ -277,6 +277,17 @@ impl Runtime {
         self.call_outcome(&request).map(|_| ())
     }
 
+    /// Ends the VM of a run in progress at once (for Ctrl-C): the run then
+    /// sees its guest channel break, records `failed` and cleans up as on
+    /// any other failure. Returns whether there was a VM to kill.
+    pub fn abort_run(&self, name: &str) -> Result<bool, VmkitError> {
+        let store = vmkit_state::StateStore::open(&self.state_dir)?;
+        Ok(store
+            .peek(name)?
+            .and_then(|r| r.vmm)
+            .is_some_and(|vmm| vmm.signal(rustix::process::Signal::KILL)))
+    }
+
     /// Cleans up VMs whose driving command died; returns their names.
     pub fn gc(&self) -> Result<Vec<String>, VmkitError> {
         Ok(self.lifecycle.gc(&self.state_dir)?)

@@ -56,6 +56,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         keep: args.keep,
         machine: machine_params(&args.machine),
     };
+    let interrupt = Interrupt::watch(global, &name)?;
     let output = if global.json {
         rt.run(
             &params,
@@ -73,6 +74,10 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
             &mut io::stderr(),
         )
     };
+    if interrupt.stop() {
+        eprintln!("microagent: interrupted; the VM was stopped and removed");
+        return Ok(exit::INTERRUPTED);
+    }
     let output = output.map_err(exit::classify)?;
     let code = if output.timed_out {
         exit::TIMEOUT
@@ -106,4 +111,56 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         );
     }
     Ok(code)
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP during a run: end the VM so the run cleans up
+/// (removes the workspace unless --keep) instead of dying mid-way. The
+/// watcher keeps trying until the run ends, since the signal may arrive
+/// before the VM exists.
+struct Interrupt {
+    hit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Interrupt {
+    fn watch(global: &Global, name: &str) -> anyhow::Result<Interrupt> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        let handle = signals.handle();
+        let hit = std::sync::Arc::new(AtomicBool::new(false));
+        let rt = runtime_quiet(global)?;
+        let (flag, name) = (hit.clone(), name.to_owned());
+        let thread = std::thread::spawn(move || {
+            if signals.forever().next().is_none() {
+                return; // closed: the run ended first
+            }
+            flag.store(true, Ordering::SeqCst);
+            while !signals.is_closed() {
+                let _ = rt.abort_run(&name);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        Ok(Interrupt {
+            hit,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops watching; returns whether a signal arrived.
+    fn stop(mut self) -> bool {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.hit.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A runtime for the watcher thread (no event printing).
+fn runtime_quiet(global: &Global) -> anyhow::Result<vmkit::Runtime> {
+    let choice = vmkit::select_backend(None)?;
+    vmkit::Runtime::new(&global.state_dir, choice.kind, None).map_err(exit::classify)
 }
