@@ -6,13 +6,30 @@ use clap::{Parser, Subcommand};
 
 use crate::commands;
 
+const EXAMPLES: &str = "\
+Examples:
+  microagent run --image alpine --setup 'apk add git' --exec 'git --version'
+  microagent run --image oci-layout:./img --exec 'python3 agent.py' -e KEY=VAL --timeout 600
+  microagent create ws --image 127.0.0.1:5000/agent:latest && microagent start ws
+  microagent exec ws -- sh -c 'echo hi > /root/note'
+  microagent halt ws && microagent start ws && microagent delete --force ws
+
+Exit codes of run and exec: the guest command's own (128+N if killed by signal N);
+124 timeout, 125 microagent failed, 126 a --setup command failed, 127 the VM did not
+boot, 130 interrupted.";
+
 /// Run AI-agent workloads in Linux microVMs.
 ///
 /// microagent turns an OCI image into an ext4 root disk, boots a microVM from
 /// a kernel and that disk, runs `--setup` then `--exec` inside it, streams the
 /// output and exits with the guest command's exit code.
 #[derive(Debug, Parser)]
-#[command(name = "microagent", version, propagate_version = true)]
+#[command(
+    name = "microagent",
+    version,
+    propagate_version = true,
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// Print events and results as JSON lines on stdout.
     #[arg(long, global = true)]
