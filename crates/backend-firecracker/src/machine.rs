@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
-    clone_log, kill_child, open_log, remove_stale_socket, rotate_console,
+    clone_log, kill_child, open_log, remove_stale_socket, rotate_console, spawn_console_relay,
 };
 use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
 use vmkit_protocol::{Accelerator, BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
@@ -115,7 +115,6 @@ impl Machine for FirecrackerMachine {
         };
         rotate_console(&plan.paths.console_log);
         let mut log = open_log(&plan.paths.vmm_log)?;
-        let console = open_log(&plan.paths.console_log)?;
         let socket = plan.paths.dir.join(API_SOCKET);
         // Firecracker refuses to start when its socket path exists, and a
         // VMM that died leaves its socket behind.
@@ -141,6 +140,7 @@ impl Machine for FirecrackerMachine {
         // stderr (panics) goes to vmm.log with our notes. stdin is a pipe
         // closed at once: the serial input sees end-of-file and is dropped
         // (/dev/null cannot be polled, which Firecracker warns about).
+        let (mut relay, console) = spawn_console_relay(&plan.paths.console_log, supervision)?;
         let spawned = spawn_supervised(
             Command::new(&firecracker)
                 .arg("--api-sock")
@@ -152,17 +152,24 @@ impl Machine for FirecrackerMachine {
                 .stderr(clone_log(&log)?),
             supervision,
         );
-        let mut child =
-            spawned.map_err(|e| internal(format!("starting {}: {e}", firecracker.display())))?;
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                kill_child(&mut relay);
+                return Err(internal(format!("starting {}: {e}", firecracker.display())));
+            }
+        };
         drop(child.stdin.take());
         match configure_and_start(&mut child, &socket, &calls, plan, &mut log) {
             Ok(()) => Ok(Launched {
                 vmm: child,
                 helpers: Vec::new(),
+                relay: Some(relay),
             }),
             Err(e) => {
                 note(&mut log, &format!("launch failed: {}", e.message));
                 kill_child(&mut child);
+                kill_child(&mut relay);
                 let _ = std::fs::remove_file(&socket);
                 Err(e)
             }

@@ -5,7 +5,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
-use vmkit_lifecycle::vmm_files::{clone_log, kill_child, open_log, rotate_console};
+use vmkit_lifecycle::vmm_files::{
+    clone_log, kill_child, open_log, rotate_console, spawn_console_relay,
+};
 use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, HostInfo, MachineConfig, ProtocolError,
@@ -89,8 +91,10 @@ impl QemuMachine {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
+            // The serial console is QEMU's stdout, which the console relay
+            // caps (see vmm_files::spawn_console_relay).
             "-chardev".into(),
-            format!("file,id=console,path={}", plan.paths.console_log.display()),
+            "stdio,id=console,signal=off".into(),
             "-serial".into(),
             "chardev:console".into(),
         ];
@@ -217,11 +221,18 @@ impl Machine for QemuMachine {
             "qemu argv {}",
             serde_json::to_string(&args).unwrap_or_default()
         );
+        let (mut relay, console) = match spawn_console_relay(&plan.paths.console_log, supervision) {
+            Ok(r) => r,
+            Err(e) => {
+                kill_child(&mut vhost_child);
+                return Err(e);
+            }
+        };
         let spawned = spawn_supervised(
             Command::new(&qemu)
                 .args(&args)
                 .stdin(Stdio::null())
-                .stdout(clone_log(&log)?)
+                .stdout(console)
                 .stderr(clone_log(&log)?),
             supervision,
         );
@@ -229,9 +240,11 @@ impl Machine for QemuMachine {
             Ok(vmm) => Ok(Launched {
                 vmm,
                 helpers: vec![vhost_child],
+                relay: Some(relay),
             }),
             Err(e) => {
                 kill_child(&mut vhost_child);
+                kill_child(&mut relay);
                 Err(internal(format!("starting {}: {e}", qemu.display())))
             }
         }

@@ -195,3 +195,25 @@ fn extra_disks_mount_in_order_ro_and_rw() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout), "new\n");
 }
+
+#[test]
+fn a_guest_flooding_its_console_costs_the_host_a_bounded_log() {
+    let env = Env::new();
+    let out = env.run(&[
+        "--keep",
+        "--name",
+        "flood",
+        "--exec",
+        "head -c 3000000 /dev/zero | tr '\\0' x > /dev/console; echo done",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+    let logs = env.ok(&["logs", "flood"]);
+    let kept = logs.stdout.len();
+    // Two files of at most 1 MiB each (plus one write past the cap).
+    assert!(
+        kept > 1 << 20 && kept < (2 << 20) + (64 << 10),
+        "kept {kept} bytes"
+    );
+    env.ok(&["delete", "flood"]);
+}

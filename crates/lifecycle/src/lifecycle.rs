@@ -15,7 +15,7 @@ use vmkit_state::{LockWait, ProcessRecord, StateStore, WorkspaceLock, WorkspaceR
 
 use crate::machine::{BootPlan, Launched, Machine};
 use crate::paths::WorkspacePaths;
-use crate::process::{kill_and_reap, terminate, wait_gone};
+use crate::process::{terminate, wait_gone};
 
 /// Receives every event as it is recorded (the CLI prints them with `--json`).
 pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -333,8 +333,7 @@ impl Lifecycle {
         paths: &WorkspacePaths,
         error: ProtocolError,
     ) -> ProtocolError {
-        kill_and_reap(std::slice::from_mut(&mut launched.vmm));
-        kill_and_reap(&mut launched.helpers);
+        launched.shut_down();
         remove_sockets(paths);
         let error = with_console_tail(error, paths);
         let _ = self.transition(store, lock, record, identity, State::Failed, &error.message);
@@ -496,8 +495,7 @@ impl Lifecycle {
             // one needs no flush: ending the VM at once saves the guest's
             // shutdown, which is most of a short run's tail.
             let powered_off = keep && wait_child(&mut launched.vmm, Duration::from_secs(10));
-            launched.helpers.push(launched.vmm);
-            kill_and_reap(&mut launched.helpers);
+            launched.shut_down();
             let paths = Self::paths(&store, &record.name)?;
             remove_sockets(&paths);
             let report = match received {
@@ -844,7 +842,8 @@ fn guest_err(message: String) -> ProtocolError {
 
 /// Appends the console's last lines: a boot failure is unreadable without them.
 fn with_console_tail(mut error: ProtocolError, paths: &WorkspacePaths) -> ProtocolError {
-    if let Ok(text) = std::fs::read(&paths.console_log) {
+    let text = crate::vmm_files::read_console(&paths.console_log);
+    if !text.is_empty() {
         let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
         let tail: Vec<&str> = text.lines().rev().take(8).collect();
         if !tail.is_empty() {

@@ -31,15 +31,42 @@ pub struct Launched {
     pub vmm: Child,
     /// Helpers to kill once the VMM is gone (e.g. vhost-device-vsock).
     pub helpers: Vec<Child>,
+    /// The console relay: it ends by itself when the VMM's stdout closes,
+    /// so it is given a moment to write the console's last lines (a
+    /// panic message, say) before it would be killed.
+    pub relay: Option<Child>,
 }
 
 impl Launched {
+    /// Ends everything this launch started: the VMM and helpers at once,
+    /// then the console relay once it has written what the VMM left it
+    /// (it ends by itself at end-of-file; killed if it lingers).
+    pub fn shut_down(&mut self) {
+        let _ = self.vmm.kill();
+        for h in &mut self.helpers {
+            let _ = h.kill();
+        }
+        let _ = self.vmm.wait();
+        for h in &mut self.helpers {
+            let _ = h.wait();
+        }
+        if let Some(relay) = &mut self.relay {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while matches!(relay.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let _ = relay.kill();
+            let _ = relay.wait();
+        }
+    }
+
     /// The records to persist so later commands can find these processes.
     pub fn records(&self) -> (Option<ProcessRecord>, Vec<ProcessRecord>) {
         let vmm = ProcessRecord::of(self.vmm.id() as i32);
         let helpers = self
             .helpers
             .iter()
+            .chain(self.relay.iter())
             .filter_map(|c| ProcessRecord::of(c.id() as i32))
             .collect();
         (vmm, helpers)

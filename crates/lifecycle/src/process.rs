@@ -89,16 +89,6 @@ pub(crate) fn wait_gone(records: &[&ProcessRecord], limit: Duration) -> bool {
     }
 }
 
-/// Kills and reaps children we own.
-pub(crate) fn kill_and_reap(children: &mut [Child]) {
-    for c in children.iter_mut() {
-        let _ = c.kill();
-    }
-    for c in children.iter_mut() {
-        let _ = c.wait();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

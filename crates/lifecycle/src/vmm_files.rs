@@ -4,10 +4,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 use vmkit_protocol::{ErrorCode, ProtocolError};
+
+use crate::Supervision;
 
 fn internal(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Internal, message)
@@ -29,13 +32,67 @@ pub fn clone_log(log: &File) -> Result<File, ProtocolError> {
         .map_err(|e| internal(format!("duplicating the VMM log handle: {e}")))
 }
 
-/// Keeps one previous console log; each boot starts a fresh one, so the
-/// log's size is bounded by what one boot prints (the kernel is quiet and
-/// command output travels over vsock, not the console).
+/// Most bytes kept of one console file; the relay keeps two (`console.log`
+/// and `console.log.1`, written in turn), so a guest printing without end
+/// costs at most twice this on the host.
+pub const CONSOLE_FILE_CAP: u64 = 1 << 20;
+
+/// Starts each boot's console log afresh (the files of the previous boot
+/// are removed).
 pub fn rotate_console(path: &Path) {
-    if path.exists() {
-        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("log.1"));
+}
+
+/// Starts the console relay: the guest's serial console is the VMM's
+/// stdout, which goes to Apache's `rotatelogs` (package apache2-utils), and
+/// it writes `path` and `path.1` in turn, each capped at
+/// [`CONSOLE_FILE_CAP`]. The guest is hostile: a file QEMU wrote itself
+/// could grow without bound. Returns the relay and the VMM's stdout.
+pub fn spawn_console_relay(
+    path: &Path,
+    supervision: Supervision,
+) -> Result<(Child, Stdio), ProtocolError> {
+    let program = vmkit_host::find_in_path("rotatelogs").ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::Unavailable,
+            "rotatelogs not found in PATH (it caps the guest console log); install apache2-utils",
+        )
+    })?;
+    let mut cmd = Command::new(program);
+    cmd.args(["-n", "2", "-f"])
+        .arg(path)
+        .arg(format!("{}K", CONSOLE_FILE_CAP / 1024))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe and only changes the child's mask,
+    // between fork and exec: the console may hold secrets, keep it 0600.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
     }
+    let mut child = crate::spawn_supervised(&mut cmd, supervision)
+        .map_err(|e| internal(format!("starting the console relay: {e}")))?;
+    let stdin = child.stdin.take().expect("piped");
+    Ok((child, Stdio::from(stdin)))
+}
+
+/// The current boot's console output, oldest first (the relay writes its
+/// two files in turn, so the newer one is the later part).
+pub fn read_console(path: &Path) -> Vec<u8> {
+    let mut parts: Vec<(std::time::SystemTime, Vec<u8>)> =
+        [path.to_owned(), path.with_extension("log.1")]
+            .iter()
+            .filter_map(|p| {
+                let modified = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+                Some((modified, std::fs::read(p).ok()?))
+            })
+            .collect();
+    parts.sort_by_key(|(t, _)| *t);
+    parts.into_iter().flat_map(|(_, b)| b).collect()
 }
 
 /// Removes a socket a dead VMM left behind; refuses to touch anything that
@@ -78,15 +135,32 @@ mod tests {
     }
 
     #[test]
-    fn rotation_keeps_one_previous_log() {
+    fn the_relay_caps_what_a_flooding_console_costs() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
-        std::fs::write(&log, b"boot 1").unwrap();
+        std::fs::write(dir.path().join("console.log.1"), b"previous boot").unwrap();
         rotate_console(&log);
-        assert!(!log.exists());
-        assert_eq!(
-            std::fs::read(dir.path().join("console.log.1")).unwrap(),
-            b"boot 1"
+        let (mut relay, stdio) = spawn_console_relay(&log, Supervision::DiesWithParent).unwrap();
+        // 5 MiB through the relay, the way a VMM writes: into its stdout.
+        let mut writer = Command::new("sh")
+            .args(["-c", "head -c 5242880 /dev/zero | tr '\\0' x"])
+            .stdout(stdio)
+            .spawn()
+            .unwrap();
+        writer.wait().unwrap();
+        relay.wait().unwrap();
+        let total: u64 = ["console.log", "console.log.1"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
+            .sum();
+        assert!(
+            total > 0 && total <= 2 * CONSOLE_FILE_CAP + 64 * 1024,
+            "{total} bytes kept"
         );
+        let text = read_console(&log);
+        assert!(text.iter().all(|b| *b == b'x'), "only this boot's output");
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

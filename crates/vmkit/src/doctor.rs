@@ -69,6 +69,19 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
             ),
         });
     }
+    // rotatelogs has no version flag; being there is what matters.
+    checks.push(match vmkit_host::find_in_path("rotatelogs") {
+        Some(path) => ok(
+            "rotatelogs",
+            format!("{} (caps the guest console log)", path.display()),
+        ),
+        None => item(
+            "rotatelogs",
+            CheckStatus::Fail,
+            "not found in PATH".into(),
+            "apt-get install apache2-utils",
+        ),
+    });
     checks.push(match tool_version(Tool::Firecracker) {
         Some((path, version)) if kvm.usable() => {
             ok("firecracker", format!("{version} ({})", path.display()))

@@ -22,6 +22,7 @@ pub use guest_init::find_guest_init;
 pub use runtime::{new_run_name, MachineParams, RunParams, Runtime};
 pub use vmkit_channel::ExecRequest;
 pub use vmkit_kernel::BuildEvent;
+pub use vmkit_lifecycle::vmm_files::read_console;
 pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 
 pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};

@@ -434,9 +434,12 @@ pub fn events(args: EventsArgs, global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn logs(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
-    let dir = store(global)?.workspace_dir(&args.name)?;
-    let path = dir.join("console.log");
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let store = store(global)?;
+    if store.peek(&args.name)?.is_none() {
+        anyhow::bail!("workspace {:?} does not exist", args.name);
+    }
+    let path = store.workspace_dir(&args.name)?.join("console.log");
+    let text = vmkit::read_console(&path);
     use std::io::Write;
     std::io::stdout().write_all(&text)?;
     Ok(0)
