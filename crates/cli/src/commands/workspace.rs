@@ -175,6 +175,24 @@ pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<
     Ok(rt)
 }
 
+/// Reconciles records with reality before reporting them (a VM whose
+/// driving command died must not show as running), without printing the
+/// resulting events into a `--json` listing.
+fn reconcile_quietly(global: &Global) {
+    match vmkit::select_backend(None)
+        .map_err(vmkit::VmkitError::from)
+        .and_then(|c| vmkit::Runtime::new(&global.state_dir, c.kind, None))
+        .and_then(|rt| rt.gc())
+    {
+        Ok(cleaned) => {
+            for name in cleaned {
+                tracing::warn!("cleaned up orphaned VM of workspace {name}");
+            }
+        }
+        Err(e) => tracing::warn!("gc: {e}"),
+    }
+}
+
 pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
     vmkit::MachineParams {
         memory_mib: m.memory,
@@ -349,6 +367,7 @@ pub fn gc(global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn list(global: &Global) -> anyhow::Result<u8> {
+    reconcile_quietly(global);
     let records = store(global)?.list()?;
     if global.json {
         for r in &records {
@@ -367,6 +386,7 @@ pub fn list(global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn status(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+    reconcile_quietly(global);
     let record = store(global)?
         .peek(&args.name)?
         .with_context(|| format!("workspace {:?} does not exist", args.name))?;
