@@ -86,22 +86,7 @@ impl Machine for FirecrackerMachine {
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
         self.available()?;
         config::validate(config)?;
-        let kernel = Path::new(&config.kernel_path);
-        if !kernel.is_file() {
-            return Err(ProtocolError::invalid(format!(
-                "kernel {} does not exist; run `microagent kernel build`",
-                kernel.display()
-            )));
-        }
-        for (i, d) in config.disks.iter().enumerate() {
-            if !Path::new(&d.path).is_file() {
-                return Err(ProtocolError::invalid(format!(
-                    "disks[{i}].path {} is not a file",
-                    d.path
-                )));
-            }
-        }
-        Ok(())
+        vmkit_lifecycle::check_config_files(config)
     }
 
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {

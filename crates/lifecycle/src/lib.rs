@@ -19,6 +19,6 @@ mod process;
 pub mod vmm_files;
 
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
-pub use machine::{BootPlan, Launched, Machine};
+pub use machine::{check_config_files, BootPlan, Launched, Machine};
 pub use paths::WorkspacePaths;
 pub use process::{spawn_supervised, terminate, Supervision};

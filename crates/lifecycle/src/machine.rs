@@ -73,6 +73,27 @@ impl Launched {
     }
 }
 
+/// Checks that the files a config names exist: the kernel and every extra
+/// disk. Every backend's [`Machine::check`] starts with this.
+pub fn check_config_files(config: &MachineConfig) -> Result<(), ProtocolError> {
+    let kernel = std::path::Path::new(&config.kernel_path);
+    if !kernel.is_file() {
+        return Err(ProtocolError::invalid(format!(
+            "kernel {} does not exist; run `microagent kernel build`",
+            kernel.display()
+        )));
+    }
+    for (i, d) in config.disks.iter().enumerate() {
+        if !std::path::Path::new(&d.path).is_file() {
+            return Err(ProtocolError::invalid(format!(
+                "disks[{i}].path {} is not a file",
+                d.path
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// How one backend launches its VMM. Everything else is shared.
 pub trait Machine: Send + Sync {
     /// Which backend this is.
