@@ -294,22 +294,7 @@ impl Staging {
         for (i, comp) in parent_rel.iter().enumerate() {
             cur.push(comp);
             if i >= existing {
-                let host = self.root.join(&cur);
-                fs::create_dir(&host).ctx(|| format!("creating {}", host.display()))?;
-                self.inodes += 1;
-                self.content_bytes += BLOCK;
-                self.set_meta(
-                    &cur,
-                    FileType::Directory,
-                    None,
-                    Meta {
-                        uid: 0,
-                        gid: 0,
-                        mode: 0o755,
-                        mtime: 0,
-                        xattrs: Vec::new(),
-                    },
-                )?;
+                self.create_root_dir(&cur, 0o755, 0)?;
             }
         }
         self.parent_cache.insert(key, parent_rel.clone());
@@ -699,19 +684,25 @@ impl Staging {
             return Ok(());
         }
         let parent = self.prepare_parent(rel.as_bytes(), &comps)?;
-        let host = self.root.join(&parent);
+        self.create_root_dir(&parent, mode, now())
+    }
+
+    /// Creates a root-owned directory at `rel` (whose parent exists),
+    /// counted against the bounds like any layer entry.
+    fn create_root_dir(&mut self, rel: &Path, mode: u32, mtime: i64) -> Result<(), RootfsError> {
+        let host = self.root.join(rel);
         fs::create_dir(&host).ctx(|| format!("creating {}", host.display()))?;
         self.inodes += 1;
         self.content_bytes += BLOCK;
         self.set_meta(
-            &parent,
+            rel,
             FileType::Directory,
             None,
             Meta {
                 uid: 0,
                 gid: 0,
                 mode,
-                mtime: now(),
+                mtime,
                 xattrs: Vec::new(),
             },
         )
