@@ -105,22 +105,7 @@ fn timeout_ends_the_run_with_124_and_no_vm_left() {
 #[test]
 fn killing_the_cli_mid_run_then_gc_leaves_no_process_and_marks_failed() {
     let env = Env::new();
-    let mut child = env
-        .cmd()
-        .arg("run")
-        .args(["--image", &env.image])
-        .arg("--kernel")
-        .arg(&env.kernel)
-        .args(["--name", "victim", "--exec", "echo started; sleep 1000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the guest command runs.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut buf = [0u8; 8];
-    std::io::Read::read_exact(&mut stdout, &mut buf).unwrap();
-    assert_eq!(&buf, b"started\n");
+    let mut child = env.spawn_started(&["--name", "victim", "--exec", "echo started; sleep 1000"]);
     let state = env.state_path().to_string_lossy().into_owned();
     assert!(
         !processes_mentioning(&state).is_empty(),
@@ -154,19 +139,14 @@ fn four_parallel_runs_give_correct_unmixed_output() {
     let env = Env::new();
     let children: Vec<_> = (0..4)
         .map(|i| {
-            env.cmd()
-                .arg("run")
-                .args(["--image", &env.image])
-                .arg("--kernel")
-                .arg(&env.kernel)
-                .args([
-                    "--exec",
-                    &format!("for n in 1 2 3 4 5; do echo run{i}-line$n; done; exit {i}"),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            env.run_command(&[
+                "--exec",
+                &format!("for n in 1 2 3 4 5; do echo run{i}-line$n; done; exit {i}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for (i, child) in children.into_iter().enumerate() {
@@ -226,20 +206,7 @@ fn run_pulls_from_a_registry_by_tag_and_by_digest() {
 #[test]
 fn ctrl_c_stops_the_vm_and_removes_the_run() {
     let env = Env::new();
-    let mut child = env
-        .cmd()
-        .arg("run")
-        .args(["--image", &env.image])
-        .arg("--kernel")
-        .arg(&env.kernel)
-        .args(["--exec", "echo started; sleep 1000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut buf = [0u8; 8];
-    std::io::Read::read_exact(&mut stdout, &mut buf).unwrap();
+    let child = env.spawn_started(&["--exec", "echo started; sleep 1000"]);
     let started = Instant::now();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),

@@ -51,16 +51,35 @@ impl Env {
         c
     }
 
-    /// `microagent run --image <busybox> --kernel <kernel> ARGS...`
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd()
-            .arg("run")
+    /// `microagent run --image <busybox> --kernel <kernel> ARGS...`, not started.
+    pub fn run_command(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.arg("run")
             .args(["--image", &self.image])
             .arg("--kernel")
             .arg(&self.kernel)
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        c
+    }
+
+    /// Runs `microagent run ... ARGS...` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_command(args).output().unwrap()
+    }
+
+    /// Starts a run whose command prints `started` first, and returns once
+    /// it has: the guest command is then running.
+    pub fn spawn_started(&self, args: &[&str]) -> std::process::Child {
+        let mut child = self
+            .run_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 8];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
+        assert_eq!(&buf, b"started\n");
+        child
     }
 
     pub fn ok(&self, args: &[&str]) -> Output {
