@@ -100,16 +100,20 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
         ),
     });
 
-    let kernel = state_dir.join("kernels/x86_64/vmlinux");
-    checks.push(if kernel.is_file() {
-        ok("kernel", format!("installed at {}", kernel.display()))
-    } else {
-        item(
+    let kernels = vmkit_kernel::KernelStore::new(state_dir);
+    let build = "run `microagent kernel build` (about 5 minutes on 2 cores); `run` also builds it on first use";
+    checks.push(match kernels.installed() {
+        Ok(Some(k)) => ok(
+            "kernel",
+            format!("installed at {}", k.vmlinux_path().display()),
+        ),
+        Ok(None) => item(
             "kernel",
             CheckStatus::Warn,
-            format!("none at {}", kernel.display()),
-            "run `microagent kernel build` (about 5 minutes on 2 cores); `run` also builds it on first use",
-        )
+            format!("none at {}", kernels.vmlinux_path().display()),
+            build,
+        ),
+        Err(e) => item("kernel", CheckStatus::Warn, e.to_string(), build),
     });
 
     let (accelerator, reason) = vmkit_qemu::choose_accelerator(&kvm);
