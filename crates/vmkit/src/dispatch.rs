@@ -51,10 +51,19 @@ pub fn select_backend(requested: Option<BackendKind>) -> Result<BackendChoice, P
 
 /// Builds the backend object for a kind.
 pub fn backend_for(kind: BackendKind) -> Box<dyn Backend> {
+    match lifecycle_for(kind) {
+        Some(lifecycle) => Box::new(lifecycle),
+        None => Box::new(vmkit_apple_vf::AppleVfBackend::new()),
+    }
+}
+
+/// The shared lifecycle over a Linux backend's machine; `None` for apple-vf,
+/// whose lifecycle lives in its supervisor.
+pub(crate) fn lifecycle_for(kind: BackendKind) -> Option<vmkit_lifecycle::Lifecycle> {
     match kind {
-        BackendKind::Qemu => Box::new(vmkit_qemu::backend()),
-        BackendKind::Firecracker => Box::new(vmkit_firecracker::backend()),
-        BackendKind::AppleVf => Box::new(vmkit_apple_vf::AppleVfBackend::new()),
+        BackendKind::Qemu => Some(vmkit_qemu::backend()),
+        BackendKind::Firecracker => Some(vmkit_firecracker::backend()),
+        BackendKind::AppleVf => None,
     }
 }
 

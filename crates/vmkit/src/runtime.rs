@@ -68,17 +68,12 @@ impl Runtime {
         backend: BackendKind,
         observer: Option<Observer>,
     ) -> Result<Self, VmkitError> {
-        let lifecycle = match backend {
-            BackendKind::Qemu => vmkit_qemu::backend(),
-            BackendKind::Firecracker => vmkit_firecracker::backend(),
-            BackendKind::AppleVf => {
-                return Err(ProtocolError::new(
-                    ErrorCode::Unavailable,
-                    "the apple-vf backend runs only on macOS",
-                )
-                .into())
-            }
-        };
+        let lifecycle = crate::dispatch::lifecycle_for(backend).ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::Unavailable,
+                "the apple-vf backend runs only on macOS",
+            )
+        })?;
         let lifecycle = match observer {
             Some(o) => lifecycle.with_observer(o),
             None => lifecycle,
