@@ -362,6 +362,7 @@ pub fn finish(
         started_at: Some(started_at),
         completed_at: Some(now()),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
+        timed_out,
     }
 }
 

@@ -1,7 +1,6 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,7 +14,7 @@ use vmkit_state::{LockWait, ProcessRecord, StateStore, WorkspaceLock, WorkspaceR
 
 use crate::machine::{BootPlan, Launched, Machine};
 use crate::paths::WorkspacePaths;
-use crate::process::{terminate, wait_gone};
+use crate::process::{terminate, wait_child, wait_gone};
 
 /// Receives every event as it is recorded (the CLI prints them with `--json`).
 pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -40,8 +39,6 @@ pub struct RunOutput {
     pub result: RunResult,
     /// The setup step that failed, if one did (exec did not run).
     pub setup_failed: Option<SetupStep>,
-    /// Whether the run hit its timeout.
-    pub timed_out: bool,
 }
 
 /// Options for an exec in a running workspace.
@@ -483,7 +480,6 @@ impl Lifecycle {
         let outcome = (|| {
             let (mut launched, mut control) =
                 self.boot(&store, &lock, &mut record, identity, mode, false)?;
-            let started = Instant::now();
             // Without a run timeout the guest runs as long as it likes; the
             // backstop then only guards against a wedged channel.
             let backstop =
@@ -506,6 +502,7 @@ impl Lifecycle {
                             "timed out after {}s; the VM was killed",
                             timeout.unwrap_or_default().as_secs()
                         )),
+                        timed_out: true,
                         ..RunResult::default()
                     };
                     self.transition(
@@ -519,7 +516,6 @@ impl Lifecycle {
                     return Ok(RunOutput {
                         result,
                         setup_failed: None,
-                        timed_out: true,
                     });
                 }
                 Err(e) => {
@@ -540,31 +536,17 @@ impl Lifecycle {
                 (true, true) => "guest powered off",
                 (true, false) => "guest did not power off; VMM killed",
             };
+            // The guest enforces the deadline and says in the result
+            // whether it killed the command for it.
             let output = match report.outcome {
-                RunOutcome::Completed(result) => {
-                    // The guest kills a command at the deadline; a signal
-                    // death at or past it is that timeout.
-                    let timed_out = timeout.is_some_and(|t| {
-                        result.signal.is_some()
-                            && started.elapsed() + Duration::from_millis(500) >= t
-                    });
-                    RunOutput {
-                        result,
-                        setup_failed: None,
-                        timed_out,
-                    }
-                }
-                RunOutcome::SetupFailed(step) => {
-                    let timed_out = timeout.is_some_and(|t| {
-                        step.result.signal.is_some()
-                            && started.elapsed() + Duration::from_millis(500) >= t
-                    });
-                    RunOutput {
-                        result: step.result.clone(),
-                        setup_failed: Some(step),
-                        timed_out,
-                    }
-                }
+                RunOutcome::Completed(result) => RunOutput {
+                    result,
+                    setup_failed: None,
+                },
+                RunOutcome::SetupFailed(step) => RunOutput {
+                    result: step.result.clone(),
+                    setup_failed: Some(step),
+                },
             };
             record.last_result = Some(output.result.clone());
             self.transition(&store, &lock, &mut record, identity, State::Stopped, detail)?;
@@ -856,17 +838,6 @@ fn with_console_tail(mut error: ProtocolError, paths: &WorkspacePaths) -> Protoc
         }
     }
     error
-}
-
-fn wait_child(child: &mut std::process::Child, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return true,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => return false,
-        }
-    }
 }
 
 fn remove_sockets(paths: &WorkspacePaths) {

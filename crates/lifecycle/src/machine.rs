@@ -51,12 +51,10 @@ impl Launched {
             let _ = h.wait();
         }
         if let Some(relay) = &mut self.relay {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-            while matches!(relay.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            if !crate::process::wait_child(relay, std::time::Duration::from_secs(1)) {
+                let _ = relay.kill();
+                let _ = relay.wait();
             }
-            let _ = relay.kill();
-            let _ = relay.wait();
         }
     }
 

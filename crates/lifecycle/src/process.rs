@@ -89,6 +89,19 @@ pub(crate) fn wait_gone(records: &[&ProcessRecord], limit: Duration) -> bool {
     }
 }
 
+/// Waits up to `limit` for a child we own to exit (reaping it); returns
+/// whether it did.
+pub(crate) fn wait_child(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

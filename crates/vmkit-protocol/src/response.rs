@@ -156,4 +156,7 @@ pub struct RunResult {
     /// Why the command did not complete normally (setup failure, timeout, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The command hit its deadline and was killed (its `signal` says how).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
 }

@@ -61,7 +61,9 @@ fn responses_and_events_round_trip() {
     assert!(!r.ok);
     assert_eq!(r.error.unwrap().code, ErrorCode::InvalidState);
     let r: Response = round_trip("response-signal.json");
-    assert_eq!(r.result.unwrap().signal, Some(9));
+    let result = r.result.unwrap();
+    assert_eq!(result.signal, Some(9));
+    assert!(result.timed_out);
     let e: Event = round_trip("event.json");
     assert_eq!(e.state, State::Halted);
 }

@@ -6,7 +6,9 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::Global;
-use crate::commands::workspace::{machine_params, prepare_disks, runtime, MachineArgs};
+use crate::commands::workspace::{
+    machine_params, prepare_disks, quiet_runtime, runtime, MachineArgs,
+};
 use crate::exit;
 use crate::output::{print_result, JsonStream};
 
@@ -79,7 +81,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         return Ok(exit::INTERRUPTED);
     }
     let output = output.map_err(exit::classify)?;
-    let code = if output.timed_out {
+    let code = if output.result.timed_out {
         exit::TIMEOUT
     } else if output.setup_failed.is_some() {
         exit::SETUP_FAILED
@@ -95,9 +97,9 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
             &name,
             &output.result,
             code,
-            json!({"timedOut": output.timed_out, "setupFailed": setup}),
+            json!({"timedOut": output.result.timed_out, "setupFailed": setup}),
         );
-    } else if output.timed_out {
+    } else if output.result.timed_out {
         eprintln!(
             "microagent: timed out after {}s",
             args.timeout.unwrap_or_default()
@@ -130,7 +132,7 @@ impl Interrupt {
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         let handle = signals.handle();
         let hit = std::sync::Arc::new(AtomicBool::new(false));
-        let rt = runtime_quiet(global)?;
+        let rt = quiet_runtime(global)?;
         let (flag, name) = (hit.clone(), name.to_owned());
         let thread = std::thread::spawn(move || {
             if signals.forever().next().is_none() {
@@ -157,10 +159,4 @@ impl Interrupt {
         }
         self.hit.load(std::sync::atomic::Ordering::SeqCst)
     }
-}
-
-/// A runtime for the watcher thread (no event printing).
-fn runtime_quiet(global: &Global) -> anyhow::Result<vmkit::Runtime> {
-    let choice = vmkit::select_backend(None)?;
-    vmkit::Runtime::new(&global.state_dir, choice.kind, None).map_err(exit::classify)
 }

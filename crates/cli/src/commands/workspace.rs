@@ -164,6 +164,19 @@ pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<
         crate::output::event_observer(global.json),
     )
     .map_err(exit::classify)?;
+    clean_up_orphans(&rt);
+    Ok(rt)
+}
+
+/// A runtime that prints no events: for `gc`, listings and the interrupt
+/// watcher, whose output must not mix with event lines.
+pub fn quiet_runtime(global: &Global) -> anyhow::Result<vmkit::Runtime> {
+    let choice = vmkit::select_backend(None)?;
+    vmkit::Runtime::new(&global.state_dir, choice.kind, None).map_err(exit::classify)
+}
+
+/// Runs gc, reporting on stderr; a failure here must not stop the command.
+fn clean_up_orphans(rt: &vmkit::Runtime) {
     match rt.gc() {
         Ok(cleaned) => {
             for name in cleaned {
@@ -172,24 +185,15 @@ pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<
         }
         Err(e) => tracing::warn!("gc: {e}"),
     }
-    Ok(rt)
 }
 
 /// Reconciles records with reality before reporting them (a VM whose
 /// driving command died must not show as running), without printing the
 /// resulting events into a `--json` listing.
 fn reconcile_quietly(global: &Global) {
-    match vmkit::select_backend(None)
-        .map_err(vmkit::VmkitError::from)
-        .and_then(|c| vmkit::Runtime::new(&global.state_dir, c.kind, None))
-        .and_then(|rt| rt.gc())
-    {
-        Ok(cleaned) => {
-            for name in cleaned {
-                tracing::warn!("cleaned up orphaned VM of workspace {name}");
-            }
-        }
-        Err(e) => tracing::warn!("gc: {e}"),
+    match quiet_runtime(global) {
+        Ok(rt) => clean_up_orphans(&rt),
+        Err(e) => tracing::warn!("gc: {e:#}"),
     }
 }
 
@@ -267,7 +271,6 @@ pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
         request,
         stdin: stdin_is_data.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
     };
-    let started = std::time::Instant::now();
     let result = if global.json {
         rt.exec(
             &args.name,
@@ -284,9 +287,7 @@ pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
         )
     }
     .map_err(exit::classify)?;
-    let timed_out = args
-        .timeout
-        .is_some_and(|t| result.signal.is_some() && started.elapsed() >= Duration::from_secs(t));
+    let timed_out = result.timed_out;
     let code = if timed_out {
         exit::TIMEOUT
     } else {
@@ -351,8 +352,7 @@ pub fn delete(args: DeleteArgs, global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn gc(global: &Global) -> anyhow::Result<u8> {
-    let choice = vmkit::select_backend(None)?;
-    let rt = vmkit::Runtime::new(&global.state_dir, choice.kind, None).map_err(exit::classify)?;
+    let rt = quiet_runtime(global)?;
     let cleaned = rt.gc().map_err(exit::classify)?;
     if global.json {
         println!("{}", serde_json::json!({"type": "gc", "cleaned": cleaned}));
