@@ -1,0 +1,90 @@
+//! `microagent-net --config FILE`: the network helper of one VM.
+//!
+//! It creates the frontend (listens on the stream socket, or opens the TAP
+//! device), prints exactly `ready\n` on stdout, then serves the VM's network
+//! until the VMM closes the link, SIGTERM arrives, or its parent dies.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vmkit_net::frontend::Listener;
+use vmkit_net::NetConfig;
+
+/// The host-side network stack of one microagent VM.
+///
+/// Reads a vmkit_net::NetConfig JSON file, creates the frontend it names
+/// (a Unix stream socket that QEMU's `-netdev stream,server=off` connects
+/// to, or a TAP device for Firecracker), writes `ready` on a line of its own
+/// to stdout once the VMM can connect, and then answers ARP and DNS,
+/// terminates the guest's TCP and UDP, and opens host sockets only for
+/// flows the egress policy allows, logging each decision to the audit file.
+///
+/// It exits 0 when the VMM closes the link or on SIGTERM, and 125 with a
+/// message on stderr when the configuration or the frontend is unusable.
+/// It asks to receive SIGTERM when its parent exits.
+#[derive(Debug, Parser)]
+#[command(name = "microagent-net", version, verbatim_doc_comment)]
+struct Args {
+    /// The NetConfig JSON file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("microagent-net: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    // Die with the parent (one-shot runs), unless it is already gone.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("PR_SET_PDEATHSIG")?;
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        anyhow::bail!("parent process already exited");
+    }
+    let (stop_rx, stop_tx) = UnixStream::pair().context("signal pipe")?;
+    stop_tx.set_nonblocking(true)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, stop_tx.try_clone()?)
+        .context("SIGTERM handler")?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, stop_tx)
+        .context("SIGINT handler")?;
+
+    let config = NetConfig::load(&args.config)?;
+    let listener = Listener::bind(&config.frontend).context("cannot create the frontend")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(b"ready\n").context("stdout")?;
+    stdout.flush().context("stdout")?;
+    drop(stdout);
+
+    // Wait for the VMM, or for SIGTERM before it came.
+    let mut fds = [
+        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        PollFd::new(std::os::fd::AsFd::as_fd(&stop_rx), PollFlags::POLLIN),
+    ];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll"),
+        }
+    }
+    if fds[1].any().unwrap_or(false) {
+        return Ok(());
+    }
+    let link = listener
+        .accept()
+        .context("accepting the VMM's connection")?;
+    vmkit_net::serve(&config, link, &stop_rx)?;
+    Ok(())
+}

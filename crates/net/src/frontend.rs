@@ -1,0 +1,356 @@
+//! The link to the VMM: Ethernet frames in and out.
+//!
+//! - `stream`: a Unix stream socket (QEMU `-netdev stream`); each frame is a
+//!   4-byte big-endian length and the frame. Output frames are appended to
+//!   one buffer and written with as few `write` calls as the socket allows.
+//! - `tap`: a TAP device (Firecracker); one `read`/`write` is one frame.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use crate::config::Frontend;
+
+/// The largest frame accepted or produced (a 9000-byte MTU plus headers).
+pub const MAX_FRAME: usize = 9022;
+/// How much output may wait for the VMM before the stack stops sending
+/// (back-pressure: smoltcp keeps the data until there is room).
+const TX_HIGH_WATER: usize = 1 << 20;
+/// How much is read from the VMM per wake-up before the stack gets to run.
+const RX_CHUNK: usize = 256 << 10;
+
+/// A bound frontend that waits for the VMM.
+#[derive(Debug)]
+pub enum Listener {
+    /// Listening on the stream socket.
+    Stream(UnixListener),
+    /// An opened TAP device (ready at once).
+    Tap(File),
+}
+
+impl Listener {
+    /// Creates the stream socket (replacing a stale one) or opens the TAP.
+    pub fn bind(frontend: &Frontend) -> io::Result<Listener> {
+        match frontend {
+            Frontend::Stream { path } => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(Listener::Stream(UnixListener::bind(path)?))
+            }
+            Frontend::Tap { name } => Ok(Listener::Tap(open_tap(name)?)),
+        }
+    }
+
+    /// The fd to poll for the VMM's connection.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Stream(l) => l.as_fd(),
+            Listener::Tap(f) => f.as_fd(),
+        }
+    }
+
+    /// Waits for the VMM (stream) and returns the frame link.
+    pub fn accept(self) -> io::Result<FrameLink> {
+        let io = match self {
+            Listener::Stream(listener) => {
+                let (stream, _) = listener.accept()?;
+                stream.set_nonblocking(true)?;
+                Io::Stream(stream)
+            }
+            Listener::Tap(file) => Io::Tap(file),
+        };
+        Ok(FrameLink::new(io))
+    }
+}
+
+#[derive(Debug)]
+enum Io {
+    Stream(UnixStream),
+    Tap(File),
+}
+
+/// What a read of the link found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Everything available was read.
+    Drained,
+    /// More may be waiting (the per-wake-up budget ran out).
+    More,
+    /// The VMM closed the link.
+    Closed,
+}
+
+/// A connected frame link.
+#[derive(Debug)]
+pub struct FrameLink {
+    io: Io,
+    rx: Vec<u8>,
+    rx_start: usize,
+    tx: Vec<u8>,
+    tx_start: usize,
+    tap_tx: VecDeque<Vec<u8>>,
+    tap_tx_bytes: usize,
+}
+
+impl FrameLink {
+    /// A link over an already connected stream socket (tests, socketpairs).
+    pub fn from_stream(stream: UnixStream) -> io::Result<FrameLink> {
+        stream.set_nonblocking(true)?;
+        Ok(FrameLink::new(Io::Stream(stream)))
+    }
+
+    fn new(io: Io) -> FrameLink {
+        FrameLink {
+            io,
+            rx: Vec::with_capacity(RX_CHUNK),
+            rx_start: 0,
+            tx: Vec::with_capacity(TX_HIGH_WATER),
+            tx_start: 0,
+            tap_tx: VecDeque::new(),
+            tap_tx_bytes: 0,
+        }
+    }
+
+    /// The fd to poll.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.io {
+            Io::Stream(s) => s.as_fd(),
+            Io::Tap(f) => f.as_fd(),
+        }
+    }
+
+    /// Reads what the VMM sent and hands each frame to `frame`. A stream
+    /// whose length prefix is impossible is an error (it cannot be resynced).
+    pub fn read_frames(&mut self, mut frame: impl FnMut(&[u8])) -> io::Result<ReadOutcome> {
+        let mut budget = RX_CHUNK;
+        match &mut self.io {
+            Io::Tap(file) => {
+                let mut buf = [0u8; MAX_FRAME];
+                while budget > 0 {
+                    match file.read(&mut buf) {
+                        Ok(0) => return Ok(ReadOutcome::Closed),
+                        Ok(n) => {
+                            budget = budget.saturating_sub(n.max(64));
+                            frame(&buf[..n]);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(ReadOutcome::Drained)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(ReadOutcome::More)
+            }
+            Io::Stream(stream) => {
+                while budget > 0 {
+                    if self.rx_start > 0 {
+                        self.rx.drain(..self.rx_start);
+                        self.rx_start = 0;
+                    }
+                    let have = self.rx.len();
+                    self.rx
+                        .resize(have + RX_CHUNK.min(budget).max(4 + MAX_FRAME), 0);
+                    let read = stream.read(&mut self.rx[have..]);
+                    let n = match read {
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.rx.truncate(have);
+                            match e.kind() {
+                                io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Drained),
+                                io::ErrorKind::Interrupted => continue,
+                                _ => return Err(e),
+                            }
+                        }
+                    };
+                    self.rx.truncate(have + n);
+                    if n == 0 {
+                        return Ok(ReadOutcome::Closed);
+                    }
+                    budget = budget.saturating_sub(n);
+                    // Hand out every complete frame.
+                    loop {
+                        let rest = &self.rx[self.rx_start..];
+                        if rest.len() < 4 {
+                            break;
+                        }
+                        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                        if len > MAX_FRAME {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("frontend sent a {len}-byte frame (limit {MAX_FRAME})"),
+                            ));
+                        }
+                        if rest.len() < 4 + len {
+                            break;
+                        }
+                        frame(&rest[4..4 + len]);
+                        self.rx_start += 4 + len;
+                    }
+                }
+                Ok(ReadOutcome::More)
+            }
+        }
+    }
+
+    /// Whether output may be queued now (below the high-water mark).
+    pub fn can_send(&self) -> bool {
+        self.backlog() < TX_HIGH_WATER
+    }
+
+    /// Bytes waiting for the VMM.
+    pub fn backlog(&self) -> usize {
+        (self.tx.len() - self.tx_start) + self.tap_tx_bytes
+    }
+
+    /// Queues one frame of `len` bytes, filled in place by `fill`.
+    pub fn queue<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        match self.io {
+            Io::Stream(_) => {
+                let at = self.tx.len();
+                self.tx.extend_from_slice(&(len as u32).to_be_bytes());
+                self.tx.resize(at + 4 + len, 0);
+                fill(&mut self.tx[at + 4..])
+            }
+            Io::Tap(_) => {
+                let mut buf = vec![0u8; len];
+                let r = fill(&mut buf);
+                self.tap_tx_bytes += len;
+                self.tap_tx.push_back(buf);
+                r
+            }
+        }
+    }
+
+    /// Writes what is queued, as far as the VMM takes it without blocking.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match &mut self.io {
+            Io::Stream(stream) => {
+                while self.tx_start < self.tx.len() {
+                    match stream.write(&self.tx[self.tx_start..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => self.tx_start += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if self.tx_start == self.tx.len() {
+                    self.tx.clear();
+                    self.tx_start = 0;
+                } else if self.tx_start > TX_HIGH_WATER / 2 {
+                    self.tx.drain(..self.tx_start);
+                    self.tx_start = 0;
+                }
+                Ok(())
+            }
+            Io::Tap(file) => {
+                while let Some(frame) = self.tap_tx.front() {
+                    match file.write(frame) {
+                        Ok(_) => {
+                            self.tap_tx_bytes -= frame.len();
+                            self.tap_tx.pop_front();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: a name and the flags.
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+fn open_tap(name: &str) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new("/dev/net/tun"))?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    for (dst, src) in req
+        .name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads a `struct ifreq` (name + flags, 40 bytes),
+    // which `IfReq` lays out with repr(C); the fd is the open tun device.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("TAP device {name}: {e}")));
+    }
+    let fd: OwnedFd = file.into();
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    // SAFETY: `fd` is an owned, open fd; ownership moves into the File.
+    Ok(unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_frames_are_split_and_joined_by_length() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut link = FrameLink::from_stream(ours).unwrap();
+        let mut wire = Vec::new();
+        for len in [60usize, 1514, 14] {
+            wire.extend_from_slice(&(len as u32).to_be_bytes());
+            wire.extend(std::iter::repeat_n(len as u8, len));
+        }
+        // Split the wire mid-prefix to show partial reads are kept.
+        theirs.write_all(&wire[..70]).unwrap();
+        let mut got = Vec::new();
+        link.read_frames(|f| got.push(f.to_vec())).unwrap();
+        theirs.write_all(&wire[70..]).unwrap();
+        link.read_frames(|f| got.push(f.to_vec())).unwrap();
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![60, 1514, 14]
+        );
+
+        link.queue(3, |b| b.copy_from_slice(b"abc"));
+        link.flush().unwrap();
+        let mut out = [0u8; 7];
+        theirs.read_exact(&mut out).unwrap();
+        assert_eq!(&out, b"\0\0\0\x03abc");
+
+        theirs.write_all(&100_000u32.to_be_bytes()).unwrap();
+        let err = link.read_frames(|_| {}).unwrap_err();
+        assert!(err.to_string().contains("100000"), "{err}");
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_closed_stream_is_reported() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut link = FrameLink::from_stream(ours).unwrap();
+        drop(theirs);
+        assert_eq!(link.read_frames(|_| {}).unwrap(), ReadOutcome::Closed);
+    }
+}

@@ -1,0 +1,1 @@
+//! Policy decisions, table by table.
