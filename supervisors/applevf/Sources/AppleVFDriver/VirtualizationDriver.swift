@@ -1,0 +1,265 @@
+// The Virtualization.framework driver: the only code that knows the
+// framework. Written against Apple's documentation for macOS 13+; it is
+// compiled only where the framework exists (macOS), so on Linux this file
+// is empty and `platformDriver()` is the unavailable driver.
+//
+// The machine: VZLinuxBootLoader (an uncompressed kernel, arm64 `Image` on
+// Apple silicon) with the plan's command line; virtio-blk disks in plan
+// order (/dev/vda the root, then the extra disks, then the config disk);
+// a virtio console (hvc0) into a bounded log; a virtio socket device (the
+// vsock the bridge serves); entropy; a memory balloon. Later issues add the
+// network (VZFileHandleNetworkDeviceAttachment on a datagram socket pair to
+// microagent's network stack), volumes (VZVirtioFileSystemDeviceConfiguration)
+// and snapshots (saveMachineStateTo / restoreMachineStateFrom, macOS 14).
+//
+// Every VZVirtualMachine call happens on the machine's own serial queue, as
+// the framework requires.
+#if canImport(Virtualization)
+import AppleVFCore
+import Foundation
+import Security
+import Virtualization
+
+/// The entitlement a process needs to create VMs.
+let virtualizationEntitlement = "com.apple.security.virtualization"
+
+public final class VirtualizationDriver: VMDriver {
+    public init() {}
+
+    public func hostInfo() -> HostInfo {
+        let supported = VZVirtualMachine.isSupported
+        let entitled = hasEntitlement()
+        return HostInfo(
+            os: "macos", arch: hostArch(), accelerator: supported ? .hvf : .none,
+            acceleratorReason: supported
+                ? "Virtualization.framework (Hypervisor.framework underneath)"
+                : "VZVirtualMachine.isSupported is false: no hardware virtualization here",
+            checks: [
+                CheckItem(
+                    name: "virtualization", status: supported ? .ok : .fail,
+                    detail: supported ? "Virtualization.framework can run VMs" : "Virtualization.framework cannot run VMs on this Mac",
+                    remedy: supported ? nil : "use a Mac with Apple silicon or VT-x, not a VM without nested virtualization"),
+                CheckItem(
+                    name: "entitlement", status: entitled ? .ok : .fail,
+                    detail: entitled ? "signed with \(virtualizationEntitlement)" : "not signed with \(virtualizationEntitlement)",
+                    remedy: entitled ? nil : "codesign --force --sign - --entitlements microagent-applevf-supervisor.entitlements <binary>"),
+            ])
+    }
+
+    public func unavailableReason() -> String? {
+        if !VZVirtualMachine.isSupported {
+            return "Virtualization.framework cannot run VMs on this Mac (VZVirtualMachine.isSupported is false)"
+        }
+        if !hasEntitlement() {
+            return "this supervisor is not signed with the \(virtualizationEntitlement) entitlement; sign it (supervisors/applevf/README.md)"
+        }
+        return nil
+    }
+
+    public func boot(_ plan: VMPlan, onStop: @escaping @Sendable (String) -> Void) throws -> RunningVM {
+        let config = VZVirtualMachineConfiguration()
+        config.platform = VZGenericPlatformConfiguration()
+        config.cpuCount = max(VZVirtualMachineConfiguration.minimumAllowedCPUCount,
+                              min(Int(plan.cpuCount), VZVirtualMachineConfiguration.maximumAllowedCPUCount))
+        let bytes = UInt64(plan.memoryMiB) << 20
+        config.memorySize = max(VZVirtualMachineConfiguration.minimumAllowedMemorySize,
+                                min(bytes, VZVirtualMachineConfiguration.maximumAllowedMemorySize))
+        let loader = VZLinuxBootLoader(kernelURL: URL(fileURLWithPath: plan.kernelPath))
+        loader.commandLine = plan.commandLine
+        config.bootLoader = loader
+        config.storageDevices = try plan.disks.map { disk in
+            let attachment = try VZDiskImageStorageDeviceAttachment(
+                url: URL(fileURLWithPath: disk.path), readOnly: disk.readOnly)
+            return VZVirtioBlockDeviceConfiguration(attachment: attachment)
+        }
+        let console = try BoundedConsole(path: plan.consoleLog, limit: plan.consoleLimitBytes ?? (1 << 20))
+        let serial = VZVirtioConsoleDeviceSerialPortConfiguration()
+        serial.attachment = VZFileHandleSerialPortAttachment(
+            fileHandleForReading: nil, fileHandleForWriting: console.input)
+        config.serialPorts = [serial]
+        config.entropyDevices = [VZVirtioEntropyDeviceConfiguration()]
+        config.memoryBalloonDevices = [VZVirtioTraditionalMemoryBalloonDeviceConfiguration()]
+        config.socketDevices = [VZVirtioSocketDeviceConfiguration()]
+        do {
+            try config.validate()
+        } catch {
+            throw ProtocolError(.invalidRequest, "Virtualization.framework refused the machine: \(error.localizedDescription)")
+        }
+        let machine = FrameworkMachine(configuration: config, console: console, onStop: onStop)
+        try machine.start()
+        return machine
+    }
+
+    func hasEntitlement() -> Bool {
+        guard let task = SecTaskCreateFromSelf(nil),
+              let value = SecTaskCopyValueForEntitlement(task, virtualizationEntitlement as CFString, nil)
+        else { return false }
+        return (value as? Bool) == true
+    }
+}
+
+/// One VZVirtualMachine and its queue.
+final class FrameworkMachine: NSObject, RunningVM, VZVirtualMachineDelegate, @unchecked Sendable {
+    private let queue = DispatchQueue(label: "microagent.applevf.vm")
+    private var machine: VZVirtualMachine!
+    private let console: BoundedConsole
+    private let onStop: @Sendable (String) -> Void
+    private(set) var vsock: VsockDevice
+
+    init(configuration: VZVirtualMachineConfiguration, console: BoundedConsole, onStop: @escaping @Sendable (String) -> Void) {
+        self.console = console
+        self.onStop = onStop
+        let queue = self.queue
+        var made: VZVirtualMachine!
+        queue.sync { made = VZVirtualMachine(configuration: configuration, queue: queue) }
+        self.machine = made
+        self.vsock = FrameworkVsock(device: made.socketDevices.first as! VZVirtioSocketDevice, queue: queue)
+        super.init()
+        queue.sync { made.delegate = self }
+    }
+
+    func start() throws {
+        let done = DispatchSemaphore(value: 0)
+        let failure = Box<Error?>(nil)
+        queue.async { [self] in
+            machine.start { result in
+                if case .failure(let e) = result { failure.value = e }
+                done.signal()
+            }
+        }
+        done.wait()
+        if let e = failure.value {
+            throw ProtocolError(.internal, "Virtualization.framework could not start the VM: \(e.localizedDescription)")
+        }
+    }
+
+    var runState: VMRunState {
+        queue.sync {
+            switch machine.state {
+            case .running: return .running
+            case .paused, .pausing, .saving: return .paused
+            case .starting, .resuming, .restoring: return .starting
+            default: return .stopped
+            }
+        }
+    }
+
+    func forceStop(completion: @escaping @Sendable (Error?) -> Void) {
+        queue.async { [self] in
+            machine.stop { error in
+                self.onStop("VM stopped")
+                completion(error)
+            }
+        }
+    }
+
+    func pause(completion: @escaping @Sendable (Error?) -> Void) {
+        queue.async { [self] in
+            machine.pause { result in
+                if case .failure(let e) = result { completion(e) } else { completion(nil) }
+            }
+        }
+    }
+
+    func resume(completion: @escaping @Sendable (Error?) -> Void) {
+        queue.async { [self] in
+            machine.resume { result in
+                if case .failure(let e) = result { completion(e) } else { completion(nil) }
+            }
+        }
+    }
+
+    func guestDidStop(_ virtualMachine: VZVirtualMachine) {
+        onStop("guest powered off")
+    }
+
+    func virtualMachine(_ virtualMachine: VZVirtualMachine, didStopWithError error: Error) {
+        onStop("the VM stopped with an error: \(error.localizedDescription)")
+    }
+}
+
+/// The VM's VZVirtioSocketDevice as the bridge's VsockDevice.
+final class FrameworkVsock: NSObject, VsockDevice, VZVirtioSocketListenerDelegate, @unchecked Sendable {
+    private let device: VZVirtioSocketDevice
+    private let queue: DispatchQueue
+    private var handlers: [UInt32: @Sendable (VsockStream) -> Void] = [:]
+    private var listeners: [VZVirtioSocketListener] = []
+
+    init(device: VZVirtioSocketDevice, queue: DispatchQueue) {
+        self.device = device
+        self.queue = queue
+    }
+
+    func connect(toGuestPort port: UInt32, completion: @escaping @Sendable (Result<VsockStream, Error>) -> Void) {
+        queue.async { [self] in
+            device.connect(toPort: port) { result in
+                switch result {
+                case .success(let connection):
+                    // Our own descriptor; the connection object is kept alive
+                    // beside it until the bridge is done.
+                    completion(.success(VsockStream(fd: dup(connection.fileDescriptor), owner: connection)))
+                case .failure(let error):
+                    completion(.failure(error))
+                }
+            }
+        }
+    }
+
+    func listen(onHostPort port: UInt32, accept: @escaping @Sendable (VsockStream) -> Void) {
+        queue.async { [self] in
+            let listener = VZVirtioSocketListener()
+            listener.delegate = self
+            handlers[port] = accept
+            listeners.append(listener)
+            device.setSocketListener(listener, forPort: port)
+        }
+    }
+
+    func listener(_ listener: VZVirtioSocketListener, shouldAcceptNewConnection connection: VZVirtioSocketConnection,
+                  from socketDevice: VZVirtioSocketDevice) -> Bool {
+        guard let accept = handlers[connection.destinationPort] else { return false }
+        accept(VsockStream(fd: dup(connection.fileDescriptor), owner: connection))
+        return true
+    }
+}
+
+/// The guest console into `path`, at most `limit` bytes per file: when the
+/// log is full it moves to `path.1` and a new one starts, so a guest that
+/// floods its console costs at most two files.
+final class BoundedConsole: @unchecked Sendable {
+    let input: FileHandle
+    private let pipe = Pipe()
+
+    init(path: String, limit: UInt64) throws {
+        input = pipe.fileHandleForWriting
+        let reader = pipe.fileHandleForReading
+        guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]),
+              var out = FileHandle(forWritingAtPath: path)
+        else { throw ProtocolError(.internal, "creating the console log \(path)") }
+        Thread.detachNewThread {
+            var written: UInt64 = 0
+            while true {
+                let chunk = reader.availableData
+                if chunk.isEmpty { return }
+                if written + UInt64(chunk.count) > limit {
+                    try? out.close()
+                    try? FileManager.default.removeItem(atPath: path + ".1")
+                    try? FileManager.default.moveItem(atPath: path, toPath: path + ".1")
+                    FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+                    guard let fresh = FileHandle(forWritingAtPath: path) else { return }
+                    out = fresh
+                    written = 0
+                }
+                out.write(chunk.prefix(Int(limit)))
+                written += UInt64(min(chunk.count, Int(limit)))
+            }
+        }
+    }
+}
+
+/// A mutable cell for results handed back from completion handlers.
+final class Box<T>: @unchecked Sendable {
+    var value: T
+    init(_ value: T) { self.value = value }
+}
+#endif
