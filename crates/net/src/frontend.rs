@@ -92,10 +92,45 @@ pub struct FrameLink {
     io: Io,
     rx: Vec<u8>,
     rx_start: usize,
-    tx: Vec<u8>,
-    tx_start: usize,
-    tap_tx: VecDeque<Vec<u8>>,
-    tap_tx_bytes: usize,
+    tx: TxQueue,
+}
+
+/// The link's output queue: frames waiting for the VMM.
+#[derive(Debug)]
+pub struct TxQueue {
+    tap: bool,
+    buf: Vec<u8>,
+    start: usize,
+    frames: VecDeque<Vec<u8>>,
+    frame_bytes: usize,
+}
+
+impl TxQueue {
+    /// Whether output may be queued now (below the high-water mark).
+    pub fn can_send(&self) -> bool {
+        self.backlog() < TX_HIGH_WATER
+    }
+
+    /// Bytes waiting for the VMM.
+    pub fn backlog(&self) -> usize {
+        (self.buf.len() - self.start) + self.frame_bytes
+    }
+
+    /// Queues one frame of `len` bytes, filled in place by `fill`.
+    pub fn queue<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        if self.tap {
+            let mut frame = vec![0u8; len];
+            let r = fill(&mut frame);
+            self.frame_bytes += len;
+            self.frames.push_back(frame);
+            r
+        } else {
+            let at = self.buf.len();
+            self.buf.extend_from_slice(&(len as u32).to_be_bytes());
+            self.buf.resize(at + 4 + len, 0);
+            fill(&mut self.buf[at + 4..])
+        }
+    }
 }
 
 impl FrameLink {
@@ -106,15 +141,24 @@ impl FrameLink {
     }
 
     fn new(io: Io) -> FrameLink {
+        let tap = matches!(io, Io::Tap(_));
         FrameLink {
             io,
             rx: Vec::with_capacity(RX_CHUNK),
             rx_start: 0,
-            tx: Vec::with_capacity(TX_HIGH_WATER),
-            tx_start: 0,
-            tap_tx: VecDeque::new(),
-            tap_tx_bytes: 0,
+            tx: TxQueue {
+                tap,
+                buf: Vec::with_capacity(TX_HIGH_WATER),
+                start: 0,
+                frames: VecDeque::new(),
+                frame_bytes: 0,
+            },
         }
+    }
+
+    /// The output queue.
+    pub fn tx(&mut self) -> &mut TxQueue {
+        &mut self.tx
     }
 
     /// The fd to poll.
@@ -127,7 +171,7 @@ impl FrameLink {
 
     /// Reads what the VMM sent and hands each frame to `frame`. A stream
     /// whose length prefix is impossible is an error (it cannot be resynced).
-    pub fn read_frames(&mut self, mut frame: impl FnMut(&[u8])) -> io::Result<ReadOutcome> {
+    pub fn read_frames(&mut self, mut frame: impl FnMut(&[u8], &mut TxQueue)) -> io::Result<ReadOutcome> {
         let mut budget = RX_CHUNK;
         match &mut self.io {
             Io::Tap(file) => {
@@ -137,7 +181,7 @@ impl FrameLink {
                         Ok(0) => return Ok(ReadOutcome::Closed),
                         Ok(n) => {
                             budget = budget.saturating_sub(n.max(64));
-                            frame(&buf[..n]);
+                            frame(&buf[..n], &mut self.tx);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             return Ok(ReadOutcome::Drained)
@@ -190,7 +234,7 @@ impl FrameLink {
                         if rest.len() < 4 + len {
                             break;
                         }
-                        frame(&rest[4..4 + len]);
+                        frame(&rest[4..4 + len], &mut self.tx);
                         self.rx_start += 4 + len;
                     }
                 }
@@ -199,63 +243,40 @@ impl FrameLink {
         }
     }
 
-    /// Whether output may be queued now (below the high-water mark).
-    pub fn can_send(&self) -> bool {
-        self.backlog() < TX_HIGH_WATER
-    }
-
     /// Bytes waiting for the VMM.
     pub fn backlog(&self) -> usize {
-        (self.tx.len() - self.tx_start) + self.tap_tx_bytes
-    }
-
-    /// Queues one frame of `len` bytes, filled in place by `fill`.
-    pub fn queue<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
-        match self.io {
-            Io::Stream(_) => {
-                let at = self.tx.len();
-                self.tx.extend_from_slice(&(len as u32).to_be_bytes());
-                self.tx.resize(at + 4 + len, 0);
-                fill(&mut self.tx[at + 4..])
-            }
-            Io::Tap(_) => {
-                let mut buf = vec![0u8; len];
-                let r = fill(&mut buf);
-                self.tap_tx_bytes += len;
-                self.tap_tx.push_back(buf);
-                r
-            }
-        }
+        self.tx.backlog()
     }
 
     /// Writes what is queued, as far as the VMM takes it without blocking.
     pub fn flush(&mut self) -> io::Result<()> {
+        let tx = &mut self.tx;
         match &mut self.io {
             Io::Stream(stream) => {
-                while self.tx_start < self.tx.len() {
-                    match stream.write(&self.tx[self.tx_start..]) {
+                while tx.start < tx.buf.len() {
+                    match stream.write(&tx.buf[tx.start..]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => self.tx_start += n,
+                        Ok(n) => tx.start += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
                 }
-                if self.tx_start == self.tx.len() {
-                    self.tx.clear();
-                    self.tx_start = 0;
-                } else if self.tx_start > TX_HIGH_WATER / 2 {
-                    self.tx.drain(..self.tx_start);
-                    self.tx_start = 0;
+                if tx.start == tx.buf.len() {
+                    tx.buf.clear();
+                    tx.start = 0;
+                } else if tx.start > TX_HIGH_WATER / 2 {
+                    tx.buf.drain(..tx.start);
+                    tx.start = 0;
                 }
                 Ok(())
             }
             Io::Tap(file) => {
-                while let Some(frame) = self.tap_tx.front() {
+                while let Some(frame) = tx.frames.front() {
                     match file.write(frame) {
                         Ok(_) => {
-                            self.tap_tx_bytes -= frame.len();
-                            self.tap_tx.pop_front();
+                            tx.frame_bytes -= frame.len();
+                            tx.frames.pop_front();
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -326,22 +347,22 @@ mod tests {
         // Split the wire mid-prefix to show partial reads are kept.
         theirs.write_all(&wire[..70]).unwrap();
         let mut got = Vec::new();
-        link.read_frames(|f| got.push(f.to_vec())).unwrap();
+        link.read_frames(|f, _| got.push(f.to_vec())).unwrap();
         theirs.write_all(&wire[70..]).unwrap();
-        link.read_frames(|f| got.push(f.to_vec())).unwrap();
+        link.read_frames(|f, _| got.push(f.to_vec())).unwrap();
         assert_eq!(
             got.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![60, 1514, 14]
         );
 
-        link.queue(3, |b| b.copy_from_slice(b"abc"));
+        link.tx().queue(3, |b| b.copy_from_slice(b"abc"));
         link.flush().unwrap();
         let mut out = [0u8; 7];
         theirs.read_exact(&mut out).unwrap();
         assert_eq!(&out, b"\0\0\0\x03abc");
 
         theirs.write_all(&100_000u32.to_be_bytes()).unwrap();
-        let err = link.read_frames(|_| {}).unwrap_err();
+        let err = link.read_frames(|_, _| {}).unwrap_err();
         assert!(err.to_string().contains("100000"), "{err}");
         drop(theirs);
     }
@@ -351,6 +372,6 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut link = FrameLink::from_stream(ours).unwrap();
         drop(theirs);
-        assert_eq!(link.read_frames(|_| {}).unwrap(), ReadOutcome::Closed);
+        assert_eq!(link.read_frames(|_, _| {}).unwrap(), ReadOutcome::Closed);
     }
 }

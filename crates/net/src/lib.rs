@@ -28,10 +28,14 @@
 
 pub mod audit;
 pub mod config;
+pub mod dns;
 pub mod frontend;
 pub mod policy;
+pub mod resolver;
 mod serve;
+pub mod sniff;
+pub mod stack;
 
 pub use config::{ConfigError, Frontend, MacAddr, NetConfig, PublishedPort};
 pub use policy::{Limits, Mode, Policy, Rule, RuleError};
-pub use serve::{serve, NetError};
+pub use serve::{run, serve, NetError};

@@ -27,6 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 pub use ranges::{host_addresses, refused_range};
+pub(crate) use rule::normalise_name;
 pub use rule::{IpNet, Rule, RuleError, Target};
 
 use crate::audit::{NameSource, Proto};
@@ -144,6 +145,22 @@ impl Verdict {
             connect_to,
         }
     }
+    /// A deny for a reason outside the rules (a limit, a missing name).
+    pub(crate) fn denied(reason: String) -> Verdict {
+        Verdict::deny(reason)
+    }
+
+    /// This verdict with what went wrong afterwards added to the reason
+    /// (an allowed flow whose host connection failed).
+    pub(crate) fn failed(&self, why: &str) -> Verdict {
+        let mut v = self.clone();
+        v.reason = Some(match &self.reason {
+            Some(r) => format!("{r}; {why}"),
+            None => why.to_string(),
+        });
+        v
+    }
+
     fn named(mut self, name: Option<(&str, NameSource)>) -> Verdict {
         if let Some((name, source)) = name {
             self.name = Some(name.to_string());

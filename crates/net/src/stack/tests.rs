@@ -1,0 +1,1 @@
+//! Frame-by-frame tests of the stack.
