@@ -72,9 +72,15 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, QueryError> {
         // A response, not a query: never answer it (no reflection loops).
         return Err(QueryError::Garbage);
     }
-    let formerr = QueryError::Answerable { id, rcode: Rcode::FormErr };
+    let formerr = QueryError::Answerable {
+        id,
+        rcode: Rcode::FormErr,
+    };
     if (flags >> 11) & 0xf != 0 {
-        return Err(QueryError::Answerable { id, rcode: Rcode::NotImp });
+        return Err(QueryError::Answerable {
+            id,
+            rcode: Rcode::NotImp,
+        });
     }
     let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
     if qdcount != 1 {
@@ -238,7 +244,10 @@ mod tests {
         let q = parse_query(&query("Pkg.Test", TYPE_A)).unwrap();
         assert_eq!(q.name.as_deref(), Some("pkg.test"));
         assert_eq!(q.id, 0x1234);
-        let addrs = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 11)];
+        let addrs = [
+            Ipv4Addr::new(203, 0, 113, 10),
+            Ipv4Addr::new(203, 0, 113, 11),
+        ];
         let r = build_response(&q, Rcode::NoError, &addrs, 60);
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(r[3] & 0xf, 0);
@@ -246,7 +255,11 @@ mod tests {
         assert_eq!(&r[r.len() - 4..], &[203, 0, 113, 11]);
         let aaaa = parse_query(&query("pkg.test", TYPE_AAAA)).unwrap();
         let r = build_response(&aaaa, Rcode::NoError, &addrs, 60);
-        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 0, "no A records in an AAAA answer");
+        assert_eq!(
+            u16::from_be_bytes([r[6], r[7]]),
+            0,
+            "no A records in an AAAA answer"
+        );
     }
 
     #[test]
@@ -257,7 +270,13 @@ mod tests {
         assert_eq!(parse_query(&response), Err(QueryError::Garbage));
         let mut pointer = query("a.b", TYPE_A);
         pointer[12] = 0xc0;
-        assert!(matches!(parse_query(&pointer), Err(QueryError::Answerable { rcode: Rcode::FormErr, .. })));
+        assert!(matches!(
+            parse_query(&pointer),
+            Err(QueryError::Answerable {
+                rcode: Rcode::FormErr,
+                ..
+            })
+        ));
         let weird = parse_query(&query("a b.c", TYPE_A)).unwrap();
         assert_eq!(weird.name, None);
         let full = query("abc.def", TYPE_A);
@@ -282,8 +301,17 @@ mod tests {
         memory.remember("pkg.test", &[a]);
         memory.remember("other.test", &[a]);
         assert_eq!(memory.names_for(a), vec!["pkg.test", "other.test"]);
-        memory.remember("x.test", &[Ipv4Addr::new(203, 0, 113, 11), Ipv4Addr::new(203, 0, 113, 12)]);
+        memory.remember(
+            "x.test",
+            &[
+                Ipv4Addr::new(203, 0, 113, 11),
+                Ipv4Addr::new(203, 0, 113, 12),
+            ],
+        );
         assert!(memory.names_for(a).is_empty(), "oldest address forgotten");
-        assert_eq!(memory.names_for(Ipv4Addr::new(203, 0, 113, 12)), vec!["x.test"]);
+        assert_eq!(
+            memory.names_for(Ipv4Addr::new(203, 0, 113, 12)),
+            vec!["x.test"]
+        );
     }
 }

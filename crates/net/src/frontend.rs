@@ -171,7 +171,10 @@ impl FrameLink {
 
     /// Reads what the VMM sent and hands each frame to `frame`. A stream
     /// whose length prefix is impossible is an error (it cannot be resynced).
-    pub fn read_frames(&mut self, mut frame: impl FnMut(&[u8], &mut TxQueue)) -> io::Result<ReadOutcome> {
+    pub fn read_frames(
+        &mut self,
+        mut frame: impl FnMut(&[u8], &mut TxQueue),
+    ) -> io::Result<ReadOutcome> {
         let mut budget = RX_CHUNK;
         match &mut self.io {
             Io::Tap(file) => {

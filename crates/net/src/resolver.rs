@@ -55,7 +55,9 @@ pub struct Resolver {
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resolver").field("in_flight", &self.in_flight).finish()
+        f.debug_struct("Resolver")
+            .field("in_flight", &self.in_flight)
+            .finish()
     }
 }
 
@@ -85,7 +87,11 @@ impl Resolver {
                     let Ok(Ok((token, name))) = job else { return };
                     let answer = lookup(&name);
                     if let Ok(mut d) = done.lock() {
-                        d.push_back(Done { token, name, answer });
+                        d.push_back(Done {
+                            token,
+                            name,
+                            answer,
+                        });
                     }
                     // A full wake pipe already means "look".
                     let _ = wake_tx.write(&[1]);
@@ -138,7 +144,8 @@ impl Resolver {
         };
         self.in_flight = self.in_flight.saturating_sub(done.len());
         if self.cache.len() >= CACHE_ENTRIES {
-            self.cache.retain(|_, (at, _)| now.duration_since(*at) < CACHE_TTL);
+            self.cache
+                .retain(|_, (at, _)| now.duration_since(*at) < CACHE_TTL);
             if self.cache.len() >= CACHE_ENTRIES {
                 self.cache.clear();
             }
@@ -207,7 +214,10 @@ mod tests {
 
     #[test]
     fn the_host_resolver_reads_etc_hosts() {
-        assert_eq!(getaddrinfo_v4("localhost"), Answer::Addrs(vec![Ipv4Addr::LOCALHOST]));
+        assert_eq!(
+            getaddrinfo_v4("localhost"),
+            Answer::Addrs(vec![Ipv4Addr::LOCALHOST])
+        );
         assert_eq!(getaddrinfo_v4("no-such-name.invalid"), Answer::NoName);
     }
 
@@ -228,12 +238,18 @@ mod tests {
         assert_eq!(resolver.lookup("pkg.test", 7, now), None);
         let mut done = Vec::new();
         while done.is_empty() {
-            let mut fds = [nix::poll::PollFd::new(resolver.wake_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut fds = [nix::poll::PollFd::new(
+                resolver.wake_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE).unwrap();
             done = resolver.take_done(now);
         }
         assert_eq!(done[0].token, 7);
-        assert_eq!(done[0].answer, Answer::Addrs(vec![Ipv4Addr::new(203, 0, 113, 10)]));
+        assert_eq!(
+            done[0].answer,
+            Answer::Addrs(vec![Ipv4Addr::new(203, 0, 113, 10)])
+        );
         assert_eq!(
             resolver.lookup("pkg.test", 8, now),
             Some(Answer::Addrs(vec![Ipv4Addr::new(203, 0, 113, 10)]))

@@ -35,10 +35,14 @@ pub enum NetError {
 /// their audit records first.
 pub fn serve(config: &NetConfig, mut link: FrameLink, stop: impl AsFd) -> Result<(), NetError> {
     let log = match &config.audit_path {
-        Some(path) => Some(AuditLog::open(path, DEFAULT_MAX_BYTES).map_err(|source| NetError::Audit {
-            path: path.clone(),
-            source,
-        })?),
+        Some(path) => {
+            Some(
+                AuditLog::open(path, DEFAULT_MAX_BYTES).map_err(|source| NetError::Audit {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
     let options = StackOptions::host().map_err(NetError::Resolver)?;
@@ -104,7 +108,11 @@ pub fn run(stack: &mut Stack, link: &mut FrameLink, stop: impl AsFd) -> Result<(
 }
 
 fn pollfd(fd: i32, events: i16) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
 }
 
 fn hung_up(e: &std::io::Error) -> bool {

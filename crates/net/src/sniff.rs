@@ -83,7 +83,8 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| usize::from(b[0]))
     }
     fn u16(&mut self) -> Option<usize> {
-        self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     }
 }
 
@@ -127,7 +128,11 @@ pub fn http_host(buf: &[u8]) -> Sniffed {
     // A request line starts with a method token: uppercase letters.
     let method_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
     if method_len == buf.len() {
-        return if method_len > 16 { Sniffed::NoName } else { incomplete_http(buf) };
+        return if method_len > 16 {
+            Sniffed::NoName
+        } else {
+            incomplete_http(buf)
+        };
     }
     if method_len == 0 || buf[method_len] != b' ' {
         return Sniffed::NoName;
@@ -139,7 +144,9 @@ pub fn http_host(buf: &[u8]) -> Sniffed {
     let head = &buf[..head_end];
     for line in head.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         if !line[..colon].eq_ignore_ascii_case(b"host") {
             continue;
         }
@@ -148,7 +155,9 @@ pub fn http_host(buf: &[u8]) -> Sniffed {
         };
         let value = value.trim();
         let host = match value.rsplit_once(':') {
-            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                host
+            }
             _ => value,
         };
         return normalise_name(host).map_or(Sniffed::NoName, Sniffed::Name);
@@ -207,8 +216,7 @@ pub(crate) mod tests {
         let hello = client_hello(Some("Pkg.Test"), 1500);
         assert_eq!(tls_sni(&hello), Sniffed::Name("pkg.test".into()));
         for cut in [0, 1, 4, 5, 100, hello.len() - 1] {
-            let want = if cut == 0 { Sniffed::Incomplete } else { Sniffed::Incomplete };
-            assert_eq!(tls_sni(&hello[..cut]), want, "cut at {cut}");
+            assert_eq!(tls_sni(&hello[..cut]), Sniffed::Incomplete, "cut at {cut}");
         }
         assert_eq!(tls_sni(&client_hello(None, 10)), Sniffed::NoName);
         assert_eq!(tls_sni(b"GET / HTTP/1.1\r\n"), Sniffed::NoName);
@@ -240,10 +248,16 @@ pub(crate) mod tests {
             http_host(b"GET /x HTTP/1.1\r\nUser-Agent: a\r\nHOST: Pkg.Test:8080\r\n\r\n"),
             Sniffed::Name("pkg.test".into())
         );
-        assert_eq!(http_host(b"GET /x HTTP/1.1\r\nHost: a"), Sniffed::Incomplete);
+        assert_eq!(
+            http_host(b"GET /x HTTP/1.1\r\nHost: a"),
+            Sniffed::Incomplete
+        );
         assert_eq!(http_host(b"GE"), Sniffed::Incomplete);
         assert_eq!(http_host(b"GET / HTTP/1.0\r\n\r\n"), Sniffed::NoName);
         assert_eq!(http_host(b"\x16\x03\x01"), Sniffed::NoName);
-        assert_eq!(http_host(b"GET / HTTP/1.1\r\nHost: bad name\r\n\r\n"), Sniffed::NoName);
+        assert_eq!(
+            http_host(b"GET / HTTP/1.1\r\nHost: bad name\r\n\r\n"),
+            Sniffed::NoName
+        );
     }
 }

@@ -255,7 +255,13 @@ impl Stack {
         }
     }
 
-    fn handle_ipv4<S: FrameSink>(&mut self, frame: &[u8], packet: &[u8], now: Instant, sink: &mut S) {
+    fn handle_ipv4<S: FrameSink>(
+        &mut self,
+        frame: &[u8],
+        packet: &[u8],
+        now: Instant,
+        sink: &mut S,
+    ) {
         let Ok(ip) = Ipv4Packet::new_checked(packet) else {
             self.stats.dropped_frames += 1;
             return;
@@ -271,7 +277,12 @@ impl Stack {
         match ip.next_header() {
             IpProtocol::Icmp if dst == self.gateway_ip => self.ingress(frame, now, sink),
             IpProtocol::Tcp => match TcpPacket::new_checked(ip.payload()) {
-                Ok(tcp) if tcp.dst_port() != 0 && !dst.is_broadcast() && !dst.is_multicast() && !dst.is_unspecified() => {
+                Ok(tcp)
+                    if tcp.dst_port() != 0
+                        && !dst.is_broadcast()
+                        && !dst.is_multicast()
+                        && !dst.is_unspecified() =>
+                {
                     self.handle_tcp(frame, &tcp, dst, now, sink)
                 }
                 _ => self.stats.dropped_frames += 1,
@@ -279,7 +290,13 @@ impl Stack {
             IpProtocol::Udp => match UdpPacket::new_checked(ip.payload()) {
                 Ok(udp) => {
                     let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
-                    self.handle_udp(src_port, SocketAddrV4::new(dst, dst_port), udp.payload(), now, sink)
+                    self.handle_udp(
+                        src_port,
+                        SocketAddrV4::new(dst, dst_port),
+                        udp.payload(),
+                        now,
+                        sink,
+                    )
                 }
                 Err(_) => self.stats.dropped_frames += 1,
             },
@@ -295,7 +312,8 @@ impl Stack {
             sink,
             mtu: self.mtu,
         };
-        self.iface.poll_ingress_single(smol_now, &mut dev, &mut self.sockets);
+        self.iface
+            .poll_ingress_single(smol_now, &mut dev, &mut self.sockets);
     }
 
     /// Collects the fds to poll, with what each waits for.
@@ -309,7 +327,11 @@ impl Stack {
         tokens.push(Token::Resolver);
         for (key, flow) in &self.tcp {
             if let Some((fd, events)) = flow.interest(&self.sockets) {
-                fds.push(libc::pollfd { fd, events, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
                 tokens.push(Token::Tcp(*key));
             }
         }
@@ -363,7 +385,9 @@ impl Stack {
                 sink: &mut *sink,
                 mtu: self.mtu,
             };
-            if self.iface.poll_egress(smol_now, &mut dev, &mut self.sockets)
+            if self
+                .iface
+                .poll_egress(smol_now, &mut dev, &mut self.sockets)
                 == smoltcp::iface::PollResult::None
             {
                 break;
@@ -408,5 +432,7 @@ fn seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+#[cfg(test)]
+mod rig;
 #[cfg(test)]
 mod tests;

@@ -51,11 +51,19 @@ impl Reporter {
     }
 
     /// Reports a decision.
-    pub fn report(&mut self, proto: Proto, dst: SocketAddr, verdict: &Verdict, traffic: Traffic, now: Instant) {
+    pub fn report(
+        &mut self,
+        proto: Proto,
+        dst: SocketAddr,
+        verdict: &Verdict,
+        traffic: Traffic,
+        now: Instant,
+    ) {
         let mut reason = verdict.reason.clone();
         if !verdict.allow {
             if self.recent.len() >= MAX_TRACKED {
-                self.recent.retain(|_, (at, _)| now.duration_since(*at) < REPEAT_WINDOW);
+                self.recent
+                    .retain(|_, (at, _)| now.duration_since(*at) < REPEAT_WINDOW);
                 if self.recent.len() >= MAX_TRACKED {
                     self.recent.clear();
                 }
@@ -82,7 +90,11 @@ impl Reporter {
         }
         let record = AuditRecord {
             time: now_rfc3339(),
-            decision: if verdict.allow { Decision::Allow } else { Decision::Deny },
+            decision: if verdict.allow {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            },
             proto,
             dst: dst.to_string(),
             name: verdict.name.clone(),
@@ -94,10 +106,17 @@ impl Reporter {
             duration_ms: u64::try_from(traffic.duration.as_millis()).unwrap_or(u64::MAX),
         };
         if self.warn && !verdict.allow {
-            let name = record.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+            let name = record
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
             eprintln!(
                 "warning: egress denied: {} {}{name}: {}",
-                serde_json::to_value(proto).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                serde_json::to_value(proto)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 record.dst,
                 record.reason.as_deref().unwrap_or("denied")
             );

@@ -123,7 +123,11 @@ impl TcpFlow {
 
 /// A non-blocking connect to `to`.
 fn start_connect(to: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(to),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_tcp_nodelay(true)?;
     match socket.connect(&SockAddr::from(to)) {
         Ok(()) => Ok(socket),
@@ -142,6 +146,11 @@ fn connect_result(socket: &Socket) -> io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the guest's handshake is still under way.
+fn handshaking(socket: &tcp::Socket) -> bool {
+    matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived)
 }
 
 /// Whether smoltcp is done with a socket (reset sent, or closed).
@@ -197,13 +206,21 @@ impl Stack {
         if let Some(reason) = self.at_limit() {
             self.stats.limit_refusals += 1;
             let verdict = Verdict::denied(reason);
-            self.reporter.report(Proto::Tcp, target, &verdict, Traffic::default(), now);
+            self.reporter
+                .report(Proto::Tcp, target, &verdict, Traffic::default(), now);
             self.ingress(frame, now, sink);
             return;
         }
         if dst == self.gateway_ip && key.dst.port() == 53 {
             let handle = self.new_socket(key, DNS_BUFFER);
-            let mut flow = TcpFlow::new(Phase::Dns { buf: Vec::new(), in_flight: 0 }, now, PEEK_TIMEOUT);
+            let mut flow = TcpFlow::new(
+                Phase::Dns {
+                    buf: Vec::new(),
+                    in_flight: 0,
+                },
+                now,
+                PEEK_TIMEOUT,
+            );
             flow.handle = Some(handle);
             self.tcp.insert(key, flow);
             self.ingress(frame, now, sink);
@@ -211,25 +228,34 @@ impl Stack {
         }
         let check = {
             let names = self.memory.names_for(dst);
-            self.egress.check_flow(Proto::Tcp, target, &names, Peeked::NotYet)
+            self.egress
+                .check_flow(Proto::Tcp, target, &names, Peeked::NotYet)
         };
         match check {
             Check::Done(verdict) if !verdict.allow => {
-                self.reporter.report(Proto::Tcp, target, &verdict, Traffic::default(), now);
+                self.reporter
+                    .report(Proto::Tcp, target, &verdict, Traffic::default(), now);
                 self.ingress(frame, now, sink);
             }
             Check::Done(verdict) => {
                 let to = self.connect_target(verdict.connect_to.unwrap_or(target));
                 match start_connect(to) {
                     Ok(host) => {
-                        let mut flow = TcpFlow::new(Phase::Connecting { syn: frame.to_vec() }, now, CONNECT_TIMEOUT);
+                        let mut flow = TcpFlow::new(
+                            Phase::Connecting {
+                                syn: frame.to_vec(),
+                            },
+                            now,
+                            CONNECT_TIMEOUT,
+                        );
                         flow.host = Some(host);
                         flow.verdict = Some(verdict);
                         self.tcp.insert(key, flow);
                     }
                     Err(e) => {
                         let verdict = verdict.failed(&format!("connect failed: {e}"));
-                        self.reporter.report(Proto::Tcp, target, &verdict, Traffic::default(), now);
+                        self.reporter
+                            .report(Proto::Tcp, target, &verdict, Traffic::default(), now);
                         self.ingress(frame, now, sink);
                     }
                 }
@@ -249,7 +275,9 @@ impl Stack {
         let keys: Vec<FlowKey> = self.tcp.keys().copied().collect();
         let mut queries = Vec::new();
         for key in keys {
-            let Some(mut flow) = self.tcp.remove(&key) else { continue };
+            let Some(mut flow) = self.tcp.remove(&key) else {
+                continue;
+            };
             if over_limit && matches!(flow.phase, Phase::Relaying) && flow.failure.is_none() {
                 flow.failure = Some("cut: traffic limit reached".to_string());
                 if let Some(h) = flow.handle {
@@ -262,7 +290,9 @@ impl Stack {
                 Phase::Dialing => self.step_dialing(key, &mut flow, now),
                 Phase::Relaying => self.step_relaying(&mut flow),
                 Phase::Dns { .. } => self.step_dns(key, &mut flow, now, &mut queries),
-                Phase::Closing => !flow.handle.is_some_and(|h| socket_done(self.sockets.get::<tcp::Socket>(h))),
+                Phase::Closing => !flow
+                    .handle
+                    .is_some_and(|h| socket_done(self.sockets.get::<tcp::Socket>(h))),
             };
             self.tcp.insert(key, flow);
             if !keep {
@@ -276,7 +306,9 @@ impl Stack {
 
     /// Removes a flow, writing its audit record if it was allowed.
     pub(super) fn finish_tcp(&mut self, key: FlowKey, now: Instant) {
-        let Some(flow) = self.tcp.remove(&key) else { return };
+        let Some(flow) = self.tcp.remove(&key) else {
+            return;
+        };
         if let Some(h) = flow.handle {
             self.sockets.remove(h);
         }
@@ -290,11 +322,18 @@ impl Stack {
                 bytes_in: flow.bytes_in,
                 duration: now.duration_since(flow.started),
             };
-            self.reporter.report(Proto::Tcp, SocketAddr::V4(key.dst), &verdict, traffic, now);
+            self.reporter
+                .report(Proto::Tcp, SocketAddr::V4(key.dst), &verdict, traffic, now);
         }
     }
 
-    fn step_connecting<S: FrameSink>(&mut self, key: FlowKey, flow: &mut TcpFlow, now: Instant, sink: &mut S) -> bool {
+    fn step_connecting<S: FrameSink>(
+        &mut self,
+        key: FlowKey,
+        flow: &mut TcpFlow,
+        now: Instant,
+        sink: &mut S,
+    ) -> bool {
         if !flow.connect_ready && now < flow.deadline {
             return true;
         }
@@ -323,7 +362,13 @@ impl Stack {
                 };
                 if let Some(v) = &flow.verdict {
                     let verdict = v.failed(&why);
-                    self.reporter.report(Proto::Tcp, SocketAddr::V4(key.dst), &verdict, Traffic::default(), now);
+                    self.reporter.report(
+                        Proto::Tcp,
+                        SocketAddr::V4(key.dst),
+                        &verdict,
+                        Traffic::default(),
+                        now,
+                    );
                 }
                 flow.verdict = None;
                 flow.host = None;
@@ -335,16 +380,25 @@ impl Stack {
     }
 
     fn step_peeking(&mut self, key: FlowKey, flow: &mut TcpFlow, now: Instant) -> bool {
-        let Some(handle) = flow.handle else { return false };
+        let Some(handle) = flow.handle else {
+            return false;
+        };
         let port = key.dst.port();
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if socket_done(socket) || (socket.state() == tcp::State::Listen && now >= flow.deadline) {
+        if socket_done(socket) || (handshaking(socket) && now >= flow.deadline) {
             return false;
+        }
+        if handshaking(socket) {
+            return true;
         }
         let mut sniffed = Sniffed::Incomplete;
         if socket.recv_queue() > 0 {
             if let Ok(first) = socket.peek(MAX_PEEK) {
-                sniffed = if port == 443 { tls_sni(first) } else { http_host(first) };
+                sniffed = if port == 443 {
+                    tls_sni(first)
+                } else {
+                    http_host(first)
+                };
             }
         }
         if sniffed == Sniffed::Incomplete {
@@ -353,7 +407,11 @@ impl Stack {
             }
             sniffed = Sniffed::NoName;
         }
-        let source = if port == 443 { NameSource::Sni } else { NameSource::Host };
+        let source = if port == 443 {
+            NameSource::Sni
+        } else {
+            NameSource::Host
+        };
         let target = SocketAddr::V4(key.dst);
         let check = {
             let names = self.memory.names_for(*key.dst.ip());
@@ -368,7 +426,8 @@ impl Stack {
             Check::NeedsName => Verdict::denied("no name to decide by".to_string()),
         };
         if !verdict.allow {
-            self.reporter.report(Proto::Tcp, target, &verdict, Traffic::default(), now);
+            self.reporter
+                .report(Proto::Tcp, target, &verdict, Traffic::default(), now);
             self.sockets.get_mut::<tcp::Socket>(handle).abort();
             flow.phase = Phase::Closing;
             return true;
@@ -384,7 +443,8 @@ impl Stack {
             }
             Err(e) => {
                 let verdict = verdict.failed(&format!("connect failed: {e}"));
-                self.reporter.report(Proto::Tcp, target, &verdict, Traffic::default(), now);
+                self.reporter
+                    .report(Proto::Tcp, target, &verdict, Traffic::default(), now);
                 self.sockets.get_mut::<tcp::Socket>(handle).abort();
                 flow.phase = Phase::Closing;
             }
@@ -410,7 +470,13 @@ impl Stack {
             Err(e) => format!("connect failed: {e}"),
         };
         if let Some(v) = flow.verdict.take() {
-            self.reporter.report(Proto::Tcp, SocketAddr::V4(key.dst), &v.failed(&why), Traffic::default(), now);
+            self.reporter.report(
+                Proto::Tcp,
+                SocketAddr::V4(key.dst),
+                &v.failed(&why),
+                Traffic::default(),
+                now,
+            );
         }
         flow.host = None;
         if let Some(h) = flow.handle {
@@ -447,9 +513,7 @@ impl Stack {
                 Err(_) => break,
             }
         }
-        let guest_finished = !socket.may_recv()
-            && socket.recv_queue() == 0
-            && !matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived);
+        let guest_finished = !socket.may_recv() && socket.recv_queue() == 0 && !handshaking(socket);
         if guest_finished && !flow.host_write_shut {
             let _ = host.shutdown(Shutdown::Write);
             flow.host_write_shut = true;
@@ -489,12 +553,19 @@ impl Stack {
         now: Instant,
         queries: &mut Vec<(FlowKey, Vec<u8>)>,
     ) -> bool {
-        let Some(handle) = flow.handle else { return false };
+        let Some(handle) = flow.handle else {
+            return false;
+        };
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if socket_done(socket) || (socket.state() == tcp::State::Listen && now >= flow.deadline) {
+        if socket_done(socket) || (handshaking(socket) && now >= flow.deadline) {
             return false;
         }
-        let Phase::Dns { buf, in_flight } = &mut flow.phase else { return false };
+        if handshaking(socket) {
+            return true;
+        }
+        let Phase::Dns { buf, in_flight } = &mut flow.phase else {
+            return false;
+        };
         let before = queries.len();
         while socket.can_recv() && buf.len() < 2 + crate::dns::MAX_QUERY {
             let room = 2 + crate::dns::MAX_QUERY - buf.len();
@@ -526,7 +597,9 @@ impl Stack {
 
     /// Sends a DNS answer on a DNS-over-TCP flow.
     pub(super) fn reply_tcp(&mut self, key: FlowKey, message: &[u8]) {
-        let Some(flow) = self.tcp.get_mut(&key) else { return };
+        let Some(flow) = self.tcp.get_mut(&key) else {
+            return;
+        };
         if let Phase::Dns { in_flight, .. } = &mut flow.phase {
             *in_flight = in_flight.saturating_sub(1);
         }

@@ -7,7 +7,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
+    UdpRepr,
+};
 
 use super::{FlowKey, FrameSink, Stack, Traffic, GATEWAY_MAC};
 use crate::audit::Proto;
@@ -61,7 +64,8 @@ impl Stack {
             self.dns_query(payload, ReplyTo::Udp { guest_port }, now, sink);
             return;
         }
-        if dst.ip().is_broadcast() || dst.ip().is_multicast() || dst.port() == 0 || guest_port == 0 {
+        if dst.ip().is_broadcast() || dst.ip().is_multicast() || dst.port() == 0 || guest_port == 0
+        {
             // DHCP, mDNS and the like: nobody to talk to.
             self.stats.dropped_frames += 1;
             return;
@@ -78,19 +82,27 @@ impl Stack {
         let target = SocketAddr::V4(dst);
         if let Some(reason) = self.at_limit() {
             self.stats.limit_refusals += 1;
-            self.reporter.report(Proto::Udp, target, &Verdict::denied(reason), Traffic::default(), now);
+            self.reporter.report(
+                Proto::Udp,
+                target,
+                &Verdict::denied(reason),
+                Traffic::default(),
+                now,
+            );
             return;
         }
         let check = {
             let names = self.memory.names_for(*dst.ip());
-            self.egress.check_flow(Proto::Udp, target, &names, Peeked::NotYet)
+            self.egress
+                .check_flow(Proto::Udp, target, &names, Peeked::NotYet)
         };
         let verdict = match check {
             Check::Done(v) => v,
             Check::NeedsName => Verdict::denied("no name to decide by".to_string()),
         };
         if !verdict.allow {
-            self.reporter.report(Proto::Udp, target, &verdict, Traffic::default(), now);
+            self.reporter
+                .report(Proto::Udp, target, &verdict, Traffic::default(), now);
             return;
         }
         let to = self.connect_target(verdict.connect_to.unwrap_or(target));
@@ -113,7 +125,8 @@ impl Stack {
             }
             Err(e) => {
                 let v = verdict.failed(&format!("host socket: {e}"));
-                self.reporter.report(Proto::Udp, target, &v, Traffic::default(), now);
+                self.reporter
+                    .report(Proto::Udp, target, &v, Traffic::default(), now);
             }
         }
     }
@@ -131,7 +144,14 @@ impl Stack {
                         self.total_bytes += n as u64;
                         let max = self.mtu - 28;
                         if n <= max {
-                            emit_udp(sink, self.guest_mac, self.guest_ip, key.dst, key.guest_port, &buf[..n]);
+                            emit_udp(
+                                sink,
+                                self.guest_mac,
+                                self.guest_ip,
+                                key.dst,
+                                key.guest_port,
+                                &buf[..n],
+                            );
                         } else {
                             // Would need IP fragmentation towards the guest.
                             self.stats.dropped_frames += 1;
@@ -159,12 +179,24 @@ impl Stack {
                 bytes_in: flow.bytes_in,
                 duration: now.duration_since(flow.started),
             };
-            self.reporter.report(Proto::Udp, SocketAddr::V4(key.dst), &flow.verdict, traffic, now);
+            self.reporter.report(
+                Proto::Udp,
+                SocketAddr::V4(key.dst),
+                &flow.verdict,
+                traffic,
+                now,
+            );
         }
     }
 
     /// Answers (or starts answering) one DNS query from the guest.
-    pub(super) fn dns_query<S: FrameSink>(&mut self, message: &[u8], reply: ReplyTo, now: Instant, sink: &mut S) {
+    pub(super) fn dns_query<S: FrameSink>(
+        &mut self,
+        message: &[u8],
+        reply: ReplyTo,
+        now: Instant,
+        sink: &mut S,
+    ) {
         let query = match parse_query(message) {
             Ok(q) => q,
             Err(QueryError::Garbage) => {
@@ -177,7 +209,11 @@ impl Stack {
             }
         };
         let Some(name) = query.name.clone() else {
-            self.dns_reply(reply, &build_response(&query, Rcode::NxDomain, &[], DNS_TTL), sink);
+            self.dns_reply(
+                reply,
+                &build_response(&query, Rcode::NxDomain, &[], DNS_TTL),
+                sink,
+            );
             return;
         };
         let dns_dst = SocketAddr::V4(SocketAddrV4::new(self.gateway_ip, 53));
@@ -187,15 +223,24 @@ impl Stack {
             return;
         }
         let verdict = self.egress.check_dns(&name);
-        self.reporter.report(Proto::Dns, dns_dst, &verdict, Traffic::default(), now);
+        self.reporter
+            .report(Proto::Dns, dns_dst, &verdict, Traffic::default(), now);
         if !verdict.allow {
-            self.dns_reply(reply, &build_response(&query, Rcode::Refused, &[], DNS_TTL), sink);
+            self.dns_reply(
+                reply,
+                &build_response(&query, Rcode::Refused, &[], DNS_TTL),
+                sink,
+            );
             return;
         }
         if query.qtype != TYPE_A {
             // The guest link is IPv4 only: AAAA (and other types) get an
             // empty answer, so clients fall back to A.
-            self.dns_reply(reply, &build_response(&query, Rcode::NoError, &[], DNS_TTL), sink);
+            self.dns_reply(
+                reply,
+                &build_response(&query, Rcode::NoError, &[], DNS_TTL),
+                sink,
+            );
             return;
         }
         let token = self.next_token;
@@ -235,7 +280,14 @@ impl Stack {
         match reply {
             ReplyTo::Udp { guest_port } => {
                 let from = SocketAddrV4::new(self.gateway_ip, 53);
-                emit_udp(sink, self.guest_mac, self.guest_ip, from, guest_port, message);
+                emit_udp(
+                    sink,
+                    self.guest_mac,
+                    self.guest_ip,
+                    from,
+                    guest_port,
+                    message,
+                );
             }
             ReplyTo::Tcp(key) => self.reply_tcp(key, message),
         }
