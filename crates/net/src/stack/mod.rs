@@ -433,6 +433,8 @@ fn seed() -> u64 {
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod rig;
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,9 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 use super::{Reporter, Stack, StackOptions, VecSink, GATEWAY_MAC};
@@ -134,6 +135,9 @@ pub struct Rig {
     pub redirects: Arc<AtomicUsize>,
     /// Destination -> loopback server the rig's redirect sends it to.
     pub routes: Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>,
+    /// Every frame the guest sent, when `capturing` (a mutation corpus).
+    pub captured: Vec<Vec<u8>>,
+    pub capturing: bool,
     epoch: Instant,
 }
 
@@ -189,6 +193,8 @@ impl Rig {
             audit_dir,
             redirects,
             routes,
+            captured: Vec::new(),
+            capturing: false,
             epoch: Instant::now(),
         }
     }
@@ -221,6 +227,9 @@ impl Rig {
         self.guest.poll(smol_now);
         for frame in std::mem::take(&mut self.guest.tx) {
             self.stack.handle_frame(&frame, now, &mut self.out);
+            if self.capturing {
+                self.captured.push(frame);
+            }
         }
         let mut fds = Vec::new();
         let mut tokens = Vec::new();
@@ -276,8 +285,13 @@ impl Rig {
 
     /// Opens a guest TCP connection to `dst`.
     pub fn connect(&mut self, dst: SocketAddrV4) -> SocketHandle {
-        let rx = tcp::SocketBuffer::new(vec![0; 256 << 10]);
-        let tx = tcp::SocketBuffer::new(vec![0; 256 << 10]);
+        self.connect_sized(dst, 256 << 10)
+    }
+
+    /// Opens a guest TCP connection with `buffer`-byte buffers.
+    pub fn connect_sized(&mut self, dst: SocketAddrV4, buffer: usize) -> SocketHandle {
+        let rx = tcp::SocketBuffer::new(vec![0; buffer]);
+        let tx = tcp::SocketBuffer::new(vec![0; buffer]);
         let mut socket = tcp::Socket::new(rx, tx);
         socket.set_nagle_enabled(false);
         self.guest.next_port += 1;
@@ -471,4 +485,62 @@ pub fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// An ARP request from the guest for `target`.
+pub fn arp_request_frame(target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(GUEST_MAC),
+        source_protocol_addr: GUEST_IP,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut frame = vec![0u8; 14 + repr.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.set_src_addr(EthernetAddress(GUEST_MAC));
+    eth.set_dst_addr(EthernetAddress::BROADCAST);
+    eth.set_ethertype(EthernetProtocol::Arp);
+    repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+    frame
+}
+
+/// A TCP SYN from the guest's `src_port` to `dst`.
+pub fn syn_frame(src_port: u16, dst: SocketAddrV4) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port,
+        dst_port: dst.port(),
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 64240,
+        window_scale: Some(7),
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip_repr = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: *dst.ip(),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut frame = vec![0u8; 14 + 20 + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.set_src_addr(EthernetAddress(GUEST_MAC));
+    eth.set_dst_addr(EthernetAddress(GATEWAY_MAC));
+    eth.set_ethertype(EthernetProtocol::Ipv4);
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip_repr.emit(&mut ip, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(ip.payload_mut()),
+        &GUEST_IP.into(),
+        &(*dst.ip()).into(),
+        &caps,
+    );
+    frame
 }

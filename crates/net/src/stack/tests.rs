@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
 };
 
 use super::rig::*;
@@ -22,27 +22,10 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
     }
 }
 
-fn arp_request(target: Ipv4Addr) -> Vec<u8> {
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: EthernetAddress(GUEST_MAC),
-        source_protocol_addr: GUEST_IP,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target,
-    };
-    let mut frame = vec![0u8; 14 + repr.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.set_src_addr(EthernetAddress(GUEST_MAC));
-    eth.set_dst_addr(EthernetAddress::BROADCAST);
-    eth.set_ethertype(EthernetProtocol::Arp);
-    repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
-    frame
-}
-
 #[test]
 fn arp_for_the_gateway_is_answered_and_nothing_else_is() {
     let mut rig = Rig::new(|_| {});
-    let replies = rig.raw(&arp_request(GATEWAY));
+    let replies = rig.raw(&arp_request_frame(GATEWAY));
     assert_eq!(replies.len(), 1);
     let eth = EthernetFrame::new_checked(&replies[0][..]).unwrap();
     let arp = ArpPacket::new_checked(eth.payload()).unwrap();
@@ -50,10 +33,12 @@ fn arp_for_the_gateway_is_answered_and_nothing_else_is() {
     assert_eq!(arp.source_protocol_addr(), GATEWAY.octets());
     assert_eq!(arp.source_hardware_addr(), super::GATEWAY_MAC);
     // Not for other addresses (not even the guest's own: no fake conflicts).
-    assert!(rig.raw(&arp_request(GUEST_IP)).is_empty());
-    assert!(rig.raw(&arp_request(Ipv4Addr::new(10, 0, 2, 3))).is_empty());
+    assert!(rig.raw(&arp_request_frame(GUEST_IP)).is_empty());
+    assert!(rig
+        .raw(&arp_request_frame(Ipv4Addr::new(10, 0, 2, 3)))
+        .is_empty());
     // A frame from another MAC is ignored.
-    let mut spoofed = arp_request(GATEWAY);
+    let mut spoofed = arp_request_frame(GATEWAY);
     spoofed[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
     assert!(rig.raw(&spoofed).is_empty());
 }
@@ -61,7 +46,7 @@ fn arp_for_the_gateway_is_answered_and_nothing_else_is() {
 #[test]
 fn the_gateway_answers_ping_and_other_addresses_do_not() {
     let mut rig = Rig::new(|_| {});
-    rig.raw(&arp_request(GATEWAY));
+    rig.raw(&arp_request_frame(GATEWAY));
     let ping = |dst: Ipv4Addr| {
         let icmp = Icmpv4Repr::EchoRequest {
             ident: 1,
