@@ -71,6 +71,10 @@ pub fn run(stack: &mut Stack, link: &mut FrameLink, stop: impl AsFd) -> Result<(
         stack.poll_fds(&mut fds, &mut tokens);
         let timeout = if more_frames {
             0
+        } else if !link.tx().can_send() {
+            // smoltcp wants to send but the VMM is not reading: sleep until
+            // the link is writable (POLLOUT) rather than spin on its timer.
+            500
         } else {
             let delay = stack.poll_delay(now);
             i32::try_from(delay.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)

@@ -240,9 +240,14 @@ impl Stack {
         }
         match eth.ethertype() {
             EthernetProtocol::Arp => {
+                // Requests for the gateway, and the guest's replies to the
+                // gateway's own requests (smoltcp re-asks when its neighbor
+                // entry expires). Nothing else: with any_ip smoltcp would
+                // claim every address, even the guest's own.
                 let for_gateway = ArpPacket::new_checked(eth.payload()).is_ok_and(|arp| {
-                    arp.operation() == ArpOperation::Request
+                    matches!(arp.operation(), ArpOperation::Request | ArpOperation::Reply)
                         && arp.target_protocol_addr() == self.gateway_ip.octets()
+                        && arp.source_protocol_addr() == self.guest_ip.octets()
                 });
                 if for_gateway {
                     self.ingress(frame, now, sink);
@@ -290,13 +295,10 @@ impl Stack {
             IpProtocol::Udp => match UdpPacket::new_checked(ip.payload()) {
                 Ok(udp) => {
                     let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
-                    self.handle_udp(
-                        src_port,
-                        SocketAddrV4::new(dst, dst_port),
-                        udp.payload(),
-                        now,
-                        sink,
-                    )
+                    let to = SocketAddrV4::new(dst, dst_port);
+                    if !self.handle_udp(src_port, to, udp.payload(), now, sink) && sink.can_send() {
+                        udp::emit_prohibited(sink, self.guest_mac, self.gateway_ip, packet);
+                    }
                 }
                 Err(_) => self.stats.dropped_frames += 1,
             },

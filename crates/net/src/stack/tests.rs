@@ -323,9 +323,20 @@ fn udp_is_relayed_for_allowed_flows_only() {
         reply = rig.out.frames.drain(..).find_map(|f| udp_payload(&f));
     }
     assert_eq!(reply.unwrap(), (addr, 6000, b"datagram".to_vec()));
-    // A refused destination: nothing comes back, one audit line.
+    // A refused destination: an ICMP "administratively prohibited" from the
+    // gateway, one audit line, no host socket.
     let metadata = SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 53);
-    assert!(rig.raw(&udp_frame(6001, metadata, b"x")).is_empty());
+    let replies = rig.raw(&udp_frame(6001, metadata, b"x"));
+    assert_eq!(replies.len(), 1);
+    let eth = EthernetFrame::new_checked(&replies[0][..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.next_header()),
+        (GATEWAY, IpProtocol::Icmp)
+    );
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (3, 13));
+    assert_eq!(rig.stack.udp.len(), 1, "only the allowed flow");
     assert_eq!(rig.audit().pop().unwrap().dst, metadata.to_string());
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
-    UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
 use super::{FlowKey, FrameSink, Stack, Traffic, GATEWAY_MAC};
@@ -52,6 +52,8 @@ pub(super) struct PendingQuery {
 }
 
 impl Stack {
+    /// Handles one datagram; `false` when the policy refused it (the
+    /// caller tells the guest with an ICMP "administratively prohibited").
     pub(super) fn handle_udp<S: FrameSink>(
         &mut self,
         guest_port: u16,
@@ -59,16 +61,16 @@ impl Stack {
         payload: &[u8],
         now: Instant,
         sink: &mut S,
-    ) {
+    ) -> bool {
         if *dst.ip() == self.gateway_ip && dst.port() == 53 {
             self.dns_query(payload, ReplyTo::Udp { guest_port }, now, sink);
-            return;
+            return true;
         }
         if dst.ip().is_broadcast() || dst.ip().is_multicast() || dst.port() == 0 || guest_port == 0
         {
             // DHCP, mDNS and the like: nobody to talk to.
             self.stats.dropped_frames += 1;
-            return;
+            return true;
         }
         let key = FlowKey { guest_port, dst };
         if let Some(flow) = self.udp.get_mut(&key) {
@@ -77,7 +79,7 @@ impl Stack {
                 flow.bytes_out += payload.len() as u64;
                 self.total_bytes += payload.len() as u64;
             }
-            return;
+            return true;
         }
         let target = SocketAddr::V4(dst);
         if let Some(reason) = self.at_limit() {
@@ -89,7 +91,7 @@ impl Stack {
                 Traffic::default(),
                 now,
             );
-            return;
+            return false;
         }
         let check = {
             let names = self.memory.names_for(*dst.ip());
@@ -103,7 +105,7 @@ impl Stack {
         if !verdict.allow {
             self.reporter
                 .report(Proto::Udp, target, &verdict, Traffic::default(), now);
-            return;
+            return false;
         }
         let to = self.connect_target(verdict.connect_to.unwrap_or(target));
         match open_udp(to) {
@@ -129,6 +131,7 @@ impl Stack {
                     .report(Proto::Udp, target, &v, Traffic::default(), now);
             }
         }
+        true
     }
 
     pub(super) fn pump_udp<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
@@ -341,6 +344,49 @@ pub(super) fn emit_udp<S: FrameSink>(
             &guest_ip.into(),
             payload.len(),
             |p| p.copy_from_slice(payload),
+            &checksums,
+        );
+    });
+}
+
+/// Queues an ICMP "communication administratively prohibited" from the
+/// gateway about the guest's IPv4 `packet`, so a refused datagram fails at
+/// once instead of timing out.
+pub(super) fn emit_prohibited<S: FrameSink>(
+    sink: &mut S,
+    guest_mac: EthernetAddress,
+    gateway: Ipv4Addr,
+    packet: &[u8],
+) {
+    let checksums = ChecksumCapabilities::default();
+    let Ok(original) = Ipv4Packet::new_checked(packet) else {
+        return;
+    };
+    let Ok(header) = Ipv4Repr::parse(&original, &checksums) else {
+        return;
+    };
+    let data = &original.payload()[..original.payload().len().min(8)];
+    let icmp = Icmpv4Repr::DstUnreachable {
+        reason: Icmpv4DstUnreachable::CommProhibited,
+        header,
+        data,
+    };
+    let ip_repr = Ipv4Repr {
+        src_addr: gateway,
+        dst_addr: header.src_addr,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    sink.queue_frame(14 + 20 + icmp.buffer_len(), |buf| {
+        let mut eth = EthernetFrame::new_unchecked(buf);
+        eth.set_src_addr(EthernetAddress(GATEWAY_MAC));
+        eth.set_dst_addr(guest_mac);
+        eth.set_ethertype(EthernetProtocol::Ipv4);
+        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+        ip_repr.emit(&mut ip, &checksums);
+        icmp.emit(
+            &mut Icmpv4Packet::new_unchecked(ip.payload_mut()),
             &checksums,
         );
     });
