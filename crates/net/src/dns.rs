@@ -222,12 +222,14 @@ impl DnsMemory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A query as `dig` sends it (with an EDNS OPT record after the question).
-    fn query(name: &str, qtype: u16) -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    /// A query as `dig` sends it (with an EDNS OPT record after the
+    /// question when `edns`).
+    pub(crate) fn query_message(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+        let [hi, lo] = id.to_be_bytes();
+        let mut q = vec![hi, lo, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
         for label in name.split('.') {
             q.push(label.len() as u8);
             q.extend_from_slice(label.as_bytes());
@@ -235,8 +237,14 @@ mod tests {
         q.push(0);
         q.extend_from_slice(&qtype.to_be_bytes());
         q.extend_from_slice(&1u16.to_be_bytes());
-        q.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]);
+        if edns {
+            q.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]);
+        }
         q
+    }
+
+    fn query(name: &str, qtype: u16) -> Vec<u8> {
+        query_message(0x1234, name, qtype, true)
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The `microagent-net` binary's contract with the lifecycle: `ready` on
-//! stdout once the socket accepts, exit when the VMM hangs up or on
-//! SIGTERM, exit 125 naming the problem for a bad config.
+//! stdout once the socket accepts, QEMU's stream framing on it, exit when
+//! the VMM hangs up or on SIGTERM, exit 125 naming the problem for a bad
+//! config.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn helper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_microagent-net"))
-}
+use common::{start_helper, terminate};
 
 fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let socket = dir.join("frontend.socket");
@@ -22,22 +23,32 @@ fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// A framed ARP request for the gateway, as QEMU's stream netdev sends it.
+fn framed_arp_request() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&[0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 10, 0, 2, 15]);
+    frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 2, 2]);
+    frame.resize(60, 0);
+    let mut framed = (frame.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&frame);
+    framed
+}
+
 #[test]
-fn says_ready_then_serves_until_the_vmm_hangs_up() {
+fn says_ready_answers_framed_arp_and_exits_when_the_vmm_hangs_up() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
-    let mut child = helper()
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    let vmm = UnixStream::connect(dir.path().join("frontend.socket")).unwrap();
+    let mut child = start_helper(&write_config(dir.path(), ""));
+    let mut vmm = UnixStream::connect(dir.path().join("frontend.socket")).unwrap();
+    vmm.write_all(&framed_arp_request()).unwrap();
+    let mut len = [0u8; 4];
+    vmm.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    vmm.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[12..14], &[0x08, 0x06], "an ARP frame");
+    assert_eq!(&reply[20..22], &[0, 2], "a reply");
+    assert_eq!(&reply[28..32], &[10, 0, 2, 2], "from the gateway");
     drop(vmm);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
@@ -46,23 +57,8 @@ fn says_ready_then_serves_until_the_vmm_hangs_up() {
 #[test]
 fn sigterm_before_the_vmm_connects_ends_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
-    let mut child = helper()
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let mut child = start_helper(&write_config(dir.path(), ""));
+    terminate(&child);
     assert!(child.wait().unwrap().success());
 }
 
@@ -70,7 +66,11 @@ fn sigterm_before_the_vmm_connects_ends_it_cleanly() {
 fn a_bad_config_exits_125_naming_the_value() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), r#","policy":{"allow":["pkg.test:99999"]}"#);
-    let out = helper().arg("--config").arg(&config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_microagent-net"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(125));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pkg.test:99999"), "{stderr}");

@@ -6,9 +6,13 @@
 //! addresses, goes to the stack; allowed flows reach only loopback servers
 //! of this test. Needs root (CI runs as root), iproute2 and curl.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+use common::{start_helper, terminate};
 
 struct Guest {
     ns: String,
@@ -37,17 +41,7 @@ impl Guest {
             ),
         )
         .unwrap();
-        let mut helper = Command::new(env!("CARGO_BIN_EXE_microagent-net"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(helper.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "ready\n", "helper did not start");
+        let helper = start_helper(&config);
         run(&["ip", "netns", "add", &ns]);
         let netns_etc = format!("/etc/netns/{ns}");
         std::fs::create_dir_all(&netns_etc).unwrap();
@@ -94,10 +88,7 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.helper.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        terminate(&self.helper);
         let _ = self.helper.wait();
     }
 }

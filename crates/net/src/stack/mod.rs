@@ -12,6 +12,7 @@
 //! time. UDP and DNS are answered without smoltcp.
 
 mod device;
+mod frames;
 mod report;
 mod tcp;
 mod udp;

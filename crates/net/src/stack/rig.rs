@@ -18,6 +18,7 @@ use smoltcp::wire::{
     TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
+use super::frames::{write_ipv4, HEADERS};
 use super::{Reporter, Stack, StackOptions, VecSink, GATEWAY_MAC};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::config::{Frontend, NetConfig};
@@ -371,22 +372,20 @@ pub fn udp_frame(src_port: u16, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
         src_port,
         dst_port: dst.port(),
     };
-    let mut frame = vec![0u8; 14 + 28 + payload.len()];
-    let caps = ChecksumCapabilities::default();
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.set_src_addr(EthernetAddress(GUEST_MAC));
-    eth.set_dst_addr(EthernetAddress(GATEWAY_MAC));
-    eth.set_ethertype(EthernetProtocol::Ipv4);
-    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip_repr.emit(&mut ip, &caps);
-    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+    let mut frame = vec![0u8; HEADERS + 8 + payload.len()];
+    let udp = write_ipv4(
+        &mut frame,
+        EthernetAddress(GUEST_MAC),
+        EthernetAddress(GATEWAY_MAC),
+        &ip_repr,
+    );
     udp_repr.emit(
-        &mut udp,
+        &mut UdpPacket::new_unchecked(udp),
         &GUEST_IP.into(),
         &(*dst.ip()).into(),
         payload.len(),
         |p| p.copy_from_slice(payload),
-        &caps,
+        &ChecksumCapabilities::default(),
     );
     frame
 }
@@ -411,28 +410,7 @@ pub fn udp_payload(frame: &[u8]) -> Option<(SocketAddrV4, u16, Vec<u8>)> {
 
 /// A DNS query message for `name`, type `qtype`.
 pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = vec![
-        (id >> 8) as u8,
-        id as u8,
-        0x01,
-        0x00,
-        0,
-        1,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&1u16.to_be_bytes());
-    q
+    crate::dns::tests::query_message(id, name, qtype, false)
 }
 
 /// Resolves `name` through the stack's DNS like the guest does; returns
@@ -528,19 +506,18 @@ pub fn syn_frame(src_port: u16, dst: SocketAddrV4) -> Vec<u8> {
         payload_len: tcp.buffer_len(),
         hop_limit: 64,
     };
-    let mut frame = vec![0u8; 14 + 20 + tcp.buffer_len()];
-    let caps = ChecksumCapabilities::default();
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.set_src_addr(EthernetAddress(GUEST_MAC));
-    eth.set_dst_addr(EthernetAddress(GATEWAY_MAC));
-    eth.set_ethertype(EthernetProtocol::Ipv4);
-    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip_repr.emit(&mut ip, &caps);
+    let mut frame = vec![0u8; HEADERS + tcp.buffer_len()];
+    let segment = write_ipv4(
+        &mut frame,
+        EthernetAddress(GUEST_MAC),
+        EthernetAddress(GATEWAY_MAC),
+        &ip_repr,
+    );
     tcp.emit(
-        &mut TcpPacket::new_unchecked(ip.payload_mut()),
+        &mut TcpPacket::new_unchecked(segment),
         &GUEST_IP.into(),
         &(*dst.ip()).into(),
-        &caps,
+        &ChecksumCapabilities::default(),
     );
     frame
 }

@@ -148,6 +148,38 @@ fn connect_result(socket: &Socket) -> io::Result<bool> {
     }
 }
 
+/// What one host read or write, done inside a smoltcp buffer callback, did.
+enum Moved {
+    /// This many bytes (0 on a read: end of stream).
+    Bytes(usize),
+    /// EWOULDBLOCK: wait for poll.
+    Blocked,
+    /// EINTR: try again.
+    Again,
+    /// The host connection failed.
+    Broken(io::Error),
+    /// smoltcp refused (the socket left the state that moves data).
+    Stuck,
+}
+
+/// The (consumed, result) pair a smoltcp buffer callback returns.
+fn through(result: io::Result<usize>) -> (usize, io::Result<usize>) {
+    match result {
+        Ok(n) => (n, Ok(n)),
+        Err(e) => (0, Err(e)),
+    }
+}
+
+fn moved<E>(result: Result<io::Result<usize>, E>) -> Moved {
+    match result {
+        Ok(Ok(n)) => Moved::Bytes(n),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Moved::Blocked,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Moved::Again,
+        Ok(Err(e)) => Moved::Broken(e),
+        Err(_) => Moved::Stuck,
+    }
+}
+
 /// Whether the guest's handshake is still under way.
 fn handshaking(socket: &tcp::Socket) -> bool {
     matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived)
@@ -494,23 +526,19 @@ impl Stack {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Guest to host.
         while !flow.host_write_shut && !flow.write_blocked && socket.can_recv() {
-            let r = socket.recv(|buf| match (&*host).write(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match r {
-                Ok(Ok(n)) => {
+            match moved(socket.recv(|buf| through((&*host).write(buf)))) {
+                Moved::Bytes(n) => {
                     flow.bytes_out += n as u64;
                     self.total_bytes += n as u64;
                 }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => flow.write_blocked = true,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => {
+                Moved::Blocked => flow.write_blocked = true,
+                Moved::Again => {}
+                Moved::Broken(e) => {
                     flow.failure.get_or_insert(format!("host connection: {e}"));
                     socket.abort();
                     break;
                 }
-                Err(_) => break,
+                Moved::Stuck => break,
             }
         }
         let guest_finished = !socket.may_recv() && socket.recv_queue() == 0 && !handshaking(socket);
@@ -520,27 +548,23 @@ impl Stack {
         }
         // Host to guest.
         while !flow.host_eof && flow.readable && socket.can_send() {
-            let r = socket.send(|buf| match (&*host).read(buf) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
-            });
-            match r {
-                Ok(Ok(0)) => {
+            match moved(socket.send(|buf| through((&*host).read(buf)))) {
+                Moved::Bytes(0) => {
                     flow.host_eof = true;
                     socket.close();
                 }
-                Ok(Ok(n)) => {
+                Moved::Bytes(n) => {
                     flow.bytes_in += n as u64;
                     self.total_bytes += n as u64;
                 }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => flow.readable = false,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => {
+                Moved::Blocked => flow.readable = false,
+                Moved::Again => {}
+                Moved::Broken(e) => {
                     flow.failure.get_or_insert(format!("host connection: {e}"));
                     socket.abort();
                     break;
                 }
-                Err(_) => break,
+                Moved::Stuck => break,
             }
         }
         !socket_done(socket)

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet,
+    Ipv4Repr, UdpPacket, UdpRepr,
 };
 
+use super::frames::{write_ipv4, HEADERS};
 use super::{FlowKey, FrameSink, Stack, Traffic, GATEWAY_MAC};
 use crate::audit::Proto;
 use crate::dns::{build_error, build_response, parse_query, Query, QueryError, Rcode, TYPE_A};
@@ -328,18 +329,12 @@ pub(super) fn emit_udp<S: FrameSink>(
         src_port: from.port(),
         dst_port: guest_port,
     };
-    let len = 14 + 20 + 8 + payload.len();
     let checksums = ChecksumCapabilities::default();
-    sink.queue_frame(len, |buf| {
-        let mut eth = EthernetFrame::new_unchecked(buf);
-        eth.set_src_addr(EthernetAddress(GATEWAY_MAC));
-        eth.set_dst_addr(guest_mac);
-        eth.set_ethertype(EthernetProtocol::Ipv4);
-        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-        ip_repr.emit(&mut ip, &checksums);
-        let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+    sink.queue_frame(HEADERS + 8 + payload.len(), |frame| {
+        let gateway = EthernetAddress(GATEWAY_MAC);
+        let udp = write_ipv4(frame, gateway, guest_mac, &ip_repr);
         udp_repr.emit(
-            &mut udp,
+            &mut UdpPacket::new_unchecked(udp),
             &(*from.ip()).into(),
             &guest_ip.into(),
             payload.len(),
@@ -378,16 +373,9 @@ pub(super) fn emit_prohibited<S: FrameSink>(
         payload_len: icmp.buffer_len(),
         hop_limit: 64,
     };
-    sink.queue_frame(14 + 20 + icmp.buffer_len(), |buf| {
-        let mut eth = EthernetFrame::new_unchecked(buf);
-        eth.set_src_addr(EthernetAddress(GATEWAY_MAC));
-        eth.set_dst_addr(guest_mac);
-        eth.set_ethertype(EthernetProtocol::Ipv4);
-        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-        ip_repr.emit(&mut ip, &checksums);
-        icmp.emit(
-            &mut Icmpv4Packet::new_unchecked(ip.payload_mut()),
-            &checksums,
-        );
+    sink.queue_frame(HEADERS + icmp.buffer_len(), |frame| {
+        let gateway_mac = EthernetAddress(GATEWAY_MAC);
+        let payload = write_ipv4(frame, gateway_mac, guest_mac, &ip_repr);
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(payload), &checksums);
     });
 }
