@@ -69,10 +69,21 @@ pub enum Frontend {
         path: PathBuf,
     },
     /// A TAP device (Firecracker); one read or write is one frame.
+    /// Privileges: opening an existing persistent TAP owned by this user
+    /// (`ip tuntap add NAME mode tap user UID`) needs none; creating one
+    /// needs CAP_NET_ADMIN.
     Tap {
-        /// The TAP interface's name (it must exist, or the helper must be
-        /// allowed to create it: CAP_NET_ADMIN).
+        /// The TAP interface's name.
         name: String,
+    },
+    /// A Unix datagram socket the helper binds; one datagram is one frame.
+    /// The VMM's side (Apple VF: the socket behind
+    /// `VZFileHandleNetworkDeviceAttachment`) binds its own path and
+    /// connects to this one; the helper answers whoever sent the first
+    /// frame, and exits when that peer is gone.
+    Datagram {
+        /// The socket's path.
+        path: PathBuf,
     },
 }
 

@@ -4,12 +4,14 @@
 //!   4-byte big-endian length and the frame. Output frames are appended to
 //!   one buffer and written with as few `write` calls as the socket allows.
 //! - `tap`: a TAP device (Firecracker); one `read`/`write` is one frame.
+//! - `datagram`: a Unix datagram socket (Apple VF's
+//!   `VZFileHandleNetworkDeviceAttachment`); one datagram is one frame.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 
 use crate::config::Frontend;
@@ -29,6 +31,9 @@ pub enum Listener {
     Stream(UnixListener),
     /// An opened TAP device (ready at once).
     Tap(File),
+    /// A bound datagram socket (ready at once; the peer is whoever sends
+    /// the first frame).
+    Datagram(UnixDatagram),
 }
 
 impl Listener {
@@ -36,14 +41,21 @@ impl Listener {
     pub fn bind(frontend: &Frontend) -> io::Result<Listener> {
         match frontend {
             Frontend::Stream { path } => {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+                remove_stale(path)?;
                 Ok(Listener::Stream(UnixListener::bind(path)?))
             }
             Frontend::Tap { name } => Ok(Listener::Tap(open_tap(name)?)),
+            Frontend::Datagram { path } => {
+                remove_stale(path)?;
+                let socket = UnixDatagram::bind(path)?;
+                socket.set_nonblocking(true)?;
+                // What Virtualization.framework asks of the peer's socket,
+                // mirrored here: room for bursts both ways.
+                let raw = socket2::SockRef::from(&socket);
+                raw.set_send_buffer_size(1 << 20)?;
+                raw.set_recv_buffer_size(4 << 20)?;
+                Ok(Listener::Datagram(socket))
+            }
         }
     }
 
@@ -52,6 +64,7 @@ impl Listener {
         match self {
             Listener::Stream(l) => l.as_fd(),
             Listener::Tap(f) => f.as_fd(),
+            Listener::Datagram(d) => d.as_fd(),
         }
     }
 
@@ -64,8 +77,20 @@ impl Listener {
                 Io::Stream(stream)
             }
             Listener::Tap(file) => Io::Tap(file),
+            Listener::Datagram(socket) => Io::Datagram {
+                socket,
+                peer: false,
+            },
         };
         Ok(FrameLink::new(io))
+    }
+}
+
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -73,6 +98,7 @@ impl Listener {
 enum Io {
     Stream(UnixStream),
     Tap(File),
+    Datagram { socket: UnixDatagram, peer: bool },
 }
 
 /// What a read of the link found.
@@ -141,7 +167,7 @@ impl FrameLink {
     }
 
     fn new(io: Io) -> FrameLink {
-        let tap = matches!(io, Io::Tap(_));
+        let tap = !matches!(io, Io::Stream(_));
         FrameLink {
             io,
             rx: Vec::with_capacity(RX_CHUNK),
@@ -166,6 +192,7 @@ impl FrameLink {
         match &self.io {
             Io::Stream(s) => s.as_fd(),
             Io::Tap(f) => f.as_fd(),
+            Io::Datagram { socket, .. } => socket.as_fd(),
         }
     }
 
@@ -177,6 +204,32 @@ impl FrameLink {
     ) -> io::Result<ReadOutcome> {
         let mut budget = RX_CHUNK;
         match &mut self.io {
+            Io::Datagram { socket, peer } => {
+                let mut buf = [0u8; MAX_FRAME];
+                while budget > 0 {
+                    match socket.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            budget = budget.saturating_sub(n.max(64));
+                            if !*peer {
+                                // The first sender is the VMM; it must have
+                                // bound its socket so it can be answered.
+                                let Some(path) = from.as_pathname() else {
+                                    continue;
+                                };
+                                socket.connect(path)?;
+                                *peer = true;
+                            }
+                            frame(&buf[..n], &mut self.tx);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(ReadOutcome::Drained)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(ReadOutcome::More)
+            }
             Io::Tap(file) => {
                 let mut buf = [0u8; MAX_FRAME];
                 while budget > 0 {
@@ -274,9 +327,21 @@ impl FrameLink {
                 }
                 Ok(())
             }
-            Io::Tap(file) => {
+            Io::Datagram { peer: false, .. } => {
+                // Nobody to send to yet: what the stack says unasked (it
+                // says nothing before the guest spoke) is dropped.
+                tx.frames.clear();
+                tx.frame_bytes = 0;
+                Ok(())
+            }
+            Io::Tap(_) | Io::Datagram { .. } => {
                 while let Some(frame) = tx.frames.front() {
-                    match file.write(frame) {
+                    let sent = match &mut self.io {
+                        Io::Tap(file) => file.write(frame),
+                        Io::Datagram { socket, .. } => socket.send(frame),
+                        Io::Stream(_) => unreachable!("stream frames are in the byte buffer"),
+                    };
+                    match sent {
                         Ok(_) => {
                             tx.frame_bytes -= frame.len();
                             tx.frames.pop_front();

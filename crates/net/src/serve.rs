@@ -120,8 +120,12 @@ fn pollfd(fd: i32, events: i16) -> libc::pollfd {
 }
 
 fn hung_up(e: &std::io::Error) -> bool {
+    // Stream: the VMM closed; datagram: the peer's socket is gone.
     matches!(
         e.kind(),
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::NotConnected
     )
 }
