@@ -1,8 +1,9 @@
 //! `microagent-net --config FILE`: the network helper of one VM.
 //!
-//! It creates the frontend (listens on the stream socket, or opens the TAP
-//! device), prints exactly `ready\n` on stdout, then serves the VM's network
-//! until the VMM closes the link, SIGTERM arrives, or its parent dies.
+//! It creates the frontend (listens on the stream socket, binds the datagram
+//! socket, or opens the TAP device), prints exactly `ready\n` on stdout,
+//! then serves the VM's network until the VMM closes the link or SIGTERM
+//! arrives.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -24,9 +25,11 @@ use vmkit_net::NetConfig;
 /// terminates the guest's TCP and UDP, and opens host sockets only for
 /// flows the egress policy allows, logging each decision to the audit file.
 ///
-/// It exits 0 when the VMM closes the link or on SIGTERM, and 125 with a
-/// message on stderr when the configuration or the frontend is unusable.
-/// It asks to receive SIGTERM when its parent exits.
+/// It exits 0 when the VMM closes the link or on SIGTERM (writing the audit
+/// records of open flows first), and 125 with a message on stderr when the
+/// configuration or the frontend is unusable. Whether it dies with its
+/// parent is the spawner's choice (PR_SET_PDEATHSIG survives exec): a
+/// one-shot run's helper does, a kept workspace's must not.
 #[derive(Debug, Parser)]
 #[command(name = "microagent-net", version, verbatim_doc_comment)]
 struct Args {
@@ -47,12 +50,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    // Die with the parent (one-shot runs), unless it is already gone.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-        .context("PR_SET_PDEATHSIG")?;
-    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
-        anyhow::bail!("parent process already exited");
-    }
     let (stop_rx, stop_tx) = UnixStream::pair().context("signal pipe")?;
     stop_tx.set_nonblocking(true)?;
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, stop_tx.try_clone()?)
