@@ -1,7 +1,8 @@
 //! Writing decisions: the audit log, and a warning on stderr (which the
-//! lifecycle keeps in its log) for each denied flow. Identical denies in
-//! quick succession (a guest retrying in a loop, a flood) are written once
-//! per [`REPEAT_WINDOW`], with the count of the ones left out.
+//! lifecycle keeps in its log) for each denied flow. Identical denies and
+//! identical DNS answers in quick succession (a guest retrying in a loop, a
+//! resolver without a cache asking before every request, a flood) are
+//! written once per [`REPEAT_WINDOW`], with the count of the ones left out.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,11 +15,14 @@ use crate::policy::Verdict;
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(5);
 const MAX_TRACKED: usize = 4096;
 
+/// What makes two decisions identical: transport, destination, name, verdict.
+type RepeatKey = (Proto, SocketAddr, Option<String>, bool);
+
 /// The stack's reporter of decisions.
 #[derive(Debug)]
 pub struct Reporter {
     log: Option<AuditLog>,
-    recent: HashMap<(Proto, SocketAddr, Option<String>), (Instant, u64)>,
+    recent: HashMap<RepeatKey, (Instant, u64)>,
     /// Records written (for tests and stats).
     pub written: u64,
     /// Records left out as repeats.
@@ -60,7 +64,7 @@ impl Reporter {
         now: Instant,
     ) {
         let mut reason = verdict.reason.clone();
-        if !verdict.allow {
+        if !verdict.allow || proto == Proto::Dns {
             if self.recent.len() >= MAX_TRACKED {
                 self.recent
                     .retain(|_, (at, _)| now.duration_since(*at) < REPEAT_WINDOW);
@@ -68,7 +72,7 @@ impl Reporter {
                     self.recent.clear();
                 }
             }
-            let key = (proto, dst, verdict.name.clone());
+            let key = (proto, dst, verdict.name.clone(), verdict.allow);
             match self.recent.get_mut(&key) {
                 Some((at, repeats)) if now.duration_since(*at) < REPEAT_WINDOW => {
                     *repeats += 1;
@@ -78,7 +82,9 @@ impl Reporter {
                 Some((at, repeats)) => {
                     if *repeats > 0 {
                         let r = reason.unwrap_or_default();
-                        reason = Some(format!("{r} (and {repeats} identical denies not written)"));
+                        reason = Some(format!(
+                            "{r} (and {repeats} identical decisions not written)"
+                        ));
                     }
                     *at = now;
                     *repeats = 0;
@@ -127,5 +133,34 @@ impl Reporter {
             }
         }
         self.written += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_denies_are_counted_then_summarised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("egress.jsonl");
+        let mut reporter = Reporter::new(Some(AuditLog::open(&path, 1 << 20).unwrap()), false);
+        let dst: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let deny = Verdict::denied("refused range".to_string());
+        let start = Instant::now();
+        for _ in 0..100 {
+            reporter.report(Proto::Tcp, dst, &deny, Traffic::default(), start);
+        }
+        assert_eq!((reporter.written, reporter.suppressed), (1, 99));
+        reporter.report(
+            Proto::Tcp,
+            dst,
+            &deny,
+            Traffic::default(),
+            start + REPEAT_WINDOW,
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert!(last.reason.unwrap().contains("99 identical"), "{text}");
     }
 }
