@@ -406,3 +406,85 @@ fn the_byte_limit_cuts_flows() {
     let again = rig.connect(v4(server));
     assert!(!rig.established(again));
 }
+
+#[test]
+fn shutdown_writes_the_records_of_open_flows() {
+    let server = echo_server();
+    let mut rig = Rig::new(Rig::policy(Mode::Public, &["127.0.0.1"], &[]));
+    let conn = rig.connect(v4(server));
+    assert!(rig.established(conn));
+    assert_eq!(rig.exchange(conn, b"abc", 3), b"abc");
+    assert!(
+        rig.audit().is_empty(),
+        "an open flow is written when it ends"
+    );
+    rig.stack.shutdown(std::time::Instant::now());
+    assert_eq!(rig.stack.flow_count(), 0);
+    let record = rig.audit().pop().unwrap();
+    assert_eq!(
+        (record.decision, record.bytes_out, record.bytes_in),
+        (Decision::Allow, 3, 3)
+    );
+}
+
+/// The ClientHello a real TLS client (`openssl s_client`) sends for `sni`,
+/// captured by a loopback listener.
+fn real_client_hello(sni: &str) -> Vec<u8> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut client = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            sni,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut hello = Vec::new();
+    let mut buf = [0u8; 4096];
+    while crate::sniff::tls_sni(&hello) == crate::sniff::Sniffed::Incomplete {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "openssl closed before its hello was complete");
+        hello.extend_from_slice(&buf[..n]);
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    hello
+}
+
+#[test]
+fn a_real_client_hello_is_judged_by_its_sni() {
+    let good = real_client_hello("pkg.test");
+    assert_eq!(
+        crate::sniff::tls_sni(&good),
+        crate::sniff::Sniffed::Name("pkg.test".into())
+    );
+    let bad = real_client_hello("other.test");
+    let tls = echo_server();
+    let mut rig = Rig::new(Rig::policy(Mode::Allowlist, &["pkg.test"], &[]));
+    rig.route(SocketAddr::V4(SocketAddrV4::new(TEST_HOST, 443)), tls);
+    resolve(&mut rig, "pkg.test");
+    let conn = rig.connect(SocketAddrV4::new(TEST_HOST, 443));
+    assert!(rig.established(conn));
+    assert_eq!(
+        rig.exchange(conn, &good, good.len()),
+        good,
+        "relayed intact"
+    );
+    let conn = rig.connect(SocketAddrV4::new(TEST_HOST, 443));
+    assert!(rig.established(conn));
+    rig.socket(conn).send_slice(&bad).unwrap();
+    rig.run_until("reset", |rig| {
+        rig.socket(conn).state() == tcp::State::Closed
+    });
+    let denied = rig.audit().pop().unwrap();
+    assert_eq!(denied.name.as_deref(), Some("other.test"));
+    assert_eq!(denied.name_source, Some(NameSource::Sni));
+}
