@@ -10,8 +10,8 @@
 //!   answers and the host connection is made, or the guest gets a reset;
 //! - DNS over TCP to the gateway: answered by the stack.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -145,38 +145,6 @@ fn connect_result(socket: &Socket) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
         Err(e) => Err(e),
-    }
-}
-
-/// What one host read or write, done inside a smoltcp buffer callback, did.
-enum Moved {
-    /// This many bytes (0 on a read: end of stream).
-    Bytes(usize),
-    /// EWOULDBLOCK: wait for poll.
-    Blocked,
-    /// EINTR: try again.
-    Again,
-    /// The host connection failed.
-    Broken(io::Error),
-    /// smoltcp refused (the socket left the state that moves data).
-    Stuck,
-}
-
-/// The (consumed, result) pair a smoltcp buffer callback returns.
-fn through(result: io::Result<usize>) -> (usize, io::Result<usize>) {
-    match result {
-        Ok(n) => (n, Ok(n)),
-        Err(e) => (0, Err(e)),
-    }
-}
-
-fn moved<E>(result: Result<io::Result<usize>, E>) -> Moved {
-    match result {
-        Ok(Ok(n)) => Moved::Bytes(n),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Moved::Blocked,
-        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Moved::Again,
-        Ok(Err(e)) => Moved::Broken(e),
-        Err(_) => Moved::Stuck,
     }
 }
 
@@ -517,122 +485,7 @@ impl Stack {
         flow.phase = Phase::Closing;
         true
     }
-
-    /// Moves bytes both ways; `false` when the flow is over.
-    fn step_relaying(&mut self, flow: &mut TcpFlow) -> bool {
-        let (Some(handle), Some(host)) = (flow.handle, flow.host.as_ref()) else {
-            return false;
-        };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        // Guest to host.
-        while !flow.host_write_shut && !flow.write_blocked && socket.can_recv() {
-            match moved(socket.recv(|buf| through((&*host).write(buf)))) {
-                Moved::Bytes(n) => {
-                    flow.bytes_out += n as u64;
-                    self.total_bytes += n as u64;
-                }
-                Moved::Blocked => flow.write_blocked = true,
-                Moved::Again => {}
-                Moved::Broken(e) => {
-                    flow.failure.get_or_insert(format!("host connection: {e}"));
-                    socket.abort();
-                    break;
-                }
-                Moved::Stuck => break,
-            }
-        }
-        let guest_finished = !socket.may_recv() && socket.recv_queue() == 0 && !handshaking(socket);
-        if guest_finished && !flow.host_write_shut {
-            let _ = host.shutdown(Shutdown::Write);
-            flow.host_write_shut = true;
-        }
-        // Host to guest.
-        while !flow.host_eof && flow.readable && socket.can_send() {
-            match moved(socket.send(|buf| through((&*host).read(buf)))) {
-                Moved::Bytes(0) => {
-                    flow.host_eof = true;
-                    socket.close();
-                }
-                Moved::Bytes(n) => {
-                    flow.bytes_in += n as u64;
-                    self.total_bytes += n as u64;
-                }
-                Moved::Blocked => flow.readable = false,
-                Moved::Again => {}
-                Moved::Broken(e) => {
-                    flow.failure.get_or_insert(format!("host connection: {e}"));
-                    socket.abort();
-                    break;
-                }
-                Moved::Stuck => break,
-            }
-        }
-        !socket_done(socket)
-    }
-
-    fn step_dns(
-        &mut self,
-        key: FlowKey,
-        flow: &mut TcpFlow,
-        now: Instant,
-        queries: &mut Vec<(FlowKey, Vec<u8>)>,
-    ) -> bool {
-        let Some(handle) = flow.handle else {
-            return false;
-        };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if socket_done(socket) || (handshaking(socket) && now >= flow.deadline) {
-            return false;
-        }
-        if handshaking(socket) {
-            return true;
-        }
-        let Phase::Dns { buf, in_flight } = &mut flow.phase else {
-            return false;
-        };
-        let before = queries.len();
-        while socket.can_recv() && buf.len() < 2 + crate::dns::MAX_QUERY {
-            let room = 2 + crate::dns::MAX_QUERY - buf.len();
-            let _ = socket.recv(|data| {
-                let n = data.len().min(room);
-                buf.extend_from_slice(&data[..n]);
-                (n, ())
-            });
-            while buf.len() >= 2 {
-                let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-                if len > crate::dns::MAX_QUERY {
-                    socket.abort();
-                    return true;
-                }
-                if buf.len() < 2 + len {
-                    break;
-                }
-                queries.push((key, buf[2..2 + len].to_vec()));
-                buf.drain(..2 + len);
-            }
-        }
-        let new = queries.len() - before;
-        if !socket.may_recv() && *in_flight == 0 && new == 0 {
-            socket.close();
-        }
-        *in_flight += new;
-        true
-    }
-
-    /// Sends a DNS answer on a DNS-over-TCP flow.
-    pub(super) fn reply_tcp(&mut self, key: FlowKey, message: &[u8]) {
-        let Some(flow) = self.tcp.get_mut(&key) else {
-            return;
-        };
-        if let Phase::Dns { in_flight, .. } = &mut flow.phase {
-            *in_flight = in_flight.saturating_sub(1);
-        }
-        let Some(handle) = flow.handle else { return };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
-        framed.extend_from_slice(message);
-        if socket.send_slice(&framed) != Ok(framed.len()) {
-            socket.abort();
-        }
-    }
 }
+
+mod dns;
+mod relay;
