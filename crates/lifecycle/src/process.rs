@@ -20,7 +20,20 @@ pub enum Supervision {
 }
 
 /// Spawns `cmd` under `supervision`.
+///
+/// The child inherits only its stdio: a VMM or helper that outlives its
+/// command must not hold the caller's other descriptors open (a pipe a
+/// Python caller reads to end-of-file, a lock file taken with `flock`),
+/// or the caller hangs until the VM ends.
 pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Result<Child> {
+    // SAFETY: close_range and fcntl are async-signal-safe system calls that
+    // only change the child's descriptor flags, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            mark_inherited_cloexec();
+            Ok(())
+        });
+    }
     match supervision {
         Supervision::DiesWithParent => {
             cmd.process_group(0);
@@ -53,6 +66,21 @@ pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Resu
         }
     }
     cmd.spawn()
+}
+
+/// Marks every descriptor above stderr close-on-exec. Runs in a forked
+/// child, so it may not allocate.
+fn mark_inherited_cloexec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: a plain system call on the child's own descriptor table.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if done != 0 {
+        // Kernels before 5.11: walk the usual range by hand.
+        for fd in 3..4096 {
+            // SAFETY: fcntl on a descriptor number; EBADF for unused ones.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 /// Ends the recorded processes: SIGTERM, up to `grace` to exit, then SIGKILL,
@@ -105,6 +133,35 @@ pub(crate) fn wait_child(child: &mut std::process::Child, limit: Duration) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn children_inherit_only_stdio() {
+        // A descriptor the caller left inheritable, as `flock FILE cmd` does.
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        for supervision in [Supervision::DiesWithParent, Supervision::Detached] {
+            let out = spawn_supervised(
+                Command::new("sh")
+                    .args([
+                        "-c",
+                        &format!("test -e /proc/self/fd/{fd} && echo leaked || echo clean"),
+                    ])
+                    .stdout(std::process::Stdio::piped()),
+                supervision,
+            )
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "clean",
+                "{supervision:?}"
+            );
+        }
+    }
 
     #[test]
     fn terminate_escalates_to_sigkill() {
