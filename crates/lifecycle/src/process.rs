@@ -37,15 +37,21 @@ pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Resu
     match supervision {
         Supervision::DiesWithParent => {
             cmd.process_group(0);
-            // SAFETY: prctl is async-signal-safe and touches no memory of
-            // the parent; this closure runs in the child between fork and exec.
+            // Recorded before the fork: comparing getppid() with 1 instead
+            // would fail every spawn when we are PID 1 (a container
+            // entrypoint) and miss a parent death under a subreaper.
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: prctl and getppid are async-signal-safe and touch no
+            // memory of the parent; this closure runs in the child between
+            // fork and exec.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(io::Error::last_os_error());
                     }
-                    // The parent may have died between fork and prctl.
-                    if libc::getppid() == 1 {
+                    // The parent may have died between fork and prctl: we
+                    // were then reparented to init or a subreaper.
+                    if libc::getppid() != parent {
                         return Err(io::Error::other("parent exited during spawn"));
                     }
                     Ok(())
@@ -178,5 +184,32 @@ mod tests {
         assert!(!rec.is_alive());
         assert!(started.elapsed() < Duration::from_secs(3));
         child.wait().unwrap();
+    }
+
+    /// As a container entrypoint microagent is PID 1: spawning must work
+    /// there. The test re-runs itself as PID 1 of a new PID namespace.
+    #[test]
+    fn spawns_when_we_are_pid_1() {
+        const INNER: &str = "MICROAGENT_TEST_AS_PID1";
+        if std::env::var_os(INNER).is_some() {
+            assert_eq!(std::process::id(), 1, "not PID 1 of the namespace");
+            let mut child =
+                spawn_supervised(&mut Command::new("true"), Supervision::DiesWithParent)
+                    .expect("spawning as PID 1");
+            assert!(child.wait().unwrap().success());
+            return;
+        }
+        let out = Command::new("unshare")
+            .args(["-p", "-f", "--mount-proc"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "process::tests::spawns_when_we_are_pid_1"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(INNER, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the inner test did not run: {text}");
     }
 }
