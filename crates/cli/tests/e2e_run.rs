@@ -221,3 +221,18 @@ fn ctrl_c_stops_the_vm_and_removes_the_run() {
     let ws = env.state_path().join("workspaces");
     assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
 }
+
+#[test]
+fn a_workspace_name_that_is_no_hostname_runs_under_a_derived_one() {
+    // `my_ws` is a valid workspace name but not a valid hostname: the run
+    // must not fail after all the set-up.
+    let env = Env::new();
+    let out = env.run(&["--name", "my_ws", "--exec", "hostname"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "my-ws\n",
+        "{}",
+        describe(&out)
+    );
+}

@@ -362,6 +362,7 @@ fn ping_and_shutdown() {
 fn run(spec: RunSpec) -> (vmkit_channel::host::RunReport, String, String) {
     setup();
     let (host, guest) = UnixStream::pair().unwrap();
+    let sent = spec.setup.clone();
     let t = std::thread::spawn(move || {
         run_workload(
             guest,
@@ -374,7 +375,7 @@ fn run(spec: RunSpec) -> (vmkit_channel::host::RunReport, String, String) {
     });
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let report = Control::from_stream(host)
-        .receive_run(&mut out, &mut err, LONG)
+        .receive_run(&sent, &mut out, &mut err, LONG)
         .unwrap();
     t.join().unwrap();
     (
@@ -600,6 +601,7 @@ fn run_mode_flushes_before_the_final_report() {
         let _ = std::fs::remove_file(&marker);
         let (host, guest) = UnixStream::pair().unwrap();
         let m = marker.clone();
+        let sent = spec.setup.clone();
         let t = std::thread::spawn(move || {
             let flush = || std::fs::write(&m, b"").unwrap();
             run_workload(
@@ -612,7 +614,7 @@ fn run_mode_flushes_before_the_final_report() {
             .unwrap()
         });
         let mut c = Control::from_stream(host);
-        c.receive_run(&mut io::sink(), &mut io::sink(), LONG)
+        c.receive_run(&sent, &mut io::sink(), &mut io::sink(), LONG)
             .unwrap();
         // The report is only sent after the flush.
         assert!(marker.exists());

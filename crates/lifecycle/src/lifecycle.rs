@@ -367,7 +367,7 @@ impl Lifecycle {
                 config
                     .hostname
                     .clone()
-                    .unwrap_or_else(|| record.name.clone()),
+                    .unwrap_or_else(|| vmkit_protocol::hostname_for(&record.name)),
             ),
             disks,
             env: workload.env.clone(),
@@ -484,7 +484,7 @@ impl Lifecycle {
             // backstop then only guards against a wedged channel.
             let backstop =
                 timeout.map_or(Duration::from_secs(365 * 24 * 3600), |t| t + TIMEOUT_SLACK);
-            let received = control.receive_run(stdout, stderr, backstop);
+            let received = control.receive_run(&workload.setup, stdout, stderr, backstop);
             tracing::debug!("run reported");
             // A kept disk must be flushed and cleanly unmounted, so the
             // guest powers off by itself after acknowledging. A discarded

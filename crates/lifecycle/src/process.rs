@@ -210,6 +210,9 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
-        assert!(text.contains("1 passed"), "the inner test did not run: {text}");
+        assert!(
+            text.contains("1 passed"),
+            "the inner test did not run: {text}"
+        );
     }
 }

@@ -165,15 +165,7 @@ impl BootSpec {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(h) = &self.hostname {
-            let ok = !h.is_empty()
-                && h.len() <= 64
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-            if !ok {
-                return bad(format!(
-                    "hostname must be 1-64 letters, digits, '-' or '.', got {h:?}"
-                ));
-            }
+            vmkit_protocol::validate_hostname(h).map_err(|e| ConfigError::Invalid(e.message))?;
         }
         for (i, d) in self.disks.iter().enumerate() {
             if !d.device.starts_with("/dev/") || d.device.contains("..") {

@@ -259,7 +259,10 @@ impl Read for DeadlineReader<'_> {
 fn recv(stream: &UnixStream, deadline: Instant, what: &str) -> Result<Message, ChannelError> {
     let mut r = DeadlineReader { stream, deadline };
     match read_message(&mut r) {
-        Ok(Some(Message::Error { message })) => Err(ChannelError::Guest(message)),
+        Ok(Some(Message::Error { mut message })) => {
+            vmkit_protocol::truncate_text(&mut message, RunResult::MAX_ERROR_BYTES);
+            Err(ChannelError::Guest(message))
+        }
         Ok(Some(m)) => Ok(m),
         Ok(None) => Err(ChannelError::Protocol(format!(
             "guest closed the connection {what}"
@@ -282,10 +285,6 @@ fn send(stream: &UnixStream, msg: &Message, timeout: Duration) -> Result<(), Cha
         other => Ok(other?),
     }
 }
-
-/// A guest claiming more setup steps than this is lying (and would make the
-/// host keep an unbounded list).
-const MAX_SETUP_STEPS: usize = 4096;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,32 +338,49 @@ impl Control {
 
     /// Run boots: copies the guest's stdout and stderr to the sinks as they
     /// arrive (flushing each chunk) and returns how the run ended. Output is
-    /// never buffered here beyond one frame. `timeout` bounds the whole run;
-    /// make it longer than the run's own `timeoutMs`, which the guest enforces.
+    /// never buffered here beyond one frame. `setup` is the list of setup
+    /// commands the host sent: the guest may report on exactly those, in
+    /// order, and the report carries the host's copy of each command, so a
+    /// hostile guest cannot make the host hold more than one frame plus a
+    /// bounded result per command. `timeout` bounds the whole run; make it
+    /// longer than the run's own `timeoutMs`, which the guest enforces.
     ///
     /// On success the guest is acknowledged, and it then powers off.
     pub fn receive_run(
         &mut self,
+        setup: &[String],
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
         timeout: Duration,
     ) -> Result<RunReport, ChannelError> {
         let deadline = deadline_after(timeout);
-        let mut setup = Vec::new();
+        let mut done = Vec::new();
         let outcome = loop {
             match recv(&self.stream, deadline, "waiting for the run to finish")? {
                 Message::Stdout(b) => sink(stdout, &b)?,
                 Message::Stderr(b) => sink(stderr, &b)?,
-                Message::SetupStarted { .. } => {}
-                Message::SetupResult(_) if setup.len() >= MAX_SETUP_STEPS => {
-                    return Err(ChannelError::Protocol(format!(
-                        "more than {MAX_SETUP_STEPS} setup results"
-                    )))
+                Message::SetupStarted { index, .. } => {
+                    expect_setup_index(index, done.len(), setup.len(), "setupStarted")?;
                 }
-                Message::SetupResult(s) => setup.push(s),
-                Message::SetupFailed(s) => break RunOutcome::SetupFailed(s),
-                Message::Result(r) => break RunOutcome::Completed(r),
-                Message::Ping => send(&self.stream, &Message::Pong, Duration::from_secs(5))?,
+                Message::SetupResult(step) => {
+                    done.push(checked_step(step, done.len(), setup, "setupResult")?);
+                }
+                Message::SetupFailed(step) => {
+                    break RunOutcome::SetupFailed(checked_step(
+                        step,
+                        done.len(),
+                        setup,
+                        "setupFailed",
+                    )?)
+                }
+                Message::Result(r) => break RunOutcome::Completed(checked_result(r)?),
+                Message::Ping => {
+                    send(&self.stream, &Message::Pong, Duration::from_secs(5)).map_err(|e| {
+                        // A guest that stops reading is a broken channel, not
+                        // a command that ran out of time.
+                        ChannelError::Protocol(format!("answering the guest's ping: {e}"))
+                    })?
+                }
                 other => {
                     return Err(ChannelError::Protocol(format!(
                         "unexpected {} during a run",
@@ -375,13 +391,62 @@ impl Control {
         };
         // Best effort: without the ack the guest powers off after its own timeout.
         let _ = send(&self.stream, &Message::Ack, Duration::from_secs(2));
-        Ok(RunReport { setup, outcome })
+        Ok(RunReport {
+            setup: done,
+            outcome,
+        })
     }
 
     /// The underlying stream.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
+}
+
+/// The guest may only speak of the next setup command the host sent.
+fn expect_setup_index(
+    index: u32,
+    next: usize,
+    sent: usize,
+    what: &str,
+) -> Result<(), ChannelError> {
+    if usize::try_from(index).ok() == Some(next) && next < sent {
+        Ok(())
+    } else {
+        Err(ChannelError::Protocol(format!(
+            "{what} for setup command {index}, but the host sent {sent} and expected {}",
+            if next < sent {
+                format!("command {next}")
+            } else {
+                "no more".to_owned()
+            }
+        )))
+    }
+}
+
+/// A setup report checked against what the host sent, with the host's copy
+/// of the command in place of the guest's.
+fn checked_step(
+    step: SetupStep,
+    next: usize,
+    setup: &[String],
+    what: &str,
+) -> Result<SetupStep, ChannelError> {
+    expect_setup_index(step.index, next, setup.len(), what)?;
+    Ok(SetupStep {
+        index: step.index,
+        command: setup[next].clone(),
+        result: checked_result(step.result)?,
+    })
+}
+
+/// A guest's result, refused if it is inconsistent, its `error` bounded.
+fn checked_result(mut result: RunResult) -> Result<RunResult, ChannelError> {
+    result
+        .validate()
+        .map_err(|e| ChannelError::Protocol(e.message))?;
+    result.truncate_error();
+    Ok(result)
 }
 
 fn sink(w: &mut dyn Write, bytes: &[u8]) -> Result<(), ChannelError> {
@@ -522,7 +587,7 @@ pub fn exec_over(
                     break Err(e);
                 }
             }
-            Ok(Message::Result(r)) => break Ok(r),
+            Ok(Message::Result(r)) => break checked_result(r),
             Ok(other) => {
                 break Err(ChannelError::Protocol(format!(
                     "unexpected {} during an exec",
@@ -656,7 +721,7 @@ mod tests {
         let mut c = Control::from_stream(host);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let report = c
-            .receive_run(&mut out, &mut err, Duration::from_secs(5))
+            .receive_run(&["true".into()], &mut out, &mut err, Duration::from_secs(5))
             .unwrap();
         assert_eq!(out, b"ac");
         assert_eq!(err, b"b");
@@ -676,7 +741,12 @@ mod tests {
         let (host, _guest) = UnixStream::pair().unwrap();
         let mut c = Control::from_stream(host);
         let err = c
-            .receive_run(&mut io::sink(), &mut io::sink(), Duration::from_millis(100))
+            .receive_run(
+                &[],
+                &mut io::sink(),
+                &mut io::sink(),
+                Duration::from_millis(100),
+            )
             .unwrap_err();
         assert!(matches!(err, ChannelError::Timeout(_)), "{err}");
     }
@@ -687,7 +757,12 @@ mod tests {
         guest.write_all(&u32::MAX.to_be_bytes()).unwrap();
         let mut c = Control::from_stream(host);
         let err = c
-            .receive_run(&mut io::sink(), &mut io::sink(), Duration::from_secs(5))
+            .receive_run(
+                &[],
+                &mut io::sink(),
+                &mut io::sink(),
+                Duration::from_secs(5),
+            )
             .unwrap_err();
         assert!(
             matches!(err, ChannelError::Frame(FrameError::Oversized { .. })),

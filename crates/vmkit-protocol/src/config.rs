@@ -34,7 +34,7 @@ pub struct MachineConfig {
     /// Extra kernel command-line arguments, appended after microagent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_args: Option<String>,
-    /// Guest hostname; defaults to the runtime ID.
+    /// Guest hostname; defaults to the runtime ID with `_` and `.` as `-`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// Commands for `run`; absent for plain workspace commands.
@@ -96,6 +96,10 @@ impl MachineConfig {
         absolute("config.kernelPath", &self.kernel_path)?;
         absolute("config.rootfsPath", &self.rootfs_path)?;
         absolute("config.stateDir", &self.state_dir)?;
+        if let Some(h) = &self.hostname {
+            crate::validate_hostname(h)
+                .map_err(|e| ProtocolError::invalid(format!("config.{}", e.message)))?;
+        }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ProtocolError::invalid(format!(
                 "config.memoryMiB must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {}",

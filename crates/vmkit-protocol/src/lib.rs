@@ -19,6 +19,7 @@ mod backend;
 mod config;
 mod error;
 mod event;
+mod hostname;
 mod request;
 mod response;
 mod state;
@@ -27,6 +28,9 @@ pub use backend::{Backend, BackendKind, Outcome};
 pub use config::{Disk, DiskMode, MachineConfig, Workload};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::Event;
+pub use hostname::{hostname_for, validate_hostname, MAX_HOSTNAME_BYTES};
 pub use request::{validate_runtime_id, Command, Identity, Request, MAX_REQUEST_BYTES};
-pub use response::{Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult};
+pub use response::{
+    truncate_text, Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult,
+};
 pub use state::{State, TransitionError};

@@ -84,6 +84,50 @@ impl std::fmt::Display for Accelerator {
     }
 }
 
+impl RunResult {
+    /// Longest `error` text kept from a guest: enough for any real
+    /// diagnosis, too short to make the host hold a guest's flood.
+    pub const MAX_ERROR_BYTES: usize = 4096;
+
+    /// Checks a result that came from a guest (hostile): exactly one of
+    /// `exitCode` (0-255) or `signal` (1-64), or neither with an `error`
+    /// saying why the command did not run.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |m: String| Err(ProtocolError::invalid(format!("guest result: {m}")));
+        match (self.exit_code, self.signal) {
+            (Some(_), Some(_)) => bad("both exitCode and signal are set".into()),
+            (Some(c), None) if !(0..=255).contains(&c) => {
+                bad(format!("exitCode {c} is outside 0-255"))
+            }
+            (None, Some(s)) if !(1..=64).contains(&s) => bad(format!("signal {s} is outside 1-64")),
+            (None, None) if self.error.is_none() => {
+                bad("neither exitCode nor signal, and no error saying why".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cuts `error` to [`Self::MAX_ERROR_BYTES`] (on a character boundary).
+    pub fn truncate_error(&mut self) {
+        if let Some(e) = &mut self.error {
+            truncate_text(e, Self::MAX_ERROR_BYTES);
+        }
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate_text(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str("...");
+}
+
 /// Facts about the host, answered by `host` and `check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

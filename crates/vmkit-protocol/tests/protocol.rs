@@ -110,6 +110,12 @@ fn validation_errors_name_the_field() {
     );
     rejects(
         &edit("request-start.json", |v| {
+            v["config"]["hostname"] = "my_ws".into()
+        }),
+        "config.hostname must be",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
             v["config"]["disks"][1]["name"] = "data".into()
         }),
         "disks[1].name",
