@@ -43,6 +43,14 @@ pub struct Limits {
     pub max_xattr_bytes: usize,
     /// Symlinks followed while resolving one name.
     pub max_symlink_hops: u32,
+    /// Metadata read before one entry: its headers and GNU long-name,
+    /// long-link, PAX and sparse records (bounded while they are read).
+    pub max_entry_metadata_bytes: u64,
+    /// Metadata kept about one layer's entries while it is applied.
+    pub max_layer_metadata_bytes: u64,
+    /// Metadata kept for the whole image until the disk is written
+    /// (ownership, modes and xattrs to fix up, directory times).
+    pub max_image_metadata_bytes: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +63,9 @@ impl Default for Limits {
             max_path_bytes: 4096,
             max_xattr_bytes: 64 << 10,
             max_symlink_hops: 40,
+            max_entry_metadata_bytes: 1 << 20,
+            max_layer_metadata_bytes: 512 << 20,
+            max_image_metadata_bytes: 1 << 30,
         }
     }
 }
@@ -107,7 +118,15 @@ pub(crate) struct Staging {
     /// Archive parent path -> resolved relative path; valid until a symlink
     /// is created or anything is removed.
     parent_cache: HashMap<Vec<u8>, PathBuf>,
+    /// Estimated bytes held in `this_layer` and `parent_cache`.
+    layer_metadata: u64,
+    /// Estimated bytes held in `fixups` and `dir_times` (never decreased:
+    /// an over-estimate, so an image cannot grow them by churn either).
+    image_metadata: u64,
 }
+
+/// What one kept path costs beyond its bytes (allocation, tree node).
+const RECORD_OVERHEAD: u64 = 128;
 
 const BLOCK: u64 = 4096;
 
@@ -127,6 +146,8 @@ impl Staging {
             dir_times: BTreeMap::new(),
             this_layer: HashSet::new(),
             parent_cache: HashMap::new(),
+            layer_metadata: 0,
+            image_metadata: 0,
         }
     }
 
@@ -145,13 +166,28 @@ impl Staging {
         }
         self.layer = layer;
         self.this_layer.clear();
+        self.parent_cache.clear();
+        self.layer_metadata = 0;
+        let (reader, meter) = crate::tar_meter::MeteredReader::new(reader);
         let mut archive = tar::Archive::new(reader);
-        let entries = archive
+        let mut entries = archive
             .entries()
             .map_err(|e| RootfsError::malformed(format!("layer {layer}"), e))?;
-        for entry in entries {
-            let mut entry =
-                entry.map_err(|e| RootfsError::malformed(format!("layer {layer} archive"), e))?;
+        loop {
+            meter.start(self.limits.max_entry_metadata_bytes);
+            let next = entries.next();
+            meter.stop();
+            let Some(entry) = next else { break };
+            let mut entry = entry.map_err(|e| {
+                if meter.tripped() {
+                    RootfsError::limit(
+                        format!("metadata of one entry of layer {layer} (long name, long link, PAX or sparse records)"),
+                        format!("{} bytes", self.limits.max_entry_metadata_bytes),
+                    )
+                } else {
+                    RootfsError::malformed(format!("layer {layer} archive"), e)
+                }
+            })?;
             self.entries += 1;
             if self.entries > self.limits.max_entries {
                 return Err(RootfsError::limit(
@@ -160,6 +196,34 @@ impl Staging {
                 ));
             }
             self.apply_entry(&mut entry)?;
+            // Whatever data the entry has left is read here, unmetered, so
+            // that the next metered window holds only metadata.
+            io::copy(&mut entry, &mut io::sink())
+                .map_err(|e| RootfsError::malformed(format!("layer {layer} archive"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Counts a path kept in a per-layer table against the layer's budget.
+    fn keep_for_layer(&mut self, bytes: usize) -> Result<(), RootfsError> {
+        self.layer_metadata += bytes as u64 + RECORD_OVERHEAD;
+        if self.layer_metadata > self.limits.max_layer_metadata_bytes {
+            return Err(RootfsError::limit(
+                format!("metadata kept for layer {}", self.layer),
+                format!("{} bytes", self.limits.max_layer_metadata_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts metadata kept until the disk is written against the image's budget.
+    fn keep_for_image(&mut self, bytes: usize) -> Result<(), RootfsError> {
+        self.image_metadata += bytes as u64 + RECORD_OVERHEAD;
+        if self.image_metadata > self.limits.max_image_metadata_bytes {
+            return Err(RootfsError::limit(
+                "metadata kept for the image (ownership, modes, xattrs, directory times)",
+                format!("{} bytes", self.limits.max_image_metadata_bytes),
+            ));
         }
         Ok(())
     }
@@ -297,6 +361,7 @@ impl Staging {
                 self.create_root_dir(&cur, 0o755, 0)?;
             }
         }
+        self.keep_for_layer(key.len() + parent_rel.as_os_str().len())?;
         self.parent_cache.insert(key, parent_rel.clone());
         Ok(parent_rel.join(&name[0]))
     }
@@ -389,6 +454,7 @@ impl Staging {
                 return Err(self.refuse(&raw, "names the root but is not a directory"));
             }
             let root_rel = PathBuf::new();
+            self.keep_for_image(0)?;
             self.dir_times.insert(root_rel.clone(), meta.mtime);
             return self.set_meta(&root_rel, FileType::Directory, None, meta);
         }
@@ -405,6 +471,7 @@ impl Staging {
                 self.remove(&rel)?;
             }
         }
+        self.keep_for_layer(rel.as_os_str().len())?;
         self.this_layer.insert(rel.clone());
 
         use tar::EntryType as T;
@@ -440,6 +507,7 @@ impl Staging {
                     self.inodes += 1;
                     self.content_bytes += BLOCK;
                 }
+                self.keep_for_image(rel.as_os_str().len())?;
                 self.dir_times.insert(rel.clone(), meta.mtime);
                 self.set_meta(&rel, FileType::Directory, None, meta)
             }
@@ -485,6 +553,8 @@ impl Staging {
                 fs::hard_link(&thost, &host)
                     .ctx(|| format!("linking {} to {}", host.display(), thost.display()))?;
                 if let Some(f) = self.fixups.get(&trel).cloned() {
+                    let kept = rel.as_os_str().len() + xattr_bytes(&f.xattrs);
+                    self.keep_for_image(kept)?;
                     self.fixups.insert(rel, f);
                 }
                 Ok(())
@@ -646,6 +716,7 @@ impl Staging {
             }
         }
         if !self.privileged || device.is_some() || !failed_xattrs.is_empty() {
+            self.keep_for_image(rel.as_os_str().len() + xattr_bytes(&failed_xattrs))?;
             self.fixups.insert(
                 rel.to_path_buf(),
                 Fixup {
@@ -744,6 +815,10 @@ impl Staging {
             },
         )
     }
+}
+
+fn xattr_bytes(xattrs: &[(OsString, Vec<u8>)]) -> usize {
+    xattrs.iter().map(|(k, v)| k.len() + v.len() + 32).sum()
 }
 
 fn now() -> i64 {

@@ -56,6 +56,7 @@ mod reference;
 mod registry;
 mod sources;
 mod store;
+mod tar_meter;
 
 pub use apply::Limits;
 pub use builder::{

@@ -226,14 +226,29 @@ struct DockerManifestEntry {
 pub(crate) fn from_docker_archive(file: &Path, limits: &Limits) -> Result<Resolved, RootfsError> {
     let what = format!("docker archive {}", file.display());
     let f = File::open(file).ctx(|| format!("opening {}", file.display()))?;
+    // The archive is hostile too: its long names are bounded while read.
+    let (f, meter) = crate::tar_meter::MeteredReader::new(f);
     let mut archive = tar::Archive::new(f);
     let mut index: HashMap<String, (u64, u64)> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
-    for entry in archive
+    let mut entries = archive
         .entries_with_seek()
-        .map_err(|e| RootfsError::malformed(&what, e))?
-    {
-        let entry = entry.map_err(|e| RootfsError::malformed(&what, e))?;
+        .map_err(|e| RootfsError::malformed(&what, e))?;
+    loop {
+        meter.start(limits.max_entry_metadata_bytes);
+        let next = entries.next();
+        meter.stop();
+        let Some(entry) = next else { break };
+        let entry = entry.map_err(|e| {
+            if meter.tripped() {
+                RootfsError::limit(
+                    format!("metadata of one entry of {what}"),
+                    format!("{} bytes", limits.max_entry_metadata_bytes),
+                )
+            } else {
+                RootfsError::malformed(&what, e)
+            }
+        })?;
         if index.len() + links.len() > 100_000 {
             return Err(RootfsError::limit(format!("{what} entries"), 100_000));
         }
