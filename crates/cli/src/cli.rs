@@ -101,8 +101,9 @@ pub enum Command {
     Status(commands::workspace::NameArgs),
     /// Print a workspace's lifecycle events.
     Events(commands::workspace::EventsArgs),
-    /// Print a workspace's serial console log.
-    Logs(commands::workspace::NameArgs),
+    /// Print a workspace's serial console log (control characters escaped
+    /// unless --raw).
+    Logs(commands::workspace::LogsArgs),
     /// Clean up VMs left behind by killed microagent commands.
     Gc,
     /// Serve one protocol request: JSON on stdin, JSON on stdout (exit 0 iff ok).

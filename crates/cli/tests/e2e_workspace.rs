@@ -217,3 +217,27 @@ fn a_guest_flooding_its_console_costs_the_host_a_bounded_log() {
     );
     env.ok(&["delete", "flood"]);
 }
+
+#[test]
+fn console_escapes_reach_the_terminal_only_with_logs_raw() {
+    let env = Env::new();
+    // OSC 52 writes the clipboard of the terminal that prints it.
+    let out = env.run(&[
+        "--keep",
+        "--name",
+        "esc",
+        "--exec",
+        "printf 'before\\033]52;c;cHduZWQ=\\007after\\n' > /dev/console; echo done",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let logs = String::from_utf8_lossy(&env.ok(&["logs", "esc"]).stdout).into_owned();
+    assert!(
+        logs.contains("before\\x1b]52;c;cHduZWQ=\\x07after"),
+        "{logs}"
+    );
+    assert!(!logs.contains('\x1b') && !logs.contains('\x07'));
+    let raw = env.ok(&["logs", "--raw", "esc"]).stdout;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.contains("before\x1b]52;c;cHduZWQ=\x07after"), "{raw}");
+    env.ok(&["delete", "esc"]);
+}

@@ -826,7 +826,8 @@ fn guest_err(message: String) -> ProtocolError {
 fn with_console_tail(mut error: ProtocolError, paths: &WorkspacePaths) -> ProtocolError {
     let text = crate::vmm_files::read_console(&paths.console_log);
     if !text.is_empty() {
-        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
+        // Guest text, on its way to a terminal: no escapes.
+        let text = vmkit_protocol::terminal_safe_bytes(&text[text.len().saturating_sub(4096)..]);
         let tail: Vec<&str> = text.lines().rev().take(8).collect();
         if !tail.is_empty() {
             error.message.push_str("\nlast console lines:\n");

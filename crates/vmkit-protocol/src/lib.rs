@@ -23,6 +23,7 @@ mod hostname;
 mod request;
 mod response;
 mod state;
+mod terminal;
 
 pub use backend::{Backend, BackendKind, Outcome};
 pub use config::{Disk, DiskMode, MachineConfig, Workload};
@@ -34,3 +35,4 @@ pub use response::{
     truncate_text, Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult,
 };
 pub use state::{State, TransitionError};
+pub use terminal::{terminal_safe, terminal_safe_bytes};

@@ -453,7 +453,20 @@ pub fn events(args: EventsArgs, global: &Global) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn logs(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The workspace name.
+    pub name: String,
+
+    /// Print the console bytes exactly as the guest wrote them, terminal
+    /// escapes included. Without it, control characters other than newline
+    /// and tab are shown as visible escapes (`\x1b`), so a hostile guest
+    /// cannot drive your terminal (retitle it, write your clipboard).
+    #[arg(long)]
+    pub raw: bool,
+}
+
+pub fn logs(args: LogsArgs, global: &Global) -> anyhow::Result<u8> {
     let store = store(global)?;
     if store.peek(&args.name)?.is_none() {
         anyhow::bail!("workspace {:?} does not exist", args.name);
@@ -461,7 +474,11 @@ pub fn logs(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
     let path = store.workspace_dir(&args.name)?.join("console.log");
     let text = vmkit::read_console(&path);
     use std::io::Write;
-    std::io::stdout().write_all(&text)?;
+    if args.raw {
+        std::io::stdout().write_all(&text)?;
+    } else {
+        std::io::stdout().write_all(vmkit::protocol::terminal_safe_bytes(&text).as_bytes())?;
+    }
     Ok(0)
 }
 
