@@ -412,13 +412,23 @@ impl Lifecycle {
         // Accept in short slices so a VMM that dies during boot is noticed
         // at once rather than after the whole boot timeout.
         let deadline = Instant::now() + BOOT_TIMEOUT;
+        // Only the VMM or its vsock helper forwards the guest's connection.
+        let peers: Vec<i32> = record
+            .vmm
+            .iter()
+            .chain(&record.helpers)
+            .map(|p| p.pid)
+            .collect();
         loop {
-            match listener.accept(Duration::from_millis(100)) {
+            match listener.accept_from(Duration::from_millis(100), &peers) {
                 Ok(stream) => {
                     tracing::debug!("guest connected");
                     return Ok((launched, Control::from_stream(stream)));
                 }
                 Err(vmkit_channel::ChannelError::Timeout(_)) => {}
+                Err(e @ vmkit_channel::ChannelError::WrongPeer { .. }) => {
+                    tracing::warn!("control socket: {e}");
+                }
                 Err(e) => {
                     return Err((
                         Some(launched),

@@ -65,6 +65,13 @@ pub enum ChannelError {
     /// The request is invalid; nothing was sent.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A process other than the VMM (or its vsock helper) connected to a
+    /// guest listener; the connection was closed unread.
+    #[error("refused a connection from pid {pid}, which is not the VMM or its vsock helper")]
+    WrongPeer {
+        /// The peer's pid (`SO_PEERCRED`), 0 if unknown.
+        pid: i32,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ChannelError {
@@ -213,6 +220,54 @@ impl HostListener {
             poll_readable(self.listener.as_raw_fd(), left).map_err(io_err(ctx()))?;
         }
     }
+}
+
+impl HostListener {
+    /// Like [`HostListener::accept`], but only a connection from one of
+    /// `peers` (the VMM and vsock helper pids: they alone forward the
+    /// guest's connections) is taken. Any other process that reached the
+    /// socket is refused with [`ChannelError::WrongPeer`] and its
+    /// connection closed; the caller may wait again.
+    pub fn accept_from(
+        &self,
+        timeout: Duration,
+        peers: &[i32],
+    ) -> Result<UnixStream, ChannelError> {
+        let stream = self.accept(timeout)?;
+        let pid = peer_pid(&stream).unwrap_or(0);
+        if pid != 0 && peers.contains(&pid) {
+            Ok(stream)
+        } else {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            Err(ChannelError::WrongPeer { pid })
+        }
+    }
+}
+
+/// The pid of the process at the other end of a Unix stream (`SO_PEERCRED`:
+/// the process that connected, as of the connect).
+pub fn peer_pid(stream: &UnixStream) -> io::Result<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given and
+    // outlive the call; the fd belongs to `stream` for the call's duration.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.pid)
 }
 
 impl Drop for HostListener {

@@ -197,3 +197,33 @@ fn a_guest_that_stops_reading_its_pongs_is_a_broken_channel_not_a_timeout() {
     );
     pinger.join().unwrap();
 }
+
+#[test]
+fn only_the_vmm_may_connect_to_a_guest_listener() {
+    use vmkit_channel::host::HostListener;
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vm.vsock");
+    let listener = HostListener::bind(&uds, 10_000).unwrap();
+    // Another local process gets to the socket first.
+    let path = listener.path().to_owned();
+    let intruder = std::thread::spawn(move || UnixStream::connect(path).unwrap());
+    let vmm_pid = i32::MAX; // no process of ours connects as "the VMM" yet
+    let err = listener.accept_from(LONG, &[vmm_pid]).unwrap_err();
+    assert!(
+        matches!(err, ChannelError::WrongPeer { pid } if pid == std::process::id() as i32),
+        "{err}"
+    );
+    // The intruder was hung up on, unread.
+    let mut s = intruder.join().unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(io::Read::read(&mut s, &mut buf).unwrap(), 0);
+    // The real forwarder (here: a child process) is taken.
+    let mut child = std::process::Command::new("socat")
+        .args(["-u", "OPEN:/dev/null"])
+        .arg(format!("UNIX-CONNECT:{}", listener.path().display()))
+        .spawn()
+        .unwrap();
+    let stream = listener.accept_from(LONG, &[child.id() as i32]).unwrap();
+    drop(stream);
+    child.wait().unwrap();
+}
