@@ -79,6 +79,16 @@ pub struct CheckReport {
 /// processes never interleave their writes. Released on drop.
 pub(crate) struct StoreLock {
     _file: File,
+    store: PathBuf,
+}
+
+impl Drop for StoreLock {
+    /// What was installed under the lock is made private before others may go on.
+    fn drop(&mut self) {
+        if let Err(e) = vmkit_state::tighten_tree(&self.store, &[".build-", "build"]) {
+            tracing::warn!("tightening {}: {e}", self.store.display());
+        }
+    }
 }
 
 impl KernelStore {
@@ -360,18 +370,34 @@ impl KernelStore {
 
     /// Takes the store's exclusive lock, waiting for another installer.
     pub(crate) fn lock(&self) -> Result<StoreLock, KernelError> {
-        fs::create_dir_all(&self.root).map_err(|e| KernelError::io("creating", &self.root, e))?;
+        self.secure()?;
         let path = self.root.join(".lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| KernelError::io("opening", &path, e))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| KernelError::io("locking", &path, e.into()))?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock {
+            _file: file,
+            store: self.root.clone(),
+        })
+    }
+
+    /// Keeps `kernels/` private: the user's own, writable by no one else,
+    /// everything in it 0700/0600 (build trees are tightened, not entered).
+    fn secure(&self) -> Result<(), KernelError> {
+        if let Some(state) = self.root.parent() {
+            vmkit_state::ensure_private_dir(state, true)
+                .map_err(|e| KernelError::io("securing", state, e))?;
+        }
+        vmkit_state::ensure_private_dir(&self.root, false)
+            .map_err(|e| KernelError::io("securing", &self.root, e))?;
+        vmkit_state::tighten_tree(&self.root, &[".build-", "build"])
+            .map_err(|e| KernelError::io("tightening", &self.root, e))
     }
 }
 

@@ -853,10 +853,7 @@ fn with_console_tail(mut error: ProtocolError, paths: &WorkspacePaths) -> Protoc
 
 fn remove_sockets(paths: &WorkspacePaths) {
     let _ = std::fs::remove_file(&paths.vsock);
-    let _ = std::fs::remove_file(vmkit_channel::host::listener_path(
-        &paths.vsock,
-        vmkit_channel::DEFAULT_CONTROL_PORT,
-    ));
+    crate::vmm_files::remove_guest_listeners(&paths.vsock);
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), ProtocolError> {

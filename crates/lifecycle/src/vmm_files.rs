@@ -22,6 +22,7 @@ pub fn open_log(path: &Path) -> Result<File, ProtocolError> {
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| internal(format!("opening {}: {e}", path.display())))
 }
@@ -109,6 +110,27 @@ pub fn remove_stale_socket(path: &Path) -> Result<(), ProtocolError> {
     }
 }
 
+/// Removes every `<uds>_<port>` entry beside the hybrid vsock socket `uds`.
+/// The VMM forwards a guest's connection to port P to whatever listens on
+/// `<uds>_P`, so nothing may be there but the listeners the host binds
+/// itself afterwards (a socket planted there, or a symlink to a host
+/// socket, would let the guest reach it).
+pub fn remove_guest_listeners(uds: &Path) {
+    let (Some(dir), Some(name)) = (uds.parent(), uds.file_name()) else {
+        return;
+    };
+    let mut prefix = name.as_encoded_bytes().to_vec();
+    prefix.push(b'_');
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().as_encoded_bytes().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Kills and reaps a child started during a launch that then failed.
 pub fn kill_child(child: &mut Child) {
     let _ = child.kill();
@@ -132,6 +154,27 @@ mod tests {
         assert!(remove_stale_socket(&file).is_err());
         assert!(file.exists());
         remove_stale_socket(&dir.path().join("absent")).unwrap();
+    }
+
+    #[test]
+    fn only_the_hosts_own_guest_listeners_may_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vm.vsock");
+        let host_socket = dir.path().join("docker.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&host_socket).unwrap();
+        // Planted: a symlink to a host socket on a port the guest may dial,
+        // and a stray socket.
+        std::os::unix::fs::symlink(&host_socket, dir.path().join("vm.vsock_2375")).unwrap();
+        let _s = std::os::unix::net::UnixListener::bind(dir.path().join("vm.vsock_22")).unwrap();
+        std::fs::write(dir.path().join("vm.vsockish"), b"").unwrap();
+        remove_guest_listeners(&uds);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!left.iter().any(|n| n.starts_with("vm.vsock_")), "{left:?}");
+        assert!(host_socket.exists() && dir.path().join("vm.vsockish").exists());
     }
 
     #[test]

@@ -155,12 +155,45 @@ impl RootfsBuilder {
         platform: Option<&Platform>,
         progress: bool,
     ) -> Result<StoredImage, RootfsError> {
+        self.secure()?;
         let platform = platform.cloned().unwrap_or_else(Platform::host);
-        registry::pull(&self.store, image, &platform, &Limits::default(), progress)
+        let pulled = registry::pull(&self.store, image, &platform, &Limits::default(), progress);
+        self.secure()?;
+        pulled
     }
 
     /// Builds (or finds in the cache) the ext4 for `image`.
     pub fn build(&self, image: &ImageRef, opts: &BuildOptions) -> Result<BuiltRootfs, RootfsError> {
+        self.secure()?;
+        let built = self.build_secured(image, opts);
+        self.secure()?;
+        built
+    }
+
+    /// Keeps the caches private (other users could read an image's baked-in
+    /// secrets from them): the state folder, `images/` and `rootfs/` must be
+    /// the user's own and writable by no one else, and everything in them
+    /// 0700/0600, whatever an older version left.
+    fn secure(&self) -> Result<(), RootfsError> {
+        let check = |dir: &Path, follow: bool| {
+            vmkit_state::ensure_private_dir(dir, follow)
+                .ctx(|| format!("securing {}", dir.display()))
+        };
+        check(&self.state_dir, true)?;
+        for dir in [self.store.root().to_path_buf(), self.cache_dir()] {
+            check(&dir, false)?;
+            // `tmp` holds staging trees, whose modes are the image's.
+            vmkit_state::tighten_tree(&dir, &["tmp"])
+                .ctx(|| format!("tightening {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn build_secured(
+        &self,
+        image: &ImageRef,
+        opts: &BuildOptions,
+    ) -> Result<BuiltRootfs, RootfsError> {
         let started = Instant::now();
         let platform = opts.platform.clone().unwrap_or_else(Platform::host);
         // Keeps `image rm` from deleting blobs this build is about to read.

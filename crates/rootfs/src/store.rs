@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,11 @@ impl ImageStore {
         }
     }
 
+    /// The store's folder (`<state>/images`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Takes the store lock: shared for pulls and builds (which only add or
     /// read blobs), exclusive for removal (which deletes blobs no record
     /// names, so must not run while a pull has fetched blobs but not yet
@@ -56,6 +62,7 @@ impl ImageStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
         let op = if exclusive {

@@ -244,11 +244,23 @@ pub fn encode_config(spec: &BootSpec) -> Result<Vec<u8>, ConfigError> {
     Ok(buf)
 }
 
-/// Writes the config disk image for `spec` at `path` (created or truncated).
+/// Writes the config disk image for `spec` at `path`, replacing whatever
+/// was there (never writing through a symlink planted in its place).
 /// Attach it read-only and pass [`kernel_args`] for its guest device.
 pub fn write_config_disk(path: impl AsRef<Path>, spec: &BootSpec) -> Result<(), ConfigError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let buf = encode_config(spec)?;
-    let mut f = std::fs::File::create(path)?;
+    let path = path.as_ref();
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     f.write_all(&buf)?;
     f.sync_all()?;
     Ok(())

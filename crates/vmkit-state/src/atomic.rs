@@ -14,17 +14,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // The pid keeps concurrent writers (which the lock should prevent anyway)
-    // from sharing one temp file.
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let (tmp, mut file) = create_temp(dir, &name)?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| StateError::io("creating", &tmp, e))?;
         file.write_all(bytes)
             .and_then(|_| file.sync_all())
             .map_err(|e| StateError::io("writing", &tmp, e))?;
@@ -38,6 +29,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A new sibling temp file: a name no one can predict (pid, clock, a
+/// counter) and `O_EXCL`, so nothing planted there (a symlink) is followed.
+fn create_temp(dir: &Path, name: &str) -> Result<(std::path::PathBuf, File), StateError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..16 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tmp.{}.{nanos:x}{n:x}", std::process::id()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((tmp, e)),
+            Err(e) => return Err(StateError::io("creating", &tmp, e)),
+        }
+    }
+    let (tmp, e) = last.expect("looped");
+    Err(StateError::io("creating", &tmp, e))
 }
 
 #[cfg(test)]

@@ -11,7 +11,11 @@
 //!                                    from a waiter
 //! ```
 //!
-//! Folders are 0700 and files 0600: workspaces hold their users' data.
+//! Folders are 0700 and files 0600: workspaces hold their users' data. A
+//! state root, `workspaces/`, `locks/` or workspace folder that another user
+//! owns or could write to is refused (see [`ensure_private_dir`]): they could
+//! have planted symlinks or sockets in it. Files are opened with
+//! `O_NOFOLLOW`, and new ones with `O_EXCL`.
 //! Records are replaced atomically (temp file, fsync, rename), so a reader
 //! never sees half a record, and every mutation happens under the
 //! workspace's exclusive lock, so two commands never interleave.
@@ -31,6 +35,7 @@ mod atomic;
 mod error;
 mod events;
 mod lock;
+mod private;
 mod process;
 mod record;
 mod store;
@@ -39,6 +44,7 @@ pub use atomic::write_atomic;
 pub use error::StateError;
 pub use events::EventLog;
 pub use lock::{LockWait, WorkspaceLock};
+pub use private::{ensure_private_dir, tighten_tree};
 pub use process::ProcessRecord;
 pub use record::WorkspaceRecord;
 pub use store::StateStore;

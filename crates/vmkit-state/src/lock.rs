@@ -36,6 +36,7 @@ impl WorkspaceLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|e| StateError::io("opening lock", path, e))?;
         let busy = || StateError::Busy {

@@ -1,6 +1,5 @@
-use std::fs::{self, DirBuilder};
+use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use vmkit_protocol::validate_runtime_id;
@@ -17,11 +16,14 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) a state folder.
+    /// Opens (creating if needed) a state folder. Refuses one another user
+    /// owns or could write to (see [`crate::ensure_private_dir`]); the root
+    /// may be a symlink, the folders inside may not.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = root.into();
-        for dir in [root.clone(), root.join("workspaces"), root.join("locks")] {
-            create_private_dir(&dir)?;
+        private_dir(&root, true)?;
+        for dir in [root.join("workspaces"), root.join("locks")] {
+            private_dir(&dir, false)?;
         }
         Ok(StateStore { root })
     }
@@ -41,7 +43,13 @@ impl StateStore {
     pub fn lock(&self, name: &str, wait: LockWait) -> Result<WorkspaceLock, StateError> {
         validate_runtime_id(name)?;
         let path = self.root.join("locks").join(format!("{name}.lock"));
-        WorkspaceLock::acquire(&path, name, wait)
+        let lock = WorkspaceLock::acquire(&path, name, wait)?;
+        // Whatever is done under the lock happens in this folder: it must be ours.
+        let dir = self.workspace_dir(name)?;
+        if fs::symlink_metadata(&dir).is_ok() {
+            private_dir(&dir, false)?;
+        }
+        Ok(lock)
     }
 
     /// Reads a workspace's record; `None` if it does not exist.
@@ -85,7 +93,7 @@ impl StateStore {
             });
         }
         let dir = self.workspace_dir(&record.name)?;
-        create_private_dir(&dir)?;
+        private_dir(&dir, false)?;
         let json = serde_json::to_vec_pretty(record).expect("records always serialize");
         crate::write_atomic(&dir.join(RECORD), &json)
     }
@@ -139,10 +147,6 @@ impl StateStore {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), StateError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StateError::io("creating", dir, e))
+fn private_dir(dir: &Path, follow: bool) -> Result<(), StateError> {
+    crate::ensure_private_dir(dir, follow).map_err(|e| StateError::io("securing", dir, e))
 }
