@@ -57,12 +57,17 @@ impl AppleVfBackend {
         }
     }
 
+    /// The supervisor program this client starts (a bare name is looked
+    /// up in `PATH`).
+    pub fn program(&self) -> PathBuf {
+        self.supervisor
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SUPERVISOR_PROGRAM))
+    }
+
     /// Sends one request to a fresh supervisor process and returns its response.
     pub fn call(&self, request: &Request) -> Result<Response, ProtocolError> {
-        let program = self
-            .supervisor
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(SUPERVISOR_PROGRAM));
+        let program = self.program();
         let unavailable = |e: std::io::Error| {
             ProtocolError::new(
                 ErrorCode::Unavailable,

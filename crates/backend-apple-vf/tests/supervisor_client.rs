@@ -27,6 +27,7 @@ fn halt() -> Request {
         },
         config: None,
         state_dir: Some("/state".into()),
+        image: None,
     }
 }
 

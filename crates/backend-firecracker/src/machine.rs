@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
-    clone_log, kill_child, open_log, remove_stale_socket, rotate_console, spawn_console_relay,
+    clone_log, open_log, remove_stale_socket, rotate_console, settle_relay, spawn_console_relay,
 };
-use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision};
 use vmkit_protocol::{Accelerator, BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
 
 use crate::api::{ApiClient, ApiError};
@@ -29,12 +29,20 @@ const MAX_HINT_CHARS: usize = 300;
 
 /// Launches Firecracker microVMs.
 #[derive(Debug, Default)]
-pub struct FirecrackerMachine {}
+pub struct FirecrackerMachine {
+    fail_at: Option<usize>,
+}
 
 impl FirecrackerMachine {
     /// A machine that finds `firecracker` in `PATH` at each launch.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A machine whose launches fail at their `n`-th step (see
+    /// [`LaunchGuard::failing_at`]): for failure-injection tests.
+    pub fn failing_at_step(n: usize) -> Self {
+        FirecrackerMachine { fail_at: Some(n) }
     }
 }
 
@@ -125,8 +133,13 @@ impl Machine for FirecrackerMachine {
         // stderr (panics) goes to vmm.log with our notes. stdin is a pipe
         // closed at once: the serial input sees end-of-file and is dropped
         // (/dev/null cannot be polled, which Firecracker warns about).
-        let (mut relay, console) = spawn_console_relay(&plan.paths.console_log, supervision)?;
-        let spawned = spawn_supervised(
+        // From here on, every early return kills what was started.
+        let mut guard = LaunchGuard::new().failing_at(self.fail_at);
+        guard.remove_on_failure(&socket);
+        let (relay, console) = spawn_console_relay(&plan.paths.console_log, supervision)?;
+        guard.relay(relay);
+        guard.checkpoint("console relay started")?;
+        let child = spawn_supervised(
             Command::new(&firecracker)
                 .arg("--api-sock")
                 .arg(&socket)
@@ -136,47 +149,37 @@ impl Machine for FirecrackerMachine {
                 .stdout(console)
                 .stderr(clone_log(&log)?),
             supervision,
-        );
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                kill_child(&mut relay);
-                return Err(internal(format!("starting {}: {e}", firecracker.display())));
-            }
-        };
-        drop(child.stdin.take());
-        match configure_and_start(&mut child, &socket, &calls, plan, &mut log) {
-            Ok(()) => Ok(Launched {
-                vmm: child,
-                helpers: Vec::new(),
-                relay: Some(relay),
-            }),
-            Err(e) => {
-                note(&mut log, &format!("launch failed: {}", e.message));
-                kill_child(&mut child);
-                kill_child(&mut relay);
-                let _ = std::fs::remove_file(&socket);
-                Err(e)
-            }
+        )
+        .map_err(|e| internal(format!("starting {}: {e}", firecracker.display())))?;
+        drop(guard.vmm(child).stdin.take());
+        guard.checkpoint("firecracker started")?;
+        let (child, relay) = guard.vmm_and_relay();
+        let (child, relay) = (child.expect("taken above"), relay.expect("taken above"));
+        if let Err(e) = configure_and_start(child, relay, &socket, &calls, plan, &mut log) {
+            note(&mut log, &format!("launch failed: {}", e.message));
+            return Err(e);
         }
+        guard.checkpoint("instance started")?;
+        guard.disarm()
     }
 }
 
 /// Waits for the API socket, then makes every call and `InstanceStart`.
 fn configure_and_start(
     child: &mut Child,
+    relay: &mut Child,
     socket: &Path,
     calls: &[ApiCall],
     plan: &BootPlan,
     log: &mut File,
 ) -> Result<(), ProtocolError> {
-    wait_for_api(child, socket, plan)?;
+    wait_for_api(child, relay, socket, plan)?;
     let client = ApiClient::new(socket);
     for call in calls.iter().chain([&config::instance_start()]) {
         note(log, &format!("PUT {} {}", call.path, call.body));
         match client.put_within(&call.path, &call.body, call.timeout) {
             Ok(()) => {}
-            Err(e) => return Err(api_error(child, &call.path, e, plan)),
+            Err(e) => return Err(api_error(child, relay, &call.path, e, plan)),
         }
     }
     note(log, "InstanceStart accepted; the guest is booting");
@@ -186,8 +189,15 @@ fn configure_and_start(
 /// Turns an API failure into the error the caller sees. A Firecracker
 /// that died shows up as a refused or dropped connection; then its death
 /// (and its last words) is the news, not the transport error.
-fn api_error(child: &mut Child, path: &str, e: ApiError, plan: &BootPlan) -> ProtocolError {
+fn api_error(
+    child: &mut Child,
+    relay: &mut Child,
+    path: &str,
+    e: ApiError,
+    plan: &BootPlan,
+) -> ProtocolError {
     if let Ok(Some(status)) = child.try_wait() {
+        settle_relay(relay);
         let hint = last_output(plan)
             .map(|l| format!("; last output: {l}"))
             .unwrap_or_default();
@@ -213,13 +223,19 @@ fn api_error(child: &mut Child, path: &str, e: ApiError, plan: &BootPlan) -> Pro
 
 /// Polls until the API socket accepts a connection; fails early if the
 /// process exits first.
-fn wait_for_api(child: &mut Child, socket: &Path, plan: &BootPlan) -> Result<(), ProtocolError> {
+fn wait_for_api(
+    child: &mut Child,
+    relay: &mut Child,
+    socket: &Path,
+    plan: &BootPlan,
+) -> Result<(), ProtocolError> {
     let deadline = Instant::now() + API_READY;
     loop {
         if UnixStream::connect(socket).is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
+            settle_relay(relay);
             let hint = last_output(plan)
                 .map(|l| format!(": {l}"))
                 .unwrap_or_default();

@@ -5,10 +5,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
-use vmkit_lifecycle::vmm_files::{
-    clone_log, kill_child, open_log, rotate_console, spawn_console_relay,
-};
-use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
+use vmkit_lifecycle::vmm_files::{clone_log, open_log, rotate_console, spawn_console_relay};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision};
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, HostInfo, MachineConfig, ProtocolError,
 };
@@ -25,12 +23,22 @@ const VHOST_READY: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct QemuMachine {
     accel: OnceLock<(Accelerator, String)>,
+    fail_at: Option<usize>,
 }
 
 impl QemuMachine {
     /// A machine that probes KVM on first use.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A machine whose launches fail at their `n`-th step (see
+    /// [`LaunchGuard::failing_at`]): for failure-injection tests.
+    pub fn failing_at_step(n: usize) -> Self {
+        QemuMachine {
+            fail_at: Some(n),
+            ..Self::default()
+        }
     }
 
     /// The accelerator this host gets (probed once per process).
@@ -82,6 +90,7 @@ impl QemuMachine {
             // vhost-user needs guest memory it can map: a shared memfd.
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            // A plain argument, not an option string: no escaping.
             "-kernel".into(),
             c.kernel_path.clone(),
             "-append".into(),
@@ -119,7 +128,7 @@ impl QemuMachine {
         drive("config", &plan.paths.config_disk, true);
         args.extend([
             "-chardev".into(),
-            format!("socket,id=vsock,path={}", vhost_socket.display()),
+            format!("socket,id=vsock,path={}", qemu_escape(vhost_socket)),
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock".into(),
         ]);
@@ -177,25 +186,30 @@ impl Machine for QemuMachine {
         let log = open_log(&plan.paths.vmm_log)?;
         let vhost_socket = plan.paths.dir.join("vhost.sock");
         let _ = std::fs::remove_file(&vhost_socket);
+        // From here on, every early return kills what was started.
+        let mut guard = LaunchGuard::new().failing_at(self.fail_at);
+        guard.remove_on_failure(&vhost_socket);
 
-        let mut vhost_child = spawn_supervised(
+        // Separate flags, not `--vm key=value,...`: a path may hold a comma.
+        let vhost_child = spawn_supervised(
             Command::new(&vhost)
-                .arg("--vm")
-                .arg(format!(
-                    "guest-cid={GUEST_CID},socket={},uds-path={}",
-                    vhost_socket.display(),
-                    plan.paths.vsock.display()
-                ))
+                .arg("--guest-cid")
+                .arg(GUEST_CID.to_string())
+                .arg("--socket")
+                .arg(&vhost_socket)
+                .arg("--uds-path")
+                .arg(&plan.paths.vsock)
                 .stdin(Stdio::null())
                 .stdout(clone_log(&log)?)
                 .stderr(clone_log(&log)?),
             supervision,
         )
         .map_err(|e| internal(format!("starting vhost-device-vsock: {e}")))?;
-        if let Err(e) = wait_for_socket(&vhost_socket, &mut vhost_child) {
-            kill_child(&mut vhost_child);
-            return Err(e);
-        }
+        guard.helper(vhost_child);
+        guard.checkpoint("vhost-device-vsock started")?;
+        let vhost_child = guard.helper_mut(0);
+        wait_for_socket(&vhost_socket, vhost_child)?;
+        guard.checkpoint("vhost-device-vsock ready")?;
 
         let args = self.qemu_args(plan, &vhost_socket);
         // One JSON array, so scripts/bench-run can replay the exact command.
@@ -203,33 +217,21 @@ impl Machine for QemuMachine {
             "qemu argv {}",
             serde_json::to_string(&args).unwrap_or_default()
         );
-        let (mut relay, console) = match spawn_console_relay(&plan.paths.console_log, supervision) {
-            Ok(r) => r,
-            Err(e) => {
-                kill_child(&mut vhost_child);
-                return Err(e);
-            }
-        };
-        let spawned = spawn_supervised(
+        let (relay, console) = spawn_console_relay(&plan.paths.console_log, supervision)?;
+        guard.relay(relay);
+        guard.checkpoint("console relay started")?;
+        let vmm = spawn_supervised(
             Command::new(&qemu)
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(console)
                 .stderr(clone_log(&log)?),
             supervision,
-        );
-        match spawned {
-            Ok(vmm) => Ok(Launched {
-                vmm,
-                helpers: vec![vhost_child],
-                relay: Some(relay),
-            }),
-            Err(e) => {
-                kill_child(&mut vhost_child);
-                kill_child(&mut relay);
-                Err(internal(format!("starting {}: {e}", qemu.display())))
-            }
-        }
+        )
+        .map_err(|e| internal(format!("starting {}: {e}", qemu.display())))?;
+        guard.vmm(vmm);
+        guard.checkpoint("qemu started")?;
+        guard.disarm()
     }
 }
 
@@ -256,5 +258,95 @@ fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), ProtocolError> 
             )));
         }
         thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmkit_lifecycle::WorkspacePaths;
+    use vmkit_protocol::Disk;
+
+    /// Splits a QEMU option string the way QEMU does: on single commas,
+    /// with `,,` a literal comma.
+    fn qemu_options(s: &str) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    out.last_mut().unwrap().push(',');
+                } else {
+                    out.push(String::new());
+                }
+            } else {
+                out.last_mut().unwrap().push(c);
+            }
+        }
+        out
+    }
+
+    fn option<'a>(options: &'a [String], key: &str) -> Option<&'a str> {
+        options
+            .iter()
+            .find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    #[test]
+    fn every_path_in_an_option_string_survives_commas() {
+        let dir = Path::new("/tmp/a,b/ws,1");
+        let paths = WorkspacePaths::new(dir).unwrap();
+        let disk = "/data/x,y.img";
+        let plan = BootPlan {
+            config: MachineConfig {
+                kernel_path: "/k,ernel".into(),
+                rootfs_path: paths.disk.to_string_lossy().into(),
+                state_dir: "/tmp/a,b".into(),
+                memory_mib: 128,
+                cpu_count: 1,
+                disks: vec![Disk {
+                    name: "d".into(),
+                    path: disk.into(),
+                    mountpoint: "/d".into(),
+                    mode: DiskMode::Ro,
+                }],
+                kernel_args: None,
+                hostname: None,
+                workload: None,
+            },
+            paths: paths.clone(),
+            root_disk: paths.disk.clone(),
+            kernel_args: String::new(),
+            detached: false,
+        };
+        let vhost = dir.join("vhost.sock");
+        let args = QemuMachine::new().qemu_args(&plan, &vhost);
+        let values = |flag: &str| -> Vec<Vec<String>> {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| qemu_options(&w[1]))
+                .collect()
+        };
+        let files: Vec<String> = values("-drive")
+            .iter()
+            .map(|o| option(o, "file").unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                paths.disk.to_string_lossy().into_owned(),
+                disk.to_owned(),
+                paths.config_disk.to_string_lossy().into_owned()
+            ]
+        );
+        let sockets: Vec<String> = values("-chardev")
+            .iter()
+            .filter_map(|o| option(o, "path").map(str::to_owned))
+            .collect();
+        assert_eq!(sockets, [vhost.to_string_lossy().into_owned()]);
+        // -kernel takes a plain path.
+        let kernel = args.iter().position(|a| a == "-kernel").unwrap();
+        assert_eq!(args[kernel + 1], "/k,ernel");
     }
 }

@@ -1,5 +1,40 @@
-//! Garbage collection lives on [`crate::Lifecycle::gc`]; this module only
-//! holds its tests, which need no VM: a record whose processes are dead.
+//! Garbage collection: VMs whose driving command died, or whose VMM is
+//! gone, are cleaned up and marked failed.
+
+use std::path::Path;
+
+use vmkit_protocol::ProtocolError;
+use vmkit_state::{LockWait, StateStore};
+
+use crate::backend::identity_of;
+use crate::workspace::state_err;
+use crate::Lifecycle;
+
+impl Lifecycle {
+    /// Finds VMs whose driving command died or whose VMM is gone, cleans up
+    /// their processes and marks them failed. Workspaces another command is
+    /// working on right now are skipped. Returns the names cleaned.
+    pub fn gc(&self, state_dir: &Path) -> Result<Vec<String>, ProtocolError> {
+        let store = StateStore::open(state_dir).map_err(state_err)?;
+        let mut cleaned = Vec::new();
+        for record in store.list().map_err(state_err)? {
+            if !record.state.has_vm() {
+                continue;
+            }
+            let identity = identity_of(&record.name, record.keep, record.backend, "gc");
+            let Ok(locked) = self.lock_with(state_dir, &identity, LockWait::NoWait) else {
+                continue;
+            };
+            let Ok(mut ws) = locked.open() else {
+                continue;
+            };
+            if ws.reconcile()? {
+                cleaned.push(record.name.clone());
+            }
+        }
+        Ok(cleaned)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -68,6 +103,7 @@ mod tests {
             vmm: ProcessRecord::of(vmm.id() as i32),
             helpers: vec![],
             owner: Some(owner_rec),
+            exec_port: None,
             last_result: None,
         };
         {

@@ -9,16 +9,34 @@
 //! of VMs whose driving command died.
 //!
 //! A backend implements [`Machine`]; [`Lifecycle`] turns it into a
-//! [`vmkit_protocol::Backend`].
+//! [`vmkit_protocol::Backend`]. A launch builds its result in a
+//! [`LaunchGuard`], which kills what it started on any early return.
+//!
+//! Inside, every command works on one locked workspace (`workspace.rs`:
+//! the store, the held lock, the record, the caller's identity), with one
+//! module per command: `prepare`, `boot`, `run`, `exec`, `halt`, `gc`, and
+//! the [`vmkit_protocol::Backend`] impl in `backend`.
 
+mod backend;
+mod boot;
+mod exec;
 mod gc;
+mod halt;
 mod lifecycle;
 mod machine;
 mod paths;
+mod prepare;
 mod process;
+mod run;
 pub mod vmm_files;
+mod workspace;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
-pub use machine::{check_config_files, BootPlan, Launched, Machine};
+pub use machine::{check_config_files, BootPlan, LaunchGuard, Launched, Machine, INJECTED_FAILURE};
 pub use paths::WorkspacePaths;
 pub use process::{spawn_supervised, terminate, Supervision};

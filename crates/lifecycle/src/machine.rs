@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::Child;
 
-use vmkit_protocol::{BackendKind, HostInfo, MachineConfig, ProtocolError};
+use vmkit_protocol::{BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
 use vmkit_state::ProcessRecord;
 
 use crate::WorkspacePaths;
@@ -42,20 +42,7 @@ impl Launched {
     /// then the console relay once it has written what the VMM left it
     /// (it ends by itself at end-of-file; killed if it lingers).
     pub fn shut_down(&mut self) {
-        let _ = self.vmm.kill();
-        for h in &mut self.helpers {
-            let _ = h.kill();
-        }
-        let _ = self.vmm.wait();
-        for h in &mut self.helpers {
-            let _ = h.wait();
-        }
-        if let Some(relay) = &mut self.relay {
-            if !crate::process::wait_child(relay, std::time::Duration::from_secs(1)) {
-                let _ = relay.kill();
-                let _ = relay.wait();
-            }
-        }
+        end_processes(Some(&mut self.vmm), &mut self.helpers, self.relay.as_mut());
     }
 
     /// The records to persist so later commands can find these processes.
@@ -68,6 +55,136 @@ impl Launched {
             .filter_map(|c| ProcessRecord::of(c.id() as i32))
             .collect();
         (vmm, helpers)
+    }
+}
+
+fn end_processes(vmm: Option<&mut Child>, helpers: &mut [Child], relay: Option<&mut Child>) {
+    let mut vmm = vmm;
+    if let Some(v) = vmm.as_deref_mut() {
+        let _ = v.kill();
+    }
+    for h in helpers.iter_mut() {
+        let _ = h.kill();
+    }
+    if let Some(v) = vmm {
+        let _ = v.wait();
+    }
+    for h in helpers.iter_mut() {
+        let _ = h.wait();
+    }
+    if let Some(relay) = relay {
+        if !crate::process::wait_child(relay, std::time::Duration::from_secs(1)) {
+            let _ = relay.kill();
+            let _ = relay.wait();
+        }
+    }
+}
+
+/// Owns what a [`Machine::launch`] has started so far. Dropped before
+/// [`LaunchGuard::disarm`] (an early `?`, a panic), it kills and reaps every
+/// process in it and removes the files it was given, so a launch cannot
+/// leak a process on any error path.
+///
+/// [`LaunchGuard::checkpoint`] marks the steps of a launch; a machine made
+/// with a fault plan ([`LaunchGuard::failing_at`]) fails at the n-th one, so
+/// tests can fail a launch after each step and check nothing is left.
+#[derive(Debug, Default)]
+pub struct LaunchGuard {
+    vmm: Option<Child>,
+    helpers: Vec<Child>,
+    relay: Option<Child>,
+    files: Vec<PathBuf>,
+    fail_at: Option<usize>,
+    steps: usize,
+}
+
+impl LaunchGuard {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the `n`-th [`LaunchGuard::checkpoint`] (from 0) fail: for
+    /// failure-injection tests; `None` never fails.
+    pub fn failing_at(mut self, n: Option<usize>) -> Self {
+        self.fail_at = n;
+        self
+    }
+
+    /// Takes a helper process (killed once the VMM is gone).
+    pub fn helper(&mut self, child: Child) -> &mut Child {
+        self.helpers.push(child);
+        self.helpers.last_mut().expect("just pushed")
+    }
+
+    /// The `i`-th helper taken so far.
+    pub fn helper_mut(&mut self, i: usize) -> &mut Child {
+        &mut self.helpers[i]
+    }
+
+    /// Takes the console relay.
+    pub fn relay(&mut self, child: Child) -> &mut Child {
+        self.relay.insert(child)
+    }
+
+    /// Takes the VMM.
+    pub fn vmm(&mut self, child: Child) -> &mut Child {
+        self.vmm.insert(child)
+    }
+
+    /// The VMM taken so far.
+    pub fn vmm_mut(&mut self) -> Option<&mut Child> {
+        self.vmm.as_mut()
+    }
+
+    /// The VMM and the console relay taken so far, both at once.
+    pub fn vmm_and_relay(&mut self) -> (Option<&mut Child>, Option<&mut Child>) {
+        (self.vmm.as_mut(), self.relay.as_mut())
+    }
+
+    /// A file (a socket, say) to remove if the launch fails.
+    pub fn remove_on_failure(&mut self, path: impl Into<PathBuf>) {
+        self.files.push(path.into());
+    }
+
+    /// Marks the end of one launch step, named `what`; fails where the
+    /// fault plan says.
+    pub fn checkpoint(&mut self, what: &str) -> Result<(), ProtocolError> {
+        let step = self.steps;
+        self.steps += 1;
+        if self.fail_at == Some(step) {
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                format!("{INJECTED_FAILURE} after step {step} ({what})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The launch succeeded: hands its processes over, to be ended by
+    /// [`Launched::shut_down`] (or left running, for a workspace).
+    pub fn disarm(mut self) -> Result<Launched, ProtocolError> {
+        let vmm = self.vmm.take().ok_or_else(|| {
+            ProtocolError::new(ErrorCode::Internal, "a launch finished without a VMM")
+        })?;
+        self.files.clear();
+        Ok(Launched {
+            vmm,
+            helpers: std::mem::take(&mut self.helpers),
+            relay: self.relay.take(),
+        })
+    }
+}
+
+/// The start of the message of a failure [`LaunchGuard::failing_at`] injected.
+pub const INJECTED_FAILURE: &str = "injected launch failure";
+
+impl Drop for LaunchGuard {
+    fn drop(&mut self) {
+        end_processes(self.vmm.as_mut(), &mut self.helpers, self.relay.as_mut());
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 
@@ -108,6 +225,7 @@ pub trait Machine: Send + Sync {
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError>;
     /// Starts the VMM (and its helpers) for `plan`. Returns once the VMM
     /// process runs; the guest's readiness is the lifecycle's business. On
-    /// error, everything it started must already be gone.
+    /// error, everything it started must already be gone: build the result
+    /// in a [`LaunchGuard`].
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError>;
 }

@@ -1,6 +1,6 @@
 //! Files around a VMM process that every backend handles the same way: its
-//! log, the console log's rotation, stale sockets, and killing a child that
-//! failed half-way through a launch.
+//! log, the console log's rotation and stale sockets. (What a failed launch
+//! started is ended by [`crate::LaunchGuard`].)
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -81,6 +81,13 @@ pub fn spawn_console_relay(
     Ok((child, Stdio::from(stdin)))
 }
 
+/// Waits (up to a second) for the console relay to end after its VMM
+/// exited, so the VMM's last words are in the console log before anyone
+/// quotes them. The relay ends by itself at its input's end-of-file.
+pub fn settle_relay(relay: &mut Child) {
+    crate::process::wait_child(relay, std::time::Duration::from_secs(1));
+}
+
 /// The current boot's console output, oldest first (the relay writes its
 /// two files in turn, so the newer one is the later part).
 pub fn read_console(path: &Path) -> Vec<u8> {
@@ -129,12 +136,6 @@ pub fn remove_guest_listeners(uds: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-}
-
-/// Kills and reaps a child started during a launch that then failed.
-pub fn kill_child(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]

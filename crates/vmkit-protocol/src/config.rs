@@ -9,6 +9,9 @@ const MIN_MEMORY_MIB: u32 = 64;
 /// Largest guest memory we accept (1 TiB); a guard against typos.
 const MAX_MEMORY_MIB: u32 = 1 << 20;
 const MAX_CPUS: u32 = 255;
+/// Longest deadline a workload or exec may ask for (30 days): longer is a
+/// typo, and every deadline must stay far from `Duration`'s limits.
+pub const MAX_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
 /// virtio-mmio slots left after the root and config disks.
 const MAX_DISKS: usize = 16;
 
@@ -190,10 +193,12 @@ impl Workload {
         if let Some(cwd) = &self.cwd {
             absolute("workload.cwd", cwd)?;
         }
-        if self.timeout_seconds == Some(0) {
-            return Err(ProtocolError::invalid(
-                "workload.timeoutSeconds must be at least 1",
-            ));
+        if let Some(t) = self.timeout_seconds {
+            if !(1..=MAX_TIMEOUT_SECONDS).contains(&t) {
+                return Err(ProtocolError::invalid(format!(
+                    "workload.timeoutSeconds must be between 1 and {MAX_TIMEOUT_SECONDS} (30 days), got {t}"
+                )));
+            }
         }
         Ok(())
     }

@@ -26,11 +26,13 @@ mod state;
 mod terminal;
 
 pub use backend::{Backend, BackendKind, Outcome};
-pub use config::{Disk, DiskMode, MachineConfig, Workload};
+pub use config::{Disk, DiskMode, MachineConfig, Workload, MAX_TIMEOUT_SECONDS};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::Event;
 pub use hostname::{hostname_for, validate_hostname, MAX_HOSTNAME_BYTES};
-pub use request::{validate_runtime_id, Command, Identity, Request, MAX_REQUEST_BYTES};
+pub use request::{
+    validate_runtime_id, Command, Identity, Request, MAX_IMAGE_REF_BYTES, MAX_REQUEST_BYTES,
+};
 pub use response::{
     truncate_text, Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult,
 };

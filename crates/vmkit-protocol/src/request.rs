@@ -21,7 +21,17 @@ pub struct Request {
     /// (`inspect`, `halt`, `stop`, `kill`, `delete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+    /// The image reference the root disk was built from, as the user gave
+    /// it (`alpine`, `repo@sha256:...`, `oci-layout:DIR`); recorded by
+    /// `prepare` and `run` for listings. Absent: the root disk's path is
+    /// recorded instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
+
+/// Longest image reference a request may carry (a local path inside a
+/// reference can be long; this bounds what a record holds).
+pub const MAX_IMAGE_REF_BYTES: usize = 4096;
 
 /// The commands of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -174,6 +184,19 @@ impl Request {
                 "command {} needs stateDir (or config.stateDir)",
                 self.command.as_str()
             )));
+        }
+        if let Some(image) = &self.image {
+            if image.is_empty() || image.len() > MAX_IMAGE_REF_BYTES {
+                return Err(ProtocolError::invalid(format!(
+                    "image must be 1-{MAX_IMAGE_REF_BYTES} bytes, got {}",
+                    image.len()
+                )));
+            }
+            if image.chars().any(char::is_control) {
+                return Err(ProtocolError::invalid(
+                    "image must not contain control characters",
+                ));
+            }
         }
         if let Some(dir) = &self.state_dir {
             if !dir.starts_with('/') {

@@ -34,6 +34,10 @@ pub struct WorkspaceRecord {
     /// The CLI process driving a one-shot run, so `gc` can tell an orphan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<ProcessRecord>,
+    /// The port the guest's exec service listens on, as its init announced
+    /// in `ready`, while the VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_port: Option<u32>,
     /// The last workload's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<RunResult>,

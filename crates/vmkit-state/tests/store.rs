@@ -31,6 +31,7 @@ fn record(name: &str) -> WorkspaceRecord {
         vmm: None,
         helpers: vec![],
         owner: None,
+        exec_port: None,
         last_result: None,
     }
 }

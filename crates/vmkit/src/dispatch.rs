@@ -49,27 +49,15 @@ pub fn select_backend(requested: Option<BackendKind>) -> Result<BackendChoice, P
     }
 }
 
-/// Builds the backend object for a kind.
-pub fn backend_for(kind: BackendKind) -> Box<dyn Backend> {
-    match lifecycle_for(kind) {
-        Some(lifecycle) => Box::new(lifecycle),
-        None => Box::new(vmkit_apple_vf::AppleVfBackend::new()),
-    }
-}
-
-/// The shared lifecycle over a Linux backend's machine; `None` for apple-vf,
-/// whose lifecycle lives in its supervisor.
-pub(crate) fn lifecycle_for(kind: BackendKind) -> Option<vmkit_lifecycle::Lifecycle> {
-    match kind {
-        BackendKind::Qemu => Some(vmkit_qemu::backend()),
-        BackendKind::Firecracker => Some(vmkit_firecracker::backend()),
-        BackendKind::AppleVf => None,
-    }
+/// Builds the backend for a kind: the same [`crate::Driver`] a
+/// [`crate::Runtime`] uses, without an observer.
+pub fn backend_for(kind: BackendKind) -> Box<dyn crate::Driver> {
+    crate::driver_for(kind, None)
 }
 
 /// Validates a request, hands it to `backend`, and wraps the outcome or
 /// error into a [`Response`]. Never panics on a bad request.
-pub fn dispatch(backend: &dyn Backend, request: &Request) -> Response {
+pub fn dispatch<B: Backend + ?Sized>(backend: &B, request: &Request) -> Response {
     let kind = backend.kind();
     if let Err(e) = request.validate() {
         return Response::failure(kind, e);

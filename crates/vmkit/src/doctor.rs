@@ -23,9 +23,63 @@ pub struct DoctorReport {
     pub ready: bool,
 }
 
-/// Probes the host. `state_dir` is where the kernel would be installed.
+/// Probes the host for the backend `run` would use by default. `state_dir`
+/// is where the kernel would be installed.
 pub fn doctor(state_dir: &Path) -> DoctorReport {
-    let mut checks = Vec::new();
+    doctor_for(state_dir, None)
+}
+
+/// Probes the host for the `requested` backend (the host's default when
+/// `None`), reached through its [`crate::Driver`] as `run` would reach it.
+pub fn doctor_for(state_dir: &Path, requested: Option<BackendKind>) -> DoctorReport {
+    let choice = match crate::select_backend(requested) {
+        Ok(choice) => choice,
+        Err(e) => {
+            let kind = requested.unwrap_or(BackendKind::Qemu);
+            return DoctorReport {
+                checks: vec![item(
+                    "backend",
+                    CheckStatus::Fail,
+                    e.message.clone(),
+                    "use a backend this host runs (doctor without --backend shows the default)",
+                )],
+                backend: kind,
+                accelerator: Accelerator::None,
+                reason: e.message,
+                ready: false,
+            };
+        }
+    };
+    let driver = crate::driver_for(choice.kind, None);
+    let mut checks = vec![match driver.preflight() {
+        Ok(()) => ok("backend", format!("{} ({})", choice.kind, choice.reason)),
+        Err(e) => item(
+            "backend",
+            CheckStatus::Fail,
+            format!("{}: {}", choice.kind, e.message),
+            "install what the message names",
+        ),
+    }];
+    if choice.kind != BackendKind::AppleVf {
+        linux_checks(&mut checks, choice.kind);
+    }
+    kernel_check(&mut checks, state_dir);
+    let (accelerator, reason) = match driver.host() {
+        Ok(host) => (host.accelerator, host.accelerator_reason),
+        Err(e) => (Accelerator::None, e.message),
+    };
+    let ready = checks.iter().all(|c| c.status != CheckStatus::Fail);
+    DoctorReport {
+        checks,
+        backend: choice.kind,
+        accelerator,
+        reason,
+        ready,
+    }
+}
+
+/// KVM and the host tools the Linux backends need.
+fn linux_checks(checks: &mut Vec<CheckItem>, backend: BackendKind) {
     let kvm = probe_kvm();
     checks.push(match kvm.verdict {
         KvmVerdict::Usable => ok("kvm", kvm.detail.clone()),
@@ -49,15 +103,19 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
         ),
     });
 
-    let required = [
-        (Tool::Qemu, "apt-get install qemu-system-x86"),
-        (
-            Tool::VhostDeviceVsock,
-            "cargo install --locked vhost-device-vsock",
-        ),
+    let mut required = vec![
         (Tool::Mke2fs, "apt-get install e2fsprogs"),
         (Tool::Debugfs, "apt-get install e2fsprogs"),
     ];
+    if backend == BackendKind::Qemu {
+        required.extend([
+            (Tool::Qemu, "apt-get install qemu-system-x86"),
+            (
+                Tool::VhostDeviceVsock,
+                "cargo install --locked vhost-device-vsock",
+            ),
+        ]);
+    }
     for (tool, remedy) in required {
         checks.push(match tool_version(tool) {
             Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
@@ -82,24 +140,33 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
             "apt-get install apache2-utils",
         ),
     });
+    // Needed for --backend firecracker, optional otherwise.
+    let missing = if backend == BackendKind::Firecracker {
+        CheckStatus::Fail
+    } else {
+        CheckStatus::Warn
+    };
     checks.push(match tool_version(Tool::Firecracker) {
         Some((path, version)) if kvm.usable() => {
             ok("firecracker", format!("{version} ({})", path.display()))
         }
         Some((path, version)) => item(
             "firecracker",
-            CheckStatus::Warn,
+            missing,
             format!("{version} ({}), but KVM is not usable", path.display()),
             "the firecracker backend needs hardware KVM; use the qemu backend here",
         ),
         None => item(
             "firecracker",
-            CheckStatus::Warn,
-            "not found in PATH (optional: only for --backend firecracker)".into(),
+            missing,
+            "not found in PATH (needed only for --backend firecracker)".into(),
             "install a firecracker release binary into PATH to use --backend firecracker",
         ),
     });
+}
 
+/// Whether a kernel is installed (else `run` builds one first).
+fn kernel_check(checks: &mut Vec<CheckItem>, state_dir: &Path) {
     let kernels = vmkit_kernel::KernelStore::new(state_dir);
     let build = "run `microagent kernel build` (about 5 minutes on 2 cores); `run` also builds it on first use";
     checks.push(match kernels.installed() {
@@ -115,16 +182,6 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
         ),
         Err(e) => item("kernel", CheckStatus::Warn, e.to_string(), build),
     });
-
-    let (accelerator, reason) = vmkit_qemu::choose_accelerator(&kvm);
-    let ready = checks.iter().all(|c| c.status != CheckStatus::Fail);
-    DoctorReport {
-        checks,
-        backend: BackendKind::Qemu,
-        accelerator,
-        reason,
-        ready,
-    }
 }
 
 fn ok(name: &str, detail: String) -> CheckItem {
@@ -142,5 +199,31 @@ fn item(name: &str, status: CheckStatus, detail: String, remedy: &str) -> CheckI
         status,
         detail,
         remedy: Some(remedy.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doctor_reports_the_backend_it_was_asked_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let firecracker = doctor_for(dir.path(), Some(BackendKind::Firecracker));
+        assert_eq!(firecracker.backend, BackendKind::Firecracker);
+        assert!(firecracker.checks.iter().any(|c| c.name == "firecracker"));
+        assert!(!firecracker
+            .checks
+            .iter()
+            .any(|c| c.name == "qemu-system-x86_64"));
+        let qemu = doctor_for(dir.path(), Some(BackendKind::Qemu));
+        assert_eq!(qemu.backend, BackendKind::Qemu);
+        assert_ne!(qemu.accelerator, Accelerator::None);
+        if cfg!(target_os = "linux") {
+            // apple-vf is reached the same way, and refused here with a reason.
+            let vf = doctor_for(dir.path(), Some(BackendKind::AppleVf));
+            assert!(!vf.ready);
+            assert!(vf.reason.contains("does not run on linux"), "{}", vf.reason);
+        }
     }
 }

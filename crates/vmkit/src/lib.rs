@@ -12,6 +12,7 @@
 
 mod dispatch;
 pub mod doctor;
+mod driver;
 mod error;
 mod guest_init;
 mod runtime;
@@ -26,4 +27,5 @@ pub use vmkit_lifecycle::vmm_files::read_console;
 pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 
 pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};
+pub use driver::{driver_for, Driver};
 pub use vmkit_protocol as protocol;

@@ -6,14 +6,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use vmkit_kernel::{BuildEvent, KernelStore};
-use vmkit_lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
+use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 use vmkit_protocol::{
-    Backend, BackendKind, Command, Disk, ErrorCode, Event, Identity, MachineConfig, ProtocolError,
-    Request, RunResult, Workload,
+    BackendKind, Command, Disk, ErrorCode, Event, Identity, MachineConfig, ProtocolError, Request,
+    RunResult, Workload,
 };
 use vmkit_rootfs::{BuildOptions, BuiltRootfs, ImageRef, RootfsBuilder};
 
-use crate::VmkitError;
+use crate::{Driver, VmkitError};
 
 /// The machine a run or workspace gets.
 #[derive(Debug, Clone)]
@@ -47,6 +47,9 @@ pub struct RunParams {
     pub exec: String,
     /// Whole-run deadline, seconds.
     pub timeout_seconds: Option<u64>,
+    /// The image reference the root disk was built from, as the user gave
+    /// it; recorded for listings.
+    pub image: Option<String>,
     /// Keep the workspace afterwards.
     pub keep: bool,
     /// The machine.
@@ -57,7 +60,7 @@ pub struct RunParams {
 pub struct Runtime {
     state_dir: PathBuf,
     backend: BackendKind,
-    lifecycle: Lifecycle,
+    driver: Box<dyn Driver>,
 }
 
 impl Runtime {
@@ -68,27 +71,17 @@ impl Runtime {
         backend: BackendKind,
         observer: Option<Observer>,
     ) -> Result<Self, VmkitError> {
-        let lifecycle = crate::dispatch::lifecycle_for(backend).ok_or_else(|| {
-            ProtocolError::new(
-                ErrorCode::Unavailable,
-                "the apple-vf backend runs only on macOS",
-            )
-        })?;
-        let lifecycle = match observer {
-            Some(o) => lifecycle.with_observer(o),
-            None => lifecycle,
-        };
         Ok(Runtime {
             state_dir: state_dir.into(),
             backend,
-            lifecycle,
+            driver: crate::driver_for(backend, observer),
         })
     }
 
     /// Fails early, with the remedy, when the backend cannot run on this
     /// host: better than finding out after a five-minute kernel build.
     pub fn preflight(&self) -> Result<(), VmkitError> {
-        Ok(self.lifecycle.machine().available()?)
+        Ok(self.driver.preflight()?)
     }
 
     /// The state folder.
@@ -133,6 +126,7 @@ impl Runtime {
         name: &str,
         role: &str,
         config: Option<MachineConfig>,
+        image: Option<&str>,
     ) -> Request {
         Request {
             command,
@@ -144,6 +138,7 @@ impl Runtime {
             },
             config,
             state_dir: Some(self.state_dir.to_string_lossy().into_owned()),
+            image: image.map(str::to_owned),
         }
     }
 
@@ -187,10 +182,7 @@ impl Runtime {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<RunOutput, VmkitError> {
-        let name = params
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("run-{}", &new_id()[..12]));
+        let name = params.name.clone().unwrap_or_else(new_run_name);
         let workload = Workload {
             setup: params.setup.clone(),
             exec: params.exec.clone(),
@@ -200,9 +192,15 @@ impl Runtime {
             timeout_seconds: params.timeout_seconds,
         };
         let config = self.config(kernel, rootfs, &params.machine, Some(workload));
-        let request = self.request(Command::Run, &name, "run", Some(config));
+        let request = self.request(
+            Command::Run,
+            &name,
+            "run",
+            Some(config),
+            params.image.as_deref(),
+        );
         Ok(self
-            .lifecycle
+            .driver
             .run_streaming(&request, params.keep, stdout, stderr)?)
     }
 
@@ -216,7 +214,13 @@ impl Runtime {
         machine: &MachineParams,
     ) -> Result<Event, VmkitError> {
         let config = self.config(kernel, rootfs, machine, None);
-        let request = self.request(Command::Prepare, name, image, Some(config));
+        let request = self.request(
+            Command::Prepare,
+            name,
+            "workspace",
+            Some(config),
+            Some(image),
+        );
         self.call(&request)
     }
 
@@ -232,7 +236,7 @@ impl Runtime {
         })?;
         let mut config = record.config;
         config.state_dir = self.state_dir.to_string_lossy().into_owned();
-        self.call(&self.request(Command::Start, name, "workspace", Some(config)))
+        self.call(&self.request(Command::Start, name, "workspace", Some(config), None))
     }
 
     /// Runs a command in a running workspace.
@@ -244,23 +248,23 @@ impl Runtime {
         stderr: &mut dyn Write,
     ) -> Result<RunResult, VmkitError> {
         Ok(self
-            .lifecycle
+            .driver
             .exec_streaming(&self.state_dir, name, options, stdout, stderr)?)
     }
 
     /// Clean shutdown; disk kept.
     pub fn halt(&self, name: &str) -> Result<Event, VmkitError> {
-        self.call(&self.request(Command::Halt, name, "workspace", None))
+        self.call(&self.request(Command::Halt, name, "workspace", None, None))
     }
 
     /// Stop, forcibly after a grace period; disk kept.
     pub fn stop(&self, name: &str) -> Result<Event, VmkitError> {
-        self.call(&self.request(Command::Stop, name, "workspace", None))
+        self.call(&self.request(Command::Stop, name, "workspace", None, None))
     }
 
     /// Kill at once; disk kept.
     pub fn kill(&self, name: &str) -> Result<Event, VmkitError> {
-        self.call(&self.request(Command::Kill, name, "workspace", None))
+        self.call(&self.request(Command::Kill, name, "workspace", None, None))
     }
 
     /// Removes a workspace; with `force`, kills its VM first.
@@ -268,7 +272,7 @@ impl Runtime {
         if force {
             self.kill(name)?;
         }
-        let request = self.request(Command::Delete, name, "workspace", None);
+        let request = self.request(Command::Delete, name, "workspace", None, None);
         self.call_outcome(&request).map(|_| ())
     }
 
@@ -285,11 +289,11 @@ impl Runtime {
 
     /// Cleans up VMs whose driving command died; returns their names.
     pub fn gc(&self) -> Result<Vec<String>, VmkitError> {
-        Ok(self.lifecycle.gc(&self.state_dir)?)
+        Ok(self.driver.gc(&self.state_dir)?)
     }
 
     fn call_outcome(&self, request: &Request) -> Result<vmkit_protocol::Response, VmkitError> {
-        let response = crate::dispatch(&self.lifecycle as &dyn Backend, request);
+        let response = crate::dispatch(self.driver.as_ref(), request);
         match response.error {
             Some(e) => Err(e.into()),
             None => Ok(response),

@@ -55,6 +55,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         setup: args.setup.clone(),
         exec: args.exec.clone(),
         timeout_seconds: args.timeout,
+        image: Some(args.image.clone()),
         keep: args.keep,
         machine: machine_params(&args.machine),
     };
@@ -77,17 +78,20 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         )
     };
     if interrupt.stop() {
+        if global.json {
+            let line = json!({
+                "type": "interrupted",
+                "name": name,
+                "exitCode": exit::INTERRUPTED,
+                "exitCodeSource": exit::Source::Microagent.as_str(),
+            });
+            println!("{line}");
+        }
         eprintln!("microagent: interrupted; the VM was stopped and removed");
         return Ok(exit::INTERRUPTED);
     }
     let output = output.map_err(exit::classify)?;
-    let code = if output.result.timed_out {
-        exit::TIMEOUT
-    } else if output.setup_failed.is_some() {
-        exit::SETUP_FAILED
-    } else {
-        exit::code_of(&output.result)
-    };
+    let (code, source) = exit::code_of(&output.result, output.setup_failed.is_some());
     if global.json {
         let setup = output
             .setup_failed
@@ -96,7 +100,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         print_result(
             &name,
             &output.result,
-            code,
+            (code, source),
             json!({"timedOut": output.result.timed_out, "setupFailed": setup}),
         );
     } else if output.result.timed_out {

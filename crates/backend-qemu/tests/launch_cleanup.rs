@@ -1,0 +1,74 @@
+//! A QEMU launch that fails after any of its steps leaves no process
+//! behind: each step in turn is made to fail, and the test process must
+//! then have no children. (Its own test binary, so no other test's
+//! children are counted.)
+
+use std::path::Path;
+
+use vmkit_lifecycle::{BootPlan, Machine, WorkspacePaths, INJECTED_FAILURE};
+use vmkit_protocol::MachineConfig;
+use vmkit_qemu::QemuMachine;
+
+/// The pids of this process's children, over all its threads.
+fn children() -> Vec<String> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        pids.extend(text.split_whitespace().map(str::to_owned));
+    }
+    pids
+}
+
+fn plan(dir: &Path) -> BootPlan {
+    let paths = WorkspacePaths::new(dir).unwrap();
+    BootPlan {
+        config: MachineConfig {
+            // QEMU starts and then fails to load it: the launch itself
+            // (processes up) is what is tested, not a boot.
+            kernel_path: dir.join("no-kernel").to_string_lossy().into(),
+            rootfs_path: paths.disk.to_string_lossy().into(),
+            state_dir: dir.to_string_lossy().into(),
+            memory_mib: 128,
+            cpu_count: 1,
+            disks: vec![],
+            kernel_args: None,
+            hostname: None,
+            workload: None,
+        },
+        root_disk: paths.disk.clone(),
+        paths,
+        kernel_args: String::new(),
+        detached: false,
+    }
+}
+
+#[test]
+fn a_launch_failing_after_any_step_leaves_no_process() {
+    let dir = tempfile::Builder::new()
+        .prefix("qc")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let plan = plan(dir.path());
+    assert!(children().is_empty());
+    let mut step = 0;
+    loop {
+        match QemuMachine::failing_at_step(step).launch(&plan) {
+            Err(e) => {
+                assert!(e.message.starts_with(INJECTED_FAILURE), "{}", e.message);
+                assert_eq!(children(), Vec::<String>::new(), "after {}", e.message);
+                assert!(!dir.path().join("vhost.sock").exists());
+                step += 1;
+            }
+            Ok(mut launched) => {
+                // Past the last step: a real launch, whose processes are up.
+                assert!(!children().is_empty());
+                launched.shut_down();
+                assert!(children().is_empty());
+                break;
+            }
+        }
+    }
+    // vhost-device-vsock started, its socket ready, the relay, QEMU.
+    assert_eq!(step, 4);
+}
