@@ -14,9 +14,11 @@ Examples:
   microagent exec ws -- sh -c 'echo hi > /root/note'
   microagent halt ws && microagent start ws && microagent delete --force ws
 
-Exit codes of run and exec: the guest command's own (128+N if killed by signal N);
-124 timeout, 125 microagent failed, 126 a --setup command failed, 127 the VM did not
-boot, 130 interrupted.";
+Exit codes of run and exec: the guest command's own, 0-255, unchanged (128+N if
+killed by signal N). microagent's own outcomes: 124 timeout, 125 microagent failed,
+126 a --setup command failed, 127 the VM did not boot, 130 interrupted. A guest
+command may exit with those codes too; with --json the result line's
+\"exitCodeSource\" says which: \"guest\" or \"microagent\".";
 
 /// Run AI-agent workloads in Linux microVMs.
 ///
@@ -58,17 +60,21 @@ pub struct Global {
 
 impl Cli {
     /// Resolves the global options (default state dir: `~/.microagent`).
-    pub fn global(&self) -> Global {
+    /// The state folder is made absolute here, once: every request and
+    /// record below holds absolute paths.
+    pub fn global(&self) -> anyhow::Result<Global> {
         let state_dir = self.state_dir.clone().unwrap_or_else(|| {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/root"));
             home.join(".microagent")
         });
-        Global {
+        let state_dir = std::path::absolute(&state_dir)
+            .map_err(|e| anyhow::anyhow!("--state-dir {}: {e}", state_dir.display()))?;
+        Ok(Global {
             json: self.json,
             state_dir,
-        }
+        })
     }
 }
 
@@ -76,9 +82,10 @@ impl Cli {
 pub enum Command {
     /// Run commands in a fresh microVM from an image, then tear it down (unless --keep).
     ///
-    /// Exits with the guest command's exit code; 124 on --timeout, 125 when
-    /// microagent itself fails, 126 when a --setup command fails, 127 when the
-    /// VM does not boot.
+    /// Exits with the guest command's exit code (0-255, unchanged); 124 on
+    /// --timeout, 125 when microagent itself fails, 126 when a --setup command
+    /// fails, 127 when the VM does not boot. With --json the result line's
+    /// exitCodeSource says whether the code is the guest's or microagent's.
     Run(commands::run::RunArgs),
     /// Create a workspace (prepared, not booted) from an image.
     Create(commands::workspace::CreateArgs),

@@ -1,5 +1,9 @@
-//! Exit codes. The guest command's own code passes through unchanged (0-255);
-//! microagent's own failures use the codes Docker users know.
+//! Exit codes. The guest command's own code passes through unchanged
+//! (0-255, 128+N when killed by signal N); microagent's own outcomes use the
+//! codes Docker and timeout(1) users know (124-127, 130). A guest command can
+//! exit with those too, so the code alone is ambiguous there: the JSON
+//! result and error lines say which side the code came from
+//! ([`Source`], `exitCodeSource`).
 
 use vmkit::protocol::RunResult;
 use vmkit::VmkitError;
@@ -14,6 +18,26 @@ pub const SETUP_FAILED: u8 = 126;
 pub const BOOT_FAILED: u8 = 127;
 /// Interrupted by Ctrl-C (or SIGTERM/SIGHUP): 128 + SIGINT, as shells do.
 pub const INTERRUPTED: u8 = 130;
+
+/// Which side an exit code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The guest command's own exit code (or 128 + its signal).
+    Guest,
+    /// microagent's: timeout, its own failure, a failed setup, no boot,
+    /// interrupted.
+    Microagent,
+}
+
+impl Source {
+    /// The JSON spelling (`exitCodeSource`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Guest => "guest",
+            Source::Microagent => "microagent",
+        }
+    }
+}
 
 /// A library error that knows its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +64,21 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         .map_or(INTERNAL, |c| c.code)
 }
 
-/// The shell's convention: the exit code, or 128 + the signal.
-pub fn code_of(result: &RunResult) -> u8 {
+/// The exit code for a finished command and where it came from: the
+/// guest's own (the shell's convention: its code, or 128 + the signal),
+/// else microagent's ([`TIMEOUT`], [`SETUP_FAILED`], or [`INTERNAL`] when the
+/// guest reported neither code nor signal).
+pub fn code_of(result: &RunResult, setup_failed: bool) -> (u8, Source) {
+    if result.timed_out {
+        return (TIMEOUT, Source::Microagent);
+    }
+    if setup_failed {
+        return (SETUP_FAILED, Source::Microagent);
+    }
     match (result.exit_code, result.signal) {
-        (Some(code), _) => (code & 0xff) as u8,
-        (None, Some(sig)) => (128 + (sig & 0x7f)) as u8,
-        (None, None) => INTERNAL,
+        (Some(code), _) => ((code & 0xff) as u8, Source::Guest),
+        (None, Some(sig)) => ((128 + (sig & 0x7f)) as u8, Source::Guest),
+        (None, None) => (INTERNAL, Source::Microagent),
     }
 }
 
@@ -56,5 +89,47 @@ pub fn describe(result: &RunResult) -> String {
         (None, Some(s), _) => format!("killed by signal {s}"),
         (None, None, Some(e)) => e.clone(),
         (None, None, None) => "no result".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i32) -> RunResult {
+        RunResult {
+            exit_code: Some(code),
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn guest_codes_pass_through_and_say_so_even_where_ours_live() {
+        for code in [0, 1, 123, 124, 125, 126, 127, 130, 255] {
+            assert_eq!(code_of(&exited(code), false), (code as u8, Source::Guest));
+        }
+        let killed = RunResult {
+            signal: Some(9),
+            ..RunResult::default()
+        };
+        assert_eq!(code_of(&killed, false), (137, Source::Guest));
+    }
+
+    #[test]
+    fn our_outcomes_are_ours() {
+        let timed_out = RunResult {
+            signal: Some(9),
+            timed_out: true,
+            ..RunResult::default()
+        };
+        assert_eq!(code_of(&timed_out, false), (TIMEOUT, Source::Microagent));
+        assert_eq!(
+            code_of(&exited(3), true),
+            (SETUP_FAILED, Source::Microagent)
+        );
+        assert_eq!(
+            code_of(&RunResult::default(), false),
+            (INTERNAL, Source::Microagent)
+        );
     }
 }

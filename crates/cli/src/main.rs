@@ -15,18 +15,22 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let global = cli.global();
     init_tracing(cli.verbose);
-    match commands::dispatch(cli.command, &global) {
+    let json = cli.json;
+    match cli
+        .global()
+        .and_then(|global| commands::dispatch(cli.command, &global))
+    {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let code = exit::code_for(&err);
             let message = error_chain(&err);
-            if global.json {
+            if json {
                 let line = serde_json::json!({
                     "type": "error",
                     "error": message,
                     "exitCode": code,
+                    "exitCodeSource": exit::Source::Microagent.as_str(),
                 });
                 println!("{line}");
             } else {

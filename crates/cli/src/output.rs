@@ -7,6 +7,8 @@ use serde_json::json;
 use vmkit::protocol::{Event, RunResult};
 use vmkit::Observer;
 
+use crate::exit::Source;
+
 /// Prints events as JSON lines (with `--json`) as they happen.
 pub fn event_observer(json: bool) -> Option<Observer> {
     json.then(|| {
@@ -46,12 +48,19 @@ impl Write for JsonStream {
     }
 }
 
-/// Prints a command's outcome as the final JSON line.
-pub fn print_result(name: &str, result: &RunResult, exit_code: u8, extra: serde_json::Value) {
+/// Prints a command's outcome as the final JSON line; `source` says whether
+/// the exit code is the guest's or microagent's own.
+pub fn print_result(
+    name: &str,
+    result: &RunResult,
+    (exit_code, source): (u8, Source),
+    extra: serde_json::Value,
+) {
     let mut line = json!({
         "type": "result",
         "name": name,
         "exitCode": exit_code,
+        "exitCodeSource": source.as_str(),
         "result": result,
     });
     if let (Some(obj), Some(extra)) = (line.as_object_mut(), extra.as_object()) {

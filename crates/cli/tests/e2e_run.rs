@@ -48,11 +48,12 @@ fn run_json_gives_the_same_as_structured_lines() {
             "--setup",
             "echo hi > /tmp/x",
             "--exec",
-            "cat /tmp/x; echo err >&2; exit 7",
+            // 125 is also microagent's own failure code: the JSON says whose.
+            "cat /tmp/x; echo err >&2; exit 125",
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     let lines = json_lines(&out);
     let data = |kind: &str| -> String {
         lines
@@ -75,8 +76,9 @@ fn run_json_gives_the_same_as_structured_lines() {
     );
     let result = lines.last().unwrap();
     assert_eq!(result["type"], "result");
-    assert_eq!(result["exitCode"], 7);
-    assert_eq!(result["result"]["exitCode"], 7);
+    assert_eq!(result["exitCode"], 125);
+    assert_eq!(result["exitCodeSource"], "guest");
+    assert_eq!(result["result"]["exitCode"], 125);
     assert!(result["result"]["startedAt"].is_string());
 }
 
@@ -174,8 +176,60 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         "{}",
         describe(&out)
     );
+    // With --json, the error line says the code is microagent's own.
+    let out = env
+        .cmd()
+        .arg("--json")
+        .arg("run")
+        .args(["--image", &env.image, "--memory", "1", "--exec", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    let lines = json_lines(&out);
+    let error = lines.last().unwrap();
+    assert_eq!(error["type"], "error", "{lines:?}");
+    assert_eq!(error["exitCode"], 125);
+    assert_eq!(error["exitCodeSource"], "microagent");
     let ws = env.state_path().join("workspaces");
     assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
+}
+
+#[test]
+fn an_absurd_timeout_is_refused_before_booting() {
+    let env = Env::new();
+    let out = env.run(&["--timeout", "18446744073709551615", "--exec", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timeoutSeconds must be between"),
+        "{}",
+        describe(&out)
+    );
+    let ws = env.state_path().join("workspaces");
+    assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
+}
+
+#[test]
+fn a_relative_state_dir_is_made_absolute_once() {
+    let env = Env::new();
+    // From inside the state folder's parent, name it relatively.
+    let parent = env.state_path().parent().unwrap();
+    let relative = env.state_path().file_name().unwrap();
+    let out = env
+        .cmd()
+        .env_remove("MICROAGENT_STATE_DIR")
+        .current_dir(parent)
+        .arg("--state-dir")
+        .arg(relative)
+        .args(["kill", "nosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"nosuch\" does not exist"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

@@ -241,3 +241,63 @@ fn console_escapes_reach_the_terminal_only_with_logs_raw() {
     assert!(raw.contains("before\x1b]52;c;cHduZWQ=\x07after"), "{raw}");
     env.ok(&["delete", "esc"]);
 }
+
+#[test]
+fn images_are_recorded_as_given_even_long_ones_in_a_state_path_with_a_comma() {
+    let env = Env::new();
+    // A comma in the state folder's path: QEMU splits its options on commas.
+    let state = tempfile::Builder::new()
+        .prefix("ma,")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.env("MICROAGENT_STATE_DIR", state.path());
+        c
+    };
+    // A reference longer than the 64 characters identity.role allows.
+    let images = tempfile::tempdir().unwrap();
+    let layout = images
+        .path()
+        .join("an-image-folder-whose-name-alone-is-longer-than-sixty-four-characters");
+    vmkit_testkit::images::busybox_oci_layout(&layout, "latest");
+    let long = format!("oci-layout:{}:latest", layout.display());
+    let out = cmd()
+        .args(["create", "ws", "--image", &long, "--kernel"])
+        .arg(&env.kernel)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = cmd()
+        .args(["run", "--keep", "--name", "kept", "--image", &env.image])
+        .arg("--kernel")
+        .arg(&env.kernel)
+        .args(["--exec", "echo booted"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "booted\n");
+    let out = cmd().args(["--json", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut recorded: Vec<(String, String)> = json_lines(&out)
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["image"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        [
+            ("kept".to_owned(), env.image.clone()),
+            ("ws".to_owned(), long)
+        ]
+    );
+    for name in ["kept", "ws"] {
+        let out = cmd().args(["delete", name]).output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+}

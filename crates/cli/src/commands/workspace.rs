@@ -288,16 +288,12 @@ pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
     }
     .map_err(exit::classify)?;
     let timed_out = result.timed_out;
-    let code = if timed_out {
-        exit::TIMEOUT
-    } else {
-        exit::code_of(&result)
-    };
+    let (code, source) = exit::code_of(&result, false);
     if global.json {
         crate::output::print_result(
             &args.name,
             &result,
-            code,
+            (code, source),
             serde_json::json!({"timedOut": timed_out}),
         );
     } else if timed_out {
