@@ -1,14 +1,22 @@
 //! Just enough ELF reading to tell a bootable x86_64 `vmlinux` from
-//! anything else. Input is untrusted (a user's file): every offset and count
+//! anything else, and a static executable (a guest init) from a dynamic
+//! one. Input is untrusted (a user's file): every offset and count
 //! is bounded before use and nothing here panics on malformed data.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const EM_X86_64: u16 = 62;
+/// `e_machine` of x86_64.
+pub const EM_X86_64: u16 = 62;
+/// `e_machine` of arm64.
+pub const EM_AARCH64: u16 = 183;
 const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+const PT_INTERP: u32 = 3;
 const PT_NOTE: u32 = 4;
+/// Longest program interpreter path read (Linux allows PATH_MAX).
+const MAX_INTERP: u64 = 4096;
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point QEMU's `-kernel` and
 /// Firecracker use to start an uncompressed vmlinux.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
@@ -24,78 +32,130 @@ pub struct ElfInfo {
     pub pvh_entry: bool,
 }
 
+/// The fields of a little-endian ELF64 header that the checks here use.
+struct Header {
+    e_type: u16,
+    e_machine: u16,
+    phoff: u64,
+    phentsize: u16,
+    phnum: u16,
+}
+
+/// One program header: its type and where its bytes are in the file.
+struct ProgramHeader {
+    p_type: u32,
+    offset: u64,
+    filesz: u64,
+}
+
+/// Reads and bounds the header of a little-endian 64-bit ELF file of
+/// `len` bytes. `what` names the expected kind of file in errors.
+fn read_header(file: &File, len: u64, what: &str) -> Result<Header, String> {
+    let mut hdr = [0u8; 64];
+    let head = hdr.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+    read_exact_at(file, &mut hdr[..head], 0)?;
+    if head >= 4 && &hdr[..4] != b"\x7fELF" {
+        return Err("it is not an ELF file".into());
+    }
+    if head < hdr.len() {
+        return Err(format!("it is {len} bytes long, too short to be {what}"));
+    }
+    if hdr[4] != 2 {
+        return Err(format!("it is a 32-bit ELF file; {what} must be 64-bit"));
+    }
+    if hdr[5] != 1 {
+        return Err(format!(
+            "it is a big-endian ELF file; {what} must be little-endian"
+        ));
+    }
+    let header = Header {
+        e_type: u16::from_le_bytes([hdr[16], hdr[17]]),
+        e_machine: u16::from_le_bytes([hdr[18], hdr[19]]),
+        phoff: u64::from_le_bytes(hdr[32..40].try_into().expect("8 bytes")),
+        phentsize: u16::from_le_bytes([hdr[54], hdr[55]]),
+        phnum: u16::from_le_bytes([hdr[56], hdr[57]]),
+    };
+    if header.phnum == 0 || header.phnum > MAX_PHNUM || header.phentsize < 56 {
+        return Err(format!(
+            "its program header table is implausible ({} entries of {} bytes)",
+            header.phnum, header.phentsize
+        ));
+    }
+    Ok(header)
+}
+
+/// Reads the program headers, each checked to lie inside the file.
+fn program_headers(file: &File, len: u64, h: &Header) -> Result<Vec<ProgramHeader>, String> {
+    (0..u64::from(h.phnum))
+        .map(|i| {
+            let off = i
+                .checked_mul(u64::from(h.phentsize))
+                .and_then(|o| o.checked_add(h.phoff))
+                .filter(|o| o.checked_add(56).is_some_and(|end| end <= len))
+                .ok_or_else(|| "its program header table lies outside the file".to_string())?;
+            let mut ph = [0u8; 56];
+            read_exact_at(file, &mut ph, off)?;
+            let segment = ProgramHeader {
+                p_type: u32::from_le_bytes(ph[0..4].try_into().expect("4 bytes")),
+                offset: u64::from_le_bytes(ph[8..16].try_into().expect("8 bytes")),
+                filesz: u64::from_le_bytes(ph[32..40].try_into().expect("8 bytes")),
+            };
+            if segment
+                .offset
+                .checked_add(segment.filesz)
+                .is_none_or(|e| e > len)
+            {
+                return Err("a segment lies outside the file".to_string());
+            }
+            Ok(segment)
+        })
+        .collect()
+}
+
+fn file_len(file: &File) -> Result<u64, String> {
+    Ok(file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?
+        .len())
+}
+
 /// Checks that `file` is a little-endian 64-bit x86_64 executable ELF with
 /// a PVH entry note. The error is a sentence for the user.
 pub fn check_x86_64_vmlinux(file: &File, path: &Path) -> Result<ElfInfo, String> {
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat it: {e}"))?
-        .len();
-    let mut hdr = [0u8; 64];
-    if len < hdr.len() as u64 {
-        return Err(format!(
-            "it is {len} bytes long, too short to be an ELF kernel image"
-        ));
-    }
-    read_exact_at(file, &mut hdr, 0)?;
-    if &hdr[..4] != b"\x7fELF" {
+    let len = file_len(file)?;
+    let header = read_header(file, len, "an x86_64 vmlinux").map_err(|e| {
         // The x86 boot protocol puts "HdrS" at 0x202 of a bzImage.
         let mut magic = [0u8; 4];
         let is_bzimage =
             len >= 0x206 && file.read_exact_at(&mut magic, 0x202).is_ok() && &magic == b"HdrS";
-        let hint = if is_bzimage {
-            " (it looks like a compressed bzImage; pass the uncompressed vmlinux from the kernel build tree)"
+        if is_bzimage {
+            format!("{e} (it looks like a compressed bzImage; pass the uncompressed vmlinux from the kernel build tree)")
         } else {
-            ""
-        };
-        return Err(format!("it is not an ELF file{hint}"));
-    }
-    if hdr[4] != 2 {
-        return Err("it is a 32-bit ELF file; a 64-bit x86_64 vmlinux is needed".into());
-    }
-    if hdr[5] != 1 {
-        return Err("it is a big-endian ELF file; an x86_64 vmlinux is needed".into());
-    }
-    let e_type = u16::from_le_bytes([hdr[16], hdr[17]]);
-    let e_machine = u16::from_le_bytes([hdr[18], hdr[19]]);
-    if e_machine != EM_X86_64 {
+            e
+        }
+    })?;
+    if header.e_machine != EM_X86_64 {
         return Err(format!(
-            "it is an ELF file for machine {e_machine}, not x86_64 ({EM_X86_64})"
+            "it is an ELF file for machine {}, not x86_64 ({EM_X86_64})",
+            header.e_machine
         ));
     }
-    if e_type != ET_EXEC {
+    if header.e_type != ET_EXEC {
         return Err(format!(
-            "it is an ELF file of type {e_type}, not an executable (2) like a vmlinux"
-        ));
-    }
-    let e_phoff = u64::from_le_bytes(hdr[32..40].try_into().expect("8 bytes"));
-    let e_phentsize = u16::from_le_bytes([hdr[54], hdr[55]]);
-    let e_phnum = u16::from_le_bytes([hdr[56], hdr[57]]);
-    if e_phnum == 0 || e_phnum > MAX_PHNUM || e_phentsize < 56 {
-        return Err(format!(
-            "its program header table is implausible ({e_phnum} entries of {e_phentsize} bytes)"
+            "it is an ELF file of type {}, not an executable (2) like a vmlinux",
+            header.e_type
         ));
     }
     let mut pvh_entry = false;
-    for i in 0..u64::from(e_phnum) {
-        let off = i
-            .checked_mul(u64::from(e_phentsize))
-            .and_then(|o| o.checked_add(e_phoff))
-            .filter(|o| o.checked_add(56).is_some_and(|end| end <= len))
-            .ok_or_else(|| "its program header table lies outside the file".to_string())?;
-        let mut ph = [0u8; 56];
-        read_exact_at(file, &mut ph, off)?;
-        let p_type = u32::from_le_bytes(ph[0..4].try_into().expect("4 bytes"));
-        if p_type != PT_NOTE {
+    for segment in program_headers(file, len, &header)? {
+        if segment.p_type != PT_NOTE {
             continue;
         }
-        let p_offset = u64::from_le_bytes(ph[8..16].try_into().expect("8 bytes"));
-        let p_filesz = u64::from_le_bytes(ph[32..40].try_into().expect("8 bytes"));
-        if p_filesz > MAX_NOTE_SEGMENT || p_offset.checked_add(p_filesz).is_none_or(|e| e > len) {
-            return Err("a note segment lies outside the file".into());
+        if segment.filesz > MAX_NOTE_SEGMENT {
+            return Err("a note segment is implausibly large".into());
         }
-        let mut notes = vec![0u8; p_filesz as usize];
-        read_exact_at(file, &mut notes, p_offset)?;
+        let mut notes = vec![0u8; segment.filesz as usize];
+        read_exact_at(file, &mut notes, segment.offset)?;
         if has_pvh_note(&notes) {
             pvh_entry = true;
         }
@@ -107,6 +167,46 @@ pub fn check_x86_64_vmlinux(file: &File, path: &Path) -> Result<ElfInfo, String>
         ));
     }
     Ok(ElfInfo { pvh_entry })
+}
+
+/// How an ELF executable runs: for which machine, and with which program
+/// interpreter (`PT_INTERP`, the dynamic loader); a static binary has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executable {
+    /// `e_machine` ([`EM_X86_64`], [`EM_AARCH64`], ...).
+    pub machine: u16,
+    /// The requested program interpreter, if any.
+    pub interpreter: Option<String>,
+}
+
+/// Reads an ELF64 executable's (`ET_EXEC`, or `ET_DYN` for static-pie)
+/// machine and program interpreter. The error is a sentence for the user.
+pub fn read_executable(file: &File) -> Result<Executable, String> {
+    let len = file_len(file)?;
+    let header = read_header(file, len, "an executable")?;
+    if header.e_type != ET_EXEC && header.e_type != ET_DYN {
+        return Err(format!(
+            "it is an ELF file of type {}, not an executable",
+            header.e_type
+        ));
+    }
+    let mut interpreter = None;
+    for segment in program_headers(file, len, &header)? {
+        if segment.p_type != PT_INTERP {
+            continue;
+        }
+        if segment.filesz > MAX_INTERP {
+            return Err("its program interpreter path is implausibly long".into());
+        }
+        let mut path = vec![0u8; segment.filesz as usize];
+        read_exact_at(file, &mut path, segment.offset)?;
+        let path = path.strip_suffix(b"\0").unwrap_or(&path);
+        interpreter = Some(String::from_utf8_lossy(path).into_owned());
+    }
+    Ok(Executable {
+        machine: header.e_machine,
+        interpreter,
+    })
 }
 
 /// Walks ELF notes (`namesz, descsz, type, name, desc`, each padded to 4).
@@ -201,11 +301,29 @@ pub(crate) mod tests {
             .contains("PVH"));
         assert!(check(b"#!/bin/sh\necho hi\n")
             .unwrap_err()
-            .contains("too short"));
+            .contains("not an ELF"));
+        assert!(check(b"\x7fELF\x02\x01").unwrap_err().contains("too short"));
         assert!(check(&[b'x'; 4096]).unwrap_err().contains("not an ELF"));
         let mut bz = vec![0u8; 4096];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert!(check(&bz).unwrap_err().contains("bzImage"));
+    }
+
+    #[test]
+    fn executables_report_their_interpreter() {
+        let read = |p: &str| read_executable(&File::open(p).unwrap());
+        // busybox-static is static; /bin/ls on Debian is not.
+        let busybox = read("/bin/busybox").unwrap();
+        assert_eq!(busybox.interpreter, None);
+        assert_eq!(busybox.machine, EM_X86_64);
+        let ls = read("/bin/ls").unwrap();
+        assert!(ls.interpreter.unwrap().contains("ld-linux"));
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"#!/bin/sh\n").unwrap();
+        assert!(read_executable(&f).unwrap_err().contains("not an ELF"));
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[b'x'; 4096]).unwrap();
+        assert!(read_executable(&f).unwrap_err().contains("not an ELF"));
     }
 
     #[test]

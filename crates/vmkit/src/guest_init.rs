@@ -61,12 +61,12 @@ fn check_static(path: &Path) -> Result<(), String> {
     if len > MAX_INIT_BYTES {
         return Err(format!("{len} bytes is too large for a guest init"));
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| format!("not an ELF executable: {e}"))?;
-    if elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let exe = vmkit_kernel::elf::read_executable(&file)?;
+    if exe.machine != vmkit_kernel::elf::EM_X86_64 {
         return Err("not an x86_64 executable".into());
     }
-    if let Some(interp) = elf.interpreter {
+    if let Some(interp) = exe.interpreter {
         return Err(format!("dynamically linked (needs {interp})"));
     }
     Ok(())
