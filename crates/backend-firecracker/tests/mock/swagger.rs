@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// A matched path: its template, its path item, its parameter values.
 type Route<'a> = (&'a str, &'a Value, Vec<(String, String)>);
@@ -23,36 +24,65 @@ pub struct Spec {
 /// Keywords that describe and never constrain.
 const ANNOTATIONS: &[&str] = &["description", "default", "example", "title"];
 
-/// Where the contract lives: Firecracker's own swagger file, vendored from
-/// `shared/reference/` into `tests/contract/` so the tests never depend on
-/// what is beside the checkout. When `shared/reference/` is there too (as
-/// in CI), the copy must still match it: see [`check_vendored_copy`].
+/// Where the contract lives: Firecracker's own swagger file from
+/// `shared/reference/`, converted once from YAML to JSON into
+/// `tests/contract/` so the tests never depend on what is beside the
+/// checkout. The copy must still be of the reference file: see
+/// [`check_vendored_copy`].
 pub fn spec_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIRECRACKER_API_YAML") {
+    if let Some(p) = std::env::var_os("FIRECRACKER_API_JSON") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/contract/firecracker-api.yaml")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/contract/firecracker-api.json")
 }
 
-/// The `shared/reference/` copy above the repository, if there is one.
-pub fn shared_copy() -> Option<PathBuf> {
+/// The reference swagger file: `$MICROAGENT_SHARED_DIR/reference/...`, else
+/// `shared/reference/...` in the nearest folder above the crate that has
+/// one (a clone with `shared/` beside it, as in CI, or a worktree below the
+/// folder that holds `shared/`).
+pub fn shared_copy() -> Result<PathBuf, String> {
+    const FILE: &str = "reference/firecracker-api.yaml";
+    if let Some(dir) = std::env::var_os("MICROAGENT_SHARED_DIR") {
+        let p = Path::new(&dir).join(FILE);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "MICROAGENT_SHARED_DIR is set but {} is not a file",
+                p.display()
+            ))
+        };
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
-        .map(|dir| dir.join("shared/reference/firecracker-api.yaml"))
+        .map(|dir| dir.join("shared").join(FILE))
         .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no shared/{FILE} above {}: put the shared/ folder beside the checkout (as CI does) or set MICROAGENT_SHARED_DIR",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        })
 }
 
-/// Panics when the vendored contract differs from the reference copy.
+/// Panics when the reference file is missing or is not the one the
+/// vendored JSON was converted from (its SHA-256 is kept beside it).
 pub fn check_vendored_copy() {
-    if let Some(shared) = shared_copy() {
-        let ours = std::fs::read(spec_path()).expect("vendored contract");
-        let theirs = std::fs::read(&shared).expect("shared contract");
-        assert!(
-            ours == theirs,
-            "tests/contract/firecracker-api.yaml differs from {}: copy the new contract in",
-            shared.display()
-        );
-    }
+    let shared = shared_copy().unwrap_or_else(|e| panic!("{e}"));
+    let reference = std::fs::read(&shared).expect("shared contract");
+    let digest: String = Sha256::digest(&reference)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let record =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/contract/firecracker-api.yaml.sha256");
+    let recorded = std::fs::read_to_string(&record).expect("recorded digest");
+    assert!(
+        recorded.split_whitespace().next() == Some(digest.as_str()),
+        "{} changed (sha256 {digest}); convert it to tests/contract/firecracker-api.json again and record its digest in {}",
+        shared.display(),
+        record.display()
+    );
 }
 
 impl Spec {
@@ -64,9 +94,9 @@ impl Spec {
         Spec::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Parses swagger YAML.
+    /// Parses the swagger document (JSON).
     pub fn parse(text: &str) -> Result<Spec, String> {
-        let root: Value = serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+        let root: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         if root["swagger"] != "2.0" {
             return Err("not a swagger 2.0 document".into());
         }
