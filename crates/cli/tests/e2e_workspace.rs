@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{describe, json_lines, processes_mentioning, Env};
@@ -109,13 +110,30 @@ fn concurrent_lifecycle_commands_are_serialised_by_the_lock() {
             .spawn()
             .unwrap()
     };
+    // Follow the event log, and send delete once start has recorded
+    // `starting`: start holds the lock from before that event until done.
+    let mut follow = spawn(&["--json", "events", "--follow", "shared"]);
     let start = spawn(&["start", "shared"]);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut events = BufReader::new(follow.stdout.take().unwrap()).lines();
+    loop {
+        let line = events.next().expect("the event log ended").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["state"] == "starting" {
+            break;
+        }
+    }
     let delete = spawn(&["delete", "shared"]);
     let start = start.wait_with_output().unwrap();
     let delete = delete.wait_with_output().unwrap();
     assert!(start.status.success(), "{}", describe(&start));
     assert!(!delete.status.success(), "{}", describe(&delete));
+    assert!(
+        String::from_utf8_lossy(&delete.stderr).contains("stop it first"),
+        "{}",
+        describe(&delete)
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
     let record: serde_json::Value =
         serde_json::from_slice(&env.ok(&["--json", "status", "shared"]).stdout).unwrap();
     assert_eq!(record["state"], "running");

@@ -159,12 +159,15 @@ fn a_command_that_never_exits_is_killed_at_its_timeout() {
     assert!(r.error.unwrap().contains("timed out"));
     assert!(start.elapsed() < Duration::from_secs(5));
 
-    // One that ignores SIGTERM gets SIGKILL after the grace period.
+    // One that ignores SIGTERM gets SIGKILL after the grace period. The
+    // deadline leaves the shell ample time to set its trap, and the output
+    // shows it did: SIGKILL then proves the escalation, not a race.
     let req = ExecRequest {
-        timeout_ms: Some(200),
-        ..ExecRequest::shell("trap '' TERM; while :; do sleep 0.05; done")
+        timeout_ms: Some(1000),
+        ..ExecRequest::shell("trap '' TERM; echo trapped; while :; do sleep 0.05; done")
     };
-    let (r, _, _) = exec_with(&svc, &req, None);
+    let (r, out, _) = exec_with(&svc, &req, None);
+    assert_eq!(out, b"trapped\n");
     assert_eq!(r.unwrap().signal, Some(libc::SIGKILL));
 }
 

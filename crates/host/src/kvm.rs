@@ -219,6 +219,9 @@ mod tests {
                 matches!(probe.verdict, KvmVerdict::Usable | KvmVerdict::Broken),
                 "{probe:?}"
             );
+        } else {
+            // No device: nothing to run, and the verdict says so.
+            assert_eq!(probe.verdict, KvmVerdict::Absent, "{probe:?}");
         }
     }
 }

@@ -169,21 +169,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn terminate_escalates_to_sigkill() {
-        // A shell that ignores SIGTERM.
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A shell that has set `trap` for SIGTERM, once it says so.
+    fn shell_trapping(trap: &str) -> Child {
         let mut child = spawn_supervised(
-            Command::new("sh").args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]),
+            Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("{trap}; echo ready; while :; do sleep 0.05; done"),
+                ])
+                .stdout(std::process::Stdio::piped()),
             Supervision::DiesWithParent,
         )
         .unwrap();
-        thread::sleep(Duration::from_millis(100));
+        let mut ready = [0u8; 6];
+        child.stdout.take().unwrap().read_exact(&mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
+        child
+    }
+
+    #[test]
+    fn terminate_escalates_to_sigkill() {
+        let mut child = shell_trapping("trap '' TERM");
         let rec = ProcessRecord::of(child.id() as i32).unwrap();
         let started = Instant::now();
         terminate(&[rec], Duration::from_millis(200));
         assert!(!rec.is_alive());
         assert!(started.elapsed() < Duration::from_secs(3));
-        child.wait().unwrap();
+        // SIGTERM was ignored, so SIGKILL is what ended it.
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn terminate_stops_at_sigterm_when_that_suffices() {
+        let mut child = shell_trapping("trap 'exit 7' TERM");
+        let rec = ProcessRecord::of(child.id() as i32).unwrap();
+        terminate(&[rec], Duration::from_secs(5));
+        assert_eq!(child.wait().unwrap().code(), Some(7));
     }
 
     /// As a container entrypoint microagent is PID 1: spawning must work
