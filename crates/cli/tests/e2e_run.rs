@@ -176,7 +176,9 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         "{}",
         describe(&out)
     );
-    // With --json, the error line says the code is microagent's own.
+    // With --json, the error line says the code is microagent's own. No
+    // --kernel here on purpose: a bad request is refused before a kernel
+    // would be built into this empty state folder.
     let out = env
         .cmd()
         .arg("--json")
@@ -184,6 +186,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         .args(["--image", &env.image, "--memory", "1", "--exec", "true"])
         .output()
         .unwrap();
+    assert!(!env.state_path().join("kernels").exists());
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     let lines = json_lines(&out);
     let error = lines.last().unwrap();

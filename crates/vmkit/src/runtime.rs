@@ -172,6 +172,28 @@ impl Runtime {
         }
     }
 
+    /// Checks a run's parameters the way the backend will, before any
+    /// kernel or image work: a mistyped `--memory` must not cost a kernel
+    /// build first.
+    pub fn check_run(&self, params: &RunParams) -> Result<(), VmkitError> {
+        let placeholder = Path::new("/");
+        let config = self.config(
+            placeholder,
+            placeholder,
+            &params.machine,
+            Some(workload_of(params)),
+        );
+        Ok(config.validate()?)
+    }
+
+    /// [`Runtime::check_run`] for a workspace's machine.
+    pub fn check_machine(&self, machine: &MachineParams) -> Result<(), VmkitError> {
+        let placeholder = Path::new("/");
+        Ok(self
+            .config(placeholder, placeholder, machine, None)
+            .validate()?)
+    }
+
     /// Runs `params` once in a fresh VM, streaming the guest's stdout and
     /// stderr to the sinks as they are produced.
     pub fn run(
@@ -183,15 +205,7 @@ impl Runtime {
         stderr: &mut dyn Write,
     ) -> Result<RunOutput, VmkitError> {
         let name = params.name.clone().unwrap_or_else(new_run_name);
-        let workload = Workload {
-            setup: params.setup.clone(),
-            exec: params.exec.clone(),
-            env: params.machine.env.clone(),
-            cwd: params.machine.cwd.clone(),
-            user: params.machine.user.clone(),
-            timeout_seconds: params.timeout_seconds,
-        };
-        let config = self.config(kernel, rootfs, &params.machine, Some(workload));
+        let config = self.config(kernel, rootfs, &params.machine, Some(workload_of(params)));
         let request = self.request(
             Command::Run,
             &name,
@@ -305,6 +319,17 @@ impl Runtime {
         response.event.ok_or_else(|| {
             ProtocolError::new(ErrorCode::Internal, "backend returned no event").into()
         })
+    }
+}
+
+fn workload_of(params: &RunParams) -> Workload {
+    Workload {
+        setup: params.setup.clone(),
+        exec: params.exec.clone(),
+        env: params.machine.env.clone(),
+        cwd: params.machine.cwd.clone(),
+        user: params.machine.user.clone(),
+        timeout_seconds: params.timeout_seconds,
     }
 }
 

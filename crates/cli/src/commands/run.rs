@@ -48,7 +48,6 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = runtime(global, args.machine.backend)?;
-    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
     let name = args.name.clone().unwrap_or_else(vmkit::new_run_name);
     let params = vmkit::RunParams {
         name: Some(name.clone()),
@@ -59,6 +58,8 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         keep: args.keep,
         machine: machine_params(&args.machine),
     };
+    rt.check_run(&params).map_err(exit::classify)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
     let interrupt = Interrupt::watch(global, &name)?;
     let output = if global.json {
         rt.run(

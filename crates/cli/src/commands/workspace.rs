@@ -241,8 +241,9 @@ fn report(event: &vmkit::protocol::Event, global: &Global) {
 
 pub fn create(args: CreateArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = runtime(global, args.machine.backend)?;
-    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
     let params = machine_params(&args.machine);
+    rt.check_machine(&params).map_err(exit::classify)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
     let event = rt
         .create(&args.name, &args.image, &kernel, &rootfs, &params)
         .map_err(exit::classify)?;
