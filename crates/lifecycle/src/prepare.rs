@@ -43,7 +43,7 @@ impl<'l> Locked<'l> {
             if source != paths.disk {
                 // The workspace's own writable copy: shared blocks where the
                 // file system can, else a sparse copy; atomic either way.
-                vmkit_rootfs::clone_disk(source, &paths.disk).map_err(|e| {
+                vmkit_disk_clone::clone_disk(source, &paths.disk).map_err(|e| {
                     ProtocolError::new(ErrorCode::Internal, format!("copying the root disk: {e}"))
                 })?;
             }

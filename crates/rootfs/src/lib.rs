@@ -48,7 +48,6 @@
 mod apply;
 pub mod auth;
 mod builder;
-mod clone;
 mod error;
 mod ext4;
 mod oci;
@@ -63,9 +62,9 @@ pub use builder::{
     BuildOptions, BuiltRootfs, PullPolicy, RootfsBuilder, IMAGE_CONFIG_PATH, INIT_PATH,
     MOUNT_POINTS,
 };
-pub use clone::{clone_disk, CloneMethod};
 pub use error::RootfsError;
 pub use ext4::DEFAULT_HEADROOM_MIB;
 pub use oci::{ImageConfig, Platform, MAX_JSON_BYTES};
 pub use reference::{ImageRef, RegistryRef, DOCKER_HUB};
 pub use store::{ImageStore, StoredImage};
+pub use vmkit_disk_clone::{clone_disk, CloneError, CloneMethod};

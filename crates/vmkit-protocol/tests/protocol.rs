@@ -164,6 +164,28 @@ fn validation_errors_name_the_field() {
         }),
         "workload.exec",
     );
+    rejects(
+        &edit("request-run.json", |v| {
+            v["config"]["workload"]["timeoutSeconds"] = u64::MAX.into()
+        }),
+        "workload.timeoutSeconds must be between 1 and 2592000",
+    );
+    rejects(
+        &edit("request-run.json", |v| v["image"] = "x".repeat(4097).into()),
+        "image must be 1-4096 bytes",
+    );
+    rejects(
+        &edit("request-run.json", |v| v["image"] = "a\nb".into()),
+        "image must not contain control characters",
+    );
+}
+
+#[test]
+fn the_image_travels_in_its_own_field_whatever_its_length() {
+    let request = Request::from_json(&fixture("request-run.json")).unwrap();
+    let image = request.image.unwrap();
+    assert!(image.len() > 64 && image.contains("@sha256:"));
+    assert_eq!(request.identity.role, "run");
 }
 
 #[test]

@@ -2,12 +2,43 @@
 //! the filesystem shares blocks (btrfs, xfs), else a sparse copy that skips
 //! holes; written under a temp name and renamed into place.
 
+//!
+//! Both the rootfs builder (`rootfs build --output`) and the lifecycle
+//! (each workspace's own disk) use it; it lives alone so the lifecycle does
+//! not depend on the image stack.
+//!
+//! ```no_run
+//! let method = vmkit_disk_clone::clone_disk(
+//!     "/var/cache/microagent/rootfs/abc.ext4".as_ref(),
+//!     "/var/lib/microagent/workspaces/w1/rootfs.ext4".as_ref(),
+//! )?;
+//! println!("{method:?}");
+//! # Ok::<(), vmkit_disk_clone::CloneError>(())
+//! ```
+
 use std::fs::File;
+use std::io;
 use std::path::Path;
 
 use rustix::fs::SeekFrom;
 
-use crate::error::{IoContext, RootfsError};
+/// A copy that failed: what was being done, and the I/O error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct CloneError {
+    /// What was being done (`copying /a to /b`).
+    pub what: String,
+    /// Why it failed.
+    #[source]
+    pub source: io::Error,
+}
+
+fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T, CloneError> {
+    r.map_err(|source| CloneError {
+        what: what(),
+        source,
+    })
+}
 
 /// How [`clone_disk`] copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,33 +51,34 @@ pub enum CloneMethod {
 
 /// Gives `dst` its own copy of `src`. `dst` appears complete or not at
 /// all; an existing `dst` is replaced.
-pub fn clone_disk(src: &Path, dst: &Path) -> Result<CloneMethod, RootfsError> {
-    let from = File::open(src).ctx(|| format!("opening {}", src.display()))?;
-    let len = from
-        .metadata()
-        .ctx(|| format!("inspecting {}", src.display()))?
-        .len();
+pub fn clone_disk(src: &Path, dst: &Path) -> Result<CloneMethod, CloneError> {
+    let from = ctx(File::open(src), || format!("opening {}", src.display()))?;
+    let len = ctx(from.metadata(), || format!("inspecting {}", src.display()))?.len();
     let dir = match dst.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".microagent-clone-")
-        .tempfile_in(dir)
-        .ctx(|| format!("creating a file in {}", dir.display()))?;
+    let tmp = ctx(
+        tempfile::Builder::new()
+            .prefix(".microagent-clone-")
+            .tempfile_in(dir),
+        || format!("creating a file in {}", dir.display()),
+    )?;
     let method = if rustix::fs::ioctl_ficlone(tmp.as_file(), &from).is_ok() {
         CloneMethod::Reflink
     } else {
-        sparse_copy(&from, tmp.as_file(), len)
-            .ctx(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        ctx(sparse_copy(&from, tmp.as_file(), len), || {
+            format!("copying {} to {}", src.display(), dst.display())
+        })?;
         CloneMethod::SparseCopy
     };
-    tmp.persist(dst)
-        .map_err(|e| RootfsError::io(format!("renaming into {}", dst.display()), e.error))?;
+    ctx(tmp.persist(dst).map_err(|e| e.error), || {
+        format!("renaming into {}", dst.display())
+    })?;
     Ok(method)
 }
 
-fn sparse_copy(from: &File, to: &File, len: u64) -> std::io::Result<()> {
+fn sparse_copy(from: &File, to: &File, len: u64) -> io::Result<()> {
     to.set_len(len)?;
     let mut pos = 0u64;
     while pos < len {
@@ -64,8 +96,8 @@ fn sparse_copy(from: &File, to: &File, len: u64) -> std::io::Result<()> {
             let n =
                 rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)?;
             if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
                     "source shrank while copying",
                 ));
             }
