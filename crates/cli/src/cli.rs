@@ -125,7 +125,7 @@ pub enum Command {
     #[command(subcommand)]
     Rootfs(commands::rootfs::RootfsCommand),
     /// Check this host: KVM, QEMU, e2fsprogs, vsock, kernel; and which backend `run` would use.
-    Doctor,
+    Doctor(commands::doctor::DoctorArgs),
     /// Print version information.
     Version,
 }

@@ -494,6 +494,26 @@ impl RootfsBuilder {
         Ok((holder, staging))
     }
 
+    /// Removes a pulled image (every platform), the blobs only it used,
+    /// and the disks built from it unless another reference still names
+    /// the same manifest: all under the store's exclusive lock, so a pull
+    /// or build running at the same time waits rather than racing it.
+    /// Returns the removed records.
+    pub fn remove_image(&self, reference: &RegistryRef) -> Result<Vec<StoredImage>, RootfsError> {
+        let _lock = self.store.lock(true)?;
+        let removed = self.store.remove_locked(reference)?;
+        let live = self.store.list()?;
+        for img in &removed {
+            if !live
+                .iter()
+                .any(|l| l.manifest_digest == img.manifest_digest)
+            {
+                self.forget_digest(&img.manifest_digest)?;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes cached disks built from `manifest_digest`.
     pub fn forget_digest(&self, manifest_digest: &str) -> Result<usize, RootfsError> {
         let mut n = 0;

@@ -198,6 +198,14 @@ impl ImageStore {
     /// reference needs. Returns the removed records.
     pub fn remove(&self, reference: &RegistryRef) -> Result<Vec<StoredImage>, RootfsError> {
         let _lock = self.lock(true)?;
+        self.remove_locked(reference)
+    }
+
+    /// [`ImageStore::remove`] under a lock the caller holds exclusively.
+    pub(crate) fn remove_locked(
+        &self,
+        reference: &RegistryRef,
+    ) -> Result<Vec<StoredImage>, RootfsError> {
         let name = reference.to_string();
         let mut removed = Vec::new();
         for img in self.list()? {

@@ -94,8 +94,12 @@ fn push_pull_by_tag_and_digest_then_build() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].manifest_digest, pushed2);
     assert_eq!(listed[0].reference, format!("{}/team/app:v1", reg.addr()));
-    store.remove(by_tag.as_registry().unwrap()).unwrap();
+    assert!(fresh.path.exists());
+    let removed = builder.remove_image(by_tag.as_registry().unwrap()).unwrap();
+    assert_eq!(removed.len(), 1);
     assert!(store.list().unwrap().is_empty());
+    // The disk built from it went too (no other reference names it).
+    assert!(!fresh.path.exists());
     let blobs = tmp.path().join("state/images/blobs/sha256");
     assert_eq!(
         std::fs::read_dir(&blobs).unwrap().count(),
@@ -103,7 +107,7 @@ fn push_pull_by_tag_and_digest_then_build() {
         "unreferenced blobs collected"
     );
     assert!(matches!(
-        store.remove(by_tag.as_registry().unwrap()),
+        builder.remove_image(by_tag.as_registry().unwrap()),
         Err(RootfsError::NotFound(_))
     ));
     let never = builder.build(

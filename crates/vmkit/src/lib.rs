@@ -15,6 +15,7 @@ pub mod doctor;
 mod driver;
 mod error;
 mod guest_init;
+mod inventory;
 mod runtime;
 pub mod supervisor;
 
@@ -28,4 +29,10 @@ pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 
 pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};
 pub use driver::{driver_for, Driver};
+/// The kernel installer, for `kernel build|install|check|list`.
+pub use vmkit_kernel as kernel;
 pub use vmkit_protocol as protocol;
+/// The rootfs builder, for `rootfs build` and image references.
+pub use vmkit_rootfs as rootfs;
+pub use vmkit_rootfs::StoredImage;
+pub use vmkit_state::WorkspaceRecord;

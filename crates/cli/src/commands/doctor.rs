@@ -1,11 +1,20 @@
 //! `microagent doctor`.
 
-use vmkit_protocol::CheckStatus;
+use clap::Args;
+use vmkit::protocol::{BackendKind, CheckStatus};
 
 use crate::cli::Global;
 
-pub fn run(global: &Global) -> anyhow::Result<u8> {
-    let report = vmkit::doctor::doctor(&global.state_dir);
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check for this backend instead of the host's default (qemu on
+    /// Linux, apple-vf on macOS): the same backend lookup `run` does.
+    #[arg(long, value_parser = crate::commands::workspace::parse_backend)]
+    pub backend: Option<BackendKind>,
+}
+
+pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<u8> {
+    let report = vmkit::doctor::doctor_for(&global.state_dir, args.backend);
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -2,9 +2,9 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use vmkit_rootfs::{ImageRef, Platform, RootfsBuilder};
 
 use crate::cli::Global;
+use crate::commands::workspace::quiet_runtime;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -34,27 +34,16 @@ pub enum ImageCommand {
     },
 }
 
-fn registry_ref(reference: &str) -> anyhow::Result<vmkit_rootfs::RegistryRef> {
-    match ImageRef::parse(reference)? {
-        ImageRef::Registry(r) => Ok(r),
-        other => anyhow::bail!(
-            "{other} is a local image: it is read in place by `rootfs build` and `run`, there is nothing to pull or remove"
-        ),
-    }
-}
-
 pub fn run(cmd: ImageCommand, global: &Global) -> anyhow::Result<u8> {
-    let builder = RootfsBuilder::new(&global.state_dir);
+    let rt = quiet_runtime(global)?;
     match cmd {
         ImageCommand::Pull {
             reference,
             platform,
         } => {
-            let r = registry_ref(&reference)?;
-            let platform = platform.as_deref().map(Platform::parse).transpose()?;
-            let img = builder
-                .pull(&r, platform.as_ref(), !global.json)
-                .with_context(|| format!("pulling {r}"))?;
+            let img = rt
+                .pull_image(&reference, platform.as_deref(), !global.json)
+                .with_context(|| format!("pulling {reference}"))?;
             if global.json {
                 let mut v = serde_json::to_value(&img)?;
                 v["type"] = "image".into();
@@ -68,7 +57,7 @@ pub fn run(cmd: ImageCommand, global: &Global) -> anyhow::Result<u8> {
             Ok(0)
         }
         ImageCommand::Ls => {
-            let images = builder.store().list()?;
+            let images = rt.images()?;
             if global.json {
                 for img in &images {
                     let mut v = serde_json::to_value(img)?;
@@ -96,17 +85,8 @@ pub fn run(cmd: ImageCommand, global: &Global) -> anyhow::Result<u8> {
             Ok(0)
         }
         ImageCommand::Rm { reference } => {
-            let r = registry_ref(&reference)?;
-            let removed = builder.store().remove(&r)?;
-            let live = builder.store().list()?;
-            for img in &removed {
-                // Cached disks go too, unless another reference still uses the image.
-                if !live
-                    .iter()
-                    .any(|l| l.manifest_digest == img.manifest_digest)
-                {
-                    builder.forget_digest(&img.manifest_digest)?;
-                }
+            // Cached disks go too, unless another reference still uses the image.
+            for img in &rt.remove_image(&reference)? {
                 if global.json {
                     let mut v = serde_json::to_value(img)?;
                     v["type"] = "removed".into();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use vmkit_kernel::{BuildEvent, BuildOptions, BuildSource, InstalledKernel, KernelStore};
+use vmkit::kernel::{BuildEvent, BuildOptions, BuildSource, InstalledKernel, KernelStore};
 
 use crate::cli::Global;
 

@@ -36,7 +36,7 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Kernel(cmd) => kernel::run(cmd, global),
         Command::Image(cmd) => image::run(cmd, global),
         Command::Rootfs(cmd) => rootfs::run(cmd, global),
-        Command::Doctor => doctor::run(global),
+        Command::Doctor(args) => doctor::run(args, global),
         Command::Version => {
             if global.json {
                 println!(

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use vmkit_rootfs::{clone_disk, BuildOptions, ImageRef, Platform, PullPolicy, RootfsBuilder};
+use vmkit::rootfs::{clone_disk, BuildOptions, ImageRef, Platform, PullPolicy, RootfsBuilder};
 
 use crate::cli::Global;
 

@@ -1,14 +1,11 @@
 //! Workspace lifecycle: `create`, `start`, `exec`, `halt`, `stop`, `kill`,
 //! `delete`, `list`, `status`, `events`, `logs`, `gc`.
 
-use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use vmkit_protocol::{BackendKind, Disk, DiskMode};
-use vmkit_state::StateStore;
+use vmkit::protocol::{BackendKind, Disk, DiskMode};
 
 use crate::cli::Global;
 use crate::exit;
@@ -120,9 +117,9 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
+pub(crate) fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
-        .map_err(|e: vmkit_protocol::ProtocolError| e.message)
+        .map_err(|e: vmkit::protocol::ProtocolError| e.message)
 }
 
 /// Parses `NAME=PATH:MOUNTPOINT:ro|rw`. The host path is made absolute here
@@ -149,52 +146,40 @@ fn parse_disk(s: &str) -> Result<Disk, String> {
     })
 }
 
-fn store(global: &Global) -> anyhow::Result<StateStore> {
-    StateStore::open(&global.state_dir)
-        .with_context(|| format!("opening state folder {}", global.state_dir.display()))
-}
-
-/// The runtime for the chosen backend. Every command that touches the state
-/// folder first cleans up VMs whose driving command died.
+/// The runtime for the chosen backend, events printed with `--json`
+/// (orphaned VMs are cleaned up first: see [`vmkit::Runtime::open`]).
 pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<vmkit::Runtime> {
-    let choice = vmkit::select_backend(backend)?;
-    let rt = vmkit::Runtime::new(
+    vmkit::Runtime::open(
         &global.state_dir,
-        choice.kind,
+        backend,
         crate::output::event_observer(global.json),
     )
-    .map_err(exit::classify)?;
-    clean_up_orphans(&rt);
-    Ok(rt)
+    .map_err(exit::classify)
 }
 
-/// A runtime that prints no events: for `gc`, listings and the interrupt
-/// watcher, whose output must not mix with event lines.
+/// The runtime for the backend workspace `name` was created with.
+fn workspace_runtime(global: &Global, name: &str) -> anyhow::Result<vmkit::Runtime> {
+    vmkit::Runtime::for_workspace(
+        &global.state_dir,
+        name,
+        crate::output::event_observer(global.json),
+    )
+    .map_err(exit::classify)
+}
+
+/// A runtime that prints no events and cleans up nothing by itself: for
+/// `gc`, listings and the interrupt watcher, whose output must not mix
+/// with event lines.
 pub fn quiet_runtime(global: &Global) -> anyhow::Result<vmkit::Runtime> {
     let choice = vmkit::select_backend(None)?;
     vmkit::Runtime::new(&global.state_dir, choice.kind, None).map_err(exit::classify)
 }
 
-/// Runs gc, reporting on stderr; a failure here must not stop the command.
-fn clean_up_orphans(rt: &vmkit::Runtime) {
-    match rt.gc() {
-        Ok(cleaned) => {
-            for name in cleaned {
-                tracing::warn!("cleaned up orphaned VM of workspace {name}");
-            }
-        }
-        Err(e) => tracing::warn!("gc: {e}"),
-    }
-}
-
-/// Reconciles records with reality before reporting them (a VM whose
-/// driving command died must not show as running), without printing the
-/// resulting events into a `--json` listing.
-fn reconcile_quietly(global: &Global) {
-    match quiet_runtime(global) {
-        Ok(rt) => clean_up_orphans(&rt),
-        Err(e) => tracing::warn!("gc: {e:#}"),
-    }
+/// A runtime for listings: orphans cleaned up first (a VM whose driving
+/// command died must not show as running), without printing the resulting
+/// events into a `--json` listing.
+fn listing_runtime(global: &Global) -> anyhow::Result<vmkit::Runtime> {
+    vmkit::Runtime::open(&global.state_dir, None, None).map_err(exit::classify)
 }
 
 pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
@@ -252,14 +237,14 @@ pub fn create(args: CreateArgs, global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn start(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
-    let rt = runtime(global, backend_of(global, &args.name)?)?;
+    let rt = workspace_runtime(global, &args.name)?;
     let event = rt.start(&args.name).map_err(exit::classify)?;
     report(&event, global);
     Ok(0)
 }
 
 pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
-    let rt = runtime(global, backend_of(global, &args.name)?)?;
+    let rt = workspace_runtime(global, &args.name)?;
     let stdin_is_data = !std::io::stdin().is_terminal();
     let request = vmkit::ExecRequest {
         argv: args.argv.clone(),
@@ -306,17 +291,12 @@ pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-/// The backend a workspace was created with, so later commands use it too.
-fn backend_of(global: &Global, name: &str) -> anyhow::Result<Option<BackendKind>> {
-    Ok(store(global)?.peek(name)?.map(|r| r.backend))
-}
-
 fn simple(
     name: &str,
     global: &Global,
     f: impl FnOnce(&vmkit::Runtime) -> Result<vmkit::protocol::Event, vmkit::VmkitError>,
 ) -> anyhow::Result<u8> {
-    let rt = runtime(global, backend_of(global, name)?)?;
+    let rt = workspace_runtime(global, name)?;
     let event = f(&rt).map_err(exit::classify)?;
     report(&event, global);
     Ok(0)
@@ -335,7 +315,7 @@ pub fn kill(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn delete(args: DeleteArgs, global: &Global) -> anyhow::Result<u8> {
-    let rt = runtime(global, backend_of(global, &args.name)?)?;
+    let rt = workspace_runtime(global, &args.name)?;
     rt.delete(&args.name, args.force).map_err(exit::classify)?;
     if global.json {
         println!(
@@ -364,8 +344,9 @@ pub fn gc(global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn list(global: &Global) -> anyhow::Result<u8> {
-    reconcile_quietly(global);
-    let records = store(global)?.list()?;
+    let records = listing_runtime(global)?
+        .workspaces()
+        .map_err(exit::classify)?;
     if global.json {
         for r in &records {
             println!("{}", serde_json::to_string(r)?);
@@ -383,10 +364,9 @@ pub fn list(global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn status(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
-    reconcile_quietly(global);
-    let record = store(global)?
-        .peek(&args.name)?
-        .with_context(|| format!("workspace {:?} does not exist", args.name))?;
+    let record = listing_runtime(global)?
+        .workspace(&args.name)
+        .map_err(exit::classify)?;
     if global.json {
         println!("{}", serde_json::to_string(&record)?);
     } else {
@@ -405,48 +385,25 @@ pub fn status(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn events(args: EventsArgs, global: &Global) -> anyhow::Result<u8> {
-    let store = store(global)?;
-    if store.peek(&args.name)?.is_none() {
-        anyhow::bail!("workspace {:?} does not exist", args.name);
-    }
-    let log = store.events(&args.name)?;
-    let print = |line: &str| -> anyhow::Result<()> {
+    let rt = quiet_runtime(global)?;
+    let mut print = |line: &str| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
         if global.json {
-            println!("{line}");
-        } else if let Ok(e) = serde_json::from_str::<vmkit_protocol::Event>(line) {
-            println!(
+            writeln!(out, "{line}")?;
+        } else if let Ok(e) = serde_json::from_str::<vmkit::protocol::Event>(line) {
+            writeln!(
+                out,
                 "{}  {:<9} {}",
                 e.observed_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 e.state,
                 e.detail
-            );
+            )?;
         }
-        Ok(())
+        out.flush()
     };
-    let file = std::fs::File::open(log.path())
-        .with_context(|| format!("opening {}", log.path().display()))?;
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n > 0 && line.ends_with('\n') {
-            print(line.trim_end())?;
-            continue;
-        }
-        if !args.follow {
-            break;
-        }
-        // Half a line: wait for the writer to finish it.
-        if n > 0 {
-            reader.seek(SeekFrom::Current(-(n as i64)))?;
-        }
-        if store.peek(&args.name)?.is_none() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    rt.events(&args.name, args.follow, &mut print)
+        .map_err(exit::classify)?;
     Ok(0)
 }
 
@@ -464,13 +421,9 @@ pub struct LogsArgs {
 }
 
 pub fn logs(args: LogsArgs, global: &Global) -> anyhow::Result<u8> {
-    let store = store(global)?;
-    if store.peek(&args.name)?.is_none() {
-        anyhow::bail!("workspace {:?} does not exist", args.name);
-    }
-    let path = store.workspace_dir(&args.name)?.join("console.log");
-    let text = vmkit::read_console(&path);
-    use std::io::Write;
+    let text = quiet_runtime(global)?
+        .console_log(&args.name)
+        .map_err(exit::classify)?;
     if args.raw {
         std::io::stdout().write_all(&text)?;
     } else {

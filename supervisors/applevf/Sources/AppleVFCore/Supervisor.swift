@@ -59,7 +59,7 @@ public struct Supervisor {
         let store = StateStore(layout)
         switch request.command {
         case .prepare:
-            return .success(event: try prepare(request.config!, identity, store))
+            return .success(event: try prepare(request.config!, request.image, identity, store))
         case .start:
             return .success(event: try start(request, identity, store))
         case .inspect:
@@ -104,7 +104,7 @@ public struct Supervisor {
         return record
     }
 
-    func prepare(_ config: MachineConfig, _ identity: Identity, _ store: StateStore) throws -> Event {
+    func prepare(_ config: MachineConfig, _ image: String?, _ identity: Identity, _ store: StateStore) throws -> Event {
         if try store.load() != nil {
             throw ProtocolError(.alreadyExists, "workspace \(quoted(identity.runtimeID)) already exists")
         }
@@ -123,7 +123,9 @@ public struct Supervisor {
         }
         var own = config
         own.rootfsPath = layout.disk
-        let record = WorkspaceRecord(name: identity.runtimeID, state: .prepared, config: own)
+        var record = WorkspaceRecord(name: identity.runtimeID, state: .prepared, config: own)
+        // A request without an image names its disk directly.
+        record.image = image ?? config.rootfsPath
         try store.save(record)
         let event = Event(identity: identity, state: .prepared, detail: "disks ready")
         try store.append(event)
@@ -136,7 +138,7 @@ public struct Supervisor {
         if let existing = try store.load() {
             record = existing
         } else {
-            _ = try prepare(request.config!, identity, store)
+            _ = try prepare(request.config!, request.image, identity, store)
             record = try load(store)
         }
         try reconcile(&record, store)

@@ -77,6 +77,11 @@ func wireName(_ type: Any.Type) -> String {
     }
 }
 
+/// Longest image reference a request may carry (vmkit-protocol's MAX_IMAGE_REF_BYTES).
+public let maxImageRefBytes = 4096
+/// Longest workload deadline, 30 days (vmkit-protocol's MAX_TIMEOUT_SECONDS).
+public let maxTimeoutSeconds: UInt64 = 30 * 24 * 3600
+
 /// Checks everything decoding cannot: identity, config ranges, and that the
 /// command has what it needs.
 public func validate(_ request: Request) -> ProtocolError? {
@@ -91,6 +96,14 @@ public func validate(_ request: Request) -> ProtocolError? {
     }
     if request.command.needsStateDir && request.resolvedStateDir == nil {
         return .invalid("command \(request.command.rawValue) needs stateDir (or config.stateDir)")
+    }
+    if let image = request.image {
+        if image.isEmpty || image.utf8.count > maxImageRefBytes {
+            return .invalid("image must be 1-\(maxImageRefBytes) bytes, got \(image.utf8.count)")
+        }
+        if image.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) {
+            return .invalid("image must not contain control characters")
+        }
     }
     if let dir = request.stateDir, !dir.hasPrefix("/") {
         return .invalid("stateDir must be an absolute path, got \(quoted(dir))")
@@ -161,7 +174,9 @@ func validate(_ c: MachineConfig) -> ProtocolError? {
             return .invalid("workload.env key \(quoted(key)) must be non-empty without '=' or NUL")
         }
         if let cwd = w.cwd, let e = absolute("workload.cwd", cwd) { return e }
-        if w.timeoutSeconds == 0 { return .invalid("workload.timeoutSeconds must be at least 1") }
+        if let t = w.timeoutSeconds, t < 1 || t > maxTimeoutSeconds {
+            return .invalid("workload.timeoutSeconds must be between 1 and \(maxTimeoutSeconds) (30 days), got \(t)")
+        }
     }
     return nil
 }

@@ -147,14 +147,17 @@ public struct Request: Codable, Equatable, Sendable {
     public var identity: Identity?
     public var config: MachineConfig?
     public var stateDir: String?
+    /// The image reference the root disk was built from, recorded for listings.
+    public var image: String?
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case command, identity, config, stateDir }
+    enum CodingKeys: String, CodingKey, CaseIterable { case command, identity, config, stateDir, image }
 
-    public init(command: Command, identity: Identity?, config: MachineConfig? = nil, stateDir: String? = nil) {
+    public init(command: Command, identity: Identity?, config: MachineConfig? = nil, stateDir: String? = nil, image: String? = nil) {
         self.command = command
         self.identity = identity
         self.config = config
         self.stateDir = stateDir
+        self.image = image
     }
 
     public init(from decoder: Decoder) throws {
@@ -164,6 +167,7 @@ public struct Request: Codable, Equatable, Sendable {
         identity = try c.decodeIfPresent(Identity.self, forKey: .identity)
         config = try c.decodeIfPresent(MachineConfig.self, forKey: .config)
         stateDir = try c.decodeIfPresent(String.self, forKey: .stateDir)
+        image = try c.decodeIfPresent(String.self, forKey: .image)
     }
 
     /// The state folder, from `stateDir` or `config.stateDir`.

@@ -70,6 +70,9 @@ final class ProtocolTests: XCTestCase {
         rejects(edit("request-halt.json") { $0.removeValue(forKey: "stateDir") }, "needs stateDir")
         rejects(edit("request-halt.json") { $0.removeValue(forKey: "identity") }, "identity")
         rejects(edit("request-run.json") { config(&$0) { c in var w = c["workload"] as! [String: Any]; w["exec"] = " "; c["workload"] = w } }, "workload.exec")
+        rejects(edit("request-run.json") { config(&$0) { c in var w = c["workload"] as! [String: Any]; w["timeoutSeconds"] = 2_592_001; c["workload"] = w } }, "workload.timeoutSeconds must be between 1 and 2592000")
+        rejects(edit("request-run.json") { $0["image"] = String(repeating: "x", count: 4097) }, "image must be 1-4096 bytes")
+        rejects(edit("request-run.json") { $0["image"] = "a\nb" }, "image must not contain control characters")
     }
 
     func testGarbageTruncatedAndOversizedInputIsAnErrorNotACrash() {
