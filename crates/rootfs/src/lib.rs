@@ -23,7 +23,7 @@
 //! )?;
 //! clone_disk(&built.path, "/var/lib/microagent/workspaces/w1/root.ext4".as_ref())?;
 //! println!("cmd: {:?}", built.image_config.cmd);
-//! # Ok::<(), vmkit_rootfs::RootfsError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Where things live under the state folder:
