@@ -143,9 +143,14 @@ impl std::str::FromStr for ImageRef {
 }
 
 impl RegistryRef {
-    /// Parses `[host[:port]/]repo[:tag][@sha256:hex]` with docker's rules:
-    /// the first path component is a host only if it contains `.` or `:` or
-    /// is `localhost`; Docker Hub names without a `/` live under `library/`.
+    /// Parses `[host[:port]/]repo[:tag][@sha256:hex]` with the
+    /// distribution grammar and docker's normalisation, as
+    /// [`oci_client::Reference`] implements them: the first path component
+    /// is a host only if it contains `.` or `:` or is `localhost`; Docker
+    /// Hub names without a `/` live under `library/`. On top of that grammar
+    /// a bracketed IPv6 host (`[::1]:5000/app`) is accepted, and only
+    /// `sha256:` digests in lowercase hex and ASCII tags are: both end up
+    /// in file names of the image store.
     pub fn parse(input: &str) -> Result<RegistryRef, RootfsError> {
         let bad = |reason: &str| RootfsError::InvalidReference {
             reference: input.to_string(),
@@ -154,62 +159,57 @@ impl RegistryRef {
         if input.len() > 4096 {
             return Err(bad("longer than 4096 bytes"));
         }
-        let (name_tag, digest) = match input.split_once('@') {
-            Some((n, d)) => {
-                validate_digest(d).map_err(|r| bad(&r))?;
-                (n, Some(d.to_string()))
+        // The grammar has no IPv6 hosts: parse with a stand-in host, then
+        // put the real one back.
+        const STAND_IN: &str = "ipv6-host.invalid";
+        let (ipv6_host, parsed) = match input.strip_prefix('[') {
+            Some(rest) => {
+                let (addr, after) = rest
+                    .split_once(']')
+                    .ok_or_else(|| bad("unclosed '[' in the registry host"))?;
+                if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(bad("invalid IPv6 registry host"));
+                }
+                let (port, path) = match after.strip_prefix(':') {
+                    Some(p) => p.split_once('/').map(|(port, path)| (Some(port), path)),
+                    None => after.strip_prefix('/').map(|path| (None, path)),
+                }
+                .ok_or_else(|| bad("a registry host must be followed by /repository"))?;
+                let host = match port {
+                    Some(port) => format!("[{addr}]:{port}"),
+                    None => format!("[{addr}]"),
+                };
+                let stand_in = match port {
+                    Some(port) => format!("{STAND_IN}:{port}/{path}"),
+                    None => format!("{STAND_IN}/{path}"),
+                };
+                (
+                    Some(host),
+                    oci_client::Reference::try_from(stand_in.as_str()),
+                )
             }
-            None => (input, None),
+            None => (None, oci_client::Reference::try_from(input)),
         };
-        // A tag follows the last ':' that comes after the last '/'.
-        let last_slash = name_tag.rfind('/');
-        let (name, tag) = match name_tag.rfind(':') {
-            Some(i) if last_slash.is_none_or(|s| i > s) => {
-                (&name_tag[..i], Some(name_tag[i + 1..].to_string()))
-            }
-            _ => (name_tag, None),
-        };
-        if let Some(t) = &tag {
+        let parsed = parsed.map_err(|e| bad(&e.to_string()))?;
+        if let Some(d) = parsed.digest() {
+            validate_digest(d).map_err(|r| bad(&r))?;
+        }
+        if let Some(t) = parsed.tag() {
             if !valid_tag(t) {
                 return Err(bad(
-                    "invalid tag (letters, digits, '_', '.', '-'; at most 128)",
+                    "invalid tag (ASCII letters, digits, '_', '.', '-'; at most 128)",
                 ));
             }
         }
-        let (registry, mut repository) = match name.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_string(), rest.to_string())
-            }
-            _ => (DOCKER_HUB.to_string(), name.to_string()),
-        };
-        let registry = if registry == "index.docker.io" {
-            DOCKER_HUB.to_string()
-        } else {
-            registry
-        };
-        if registry.is_empty() || registry.chars().any(|c| c.is_whitespace() || c == '@') {
-            return Err(bad("invalid registry host"));
-        }
-        if registry == DOCKER_HUB && !repository.contains('/') {
-            repository = format!("library/{repository}");
-        }
-        if !valid_repository(&repository) {
-            return Err(bad(
-                "invalid repository (lowercase letters, digits and separators '.', '_', '-', '/')",
-            ));
-        }
-        let tag = if tag.is_none() && digest.is_none() {
-            Some("latest".to_string())
-        } else {
-            tag
+        let registry = match ipv6_host {
+            Some(host) => host,
+            None => parsed.registry().to_string(),
         };
         Ok(RegistryRef {
             registry,
-            repository,
-            tag,
-            digest,
+            repository: parsed.repository().to_string(),
+            tag: parsed.tag().map(str::to_owned),
+            digest: parsed.digest().map(str::to_owned),
         })
     }
 
@@ -258,19 +258,6 @@ fn valid_tag(t: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-fn valid_repository(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= 255
-        && r.split('/').all(|comp| {
-            !comp.is_empty()
-                && comp.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                })
-                && comp.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && comp.ends_with(|c: char| c.is_ascii_alphanumeric())
-        })
 }
 
 /// Checks `sha256:<64 lowercase hex>`, the only algorithm accepted.
@@ -342,7 +329,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for s in ["", "UPPER", "a//b", "a:b:c", "-a", "a:", "a b", "app:-x"] {
+        let long_digest = format!("app@sha512:{}", "a".repeat(128));
+        let upper_digest = format!("app@sha256:{}", "A".repeat(64));
+        for s in [
+            "",
+            "UPPER",
+            "a//b",
+            "a:b:c",
+            "-a",
+            "a:",
+            "a b",
+            "app:-x",
+            "app:t\u{e9}g",
+            "[::1/app",
+            "[nothost]:5000/app",
+            "[::1]:5000",
+            &long_digest,
+            &upper_digest,
+        ] {
             assert!(ImageRef::parse(s).is_err(), "{s:?} should be refused");
         }
     }
