@@ -6,11 +6,12 @@ mod mock;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use mock::plan;
 use mock::server::{Behaviour, FakeFirecracker};
 use mock::swagger::Spec;
 use vmkit_firecracker::FirecrackerMachine;
-use vmkit_lifecycle::{BootPlan, Machine, WorkspacePaths};
-use vmkit_protocol::{Disk, DiskMode, ErrorCode, MachineConfig};
+use vmkit_lifecycle::Machine;
+use vmkit_protocol::{Disk, DiskMode, ErrorCode};
 
 /// PATH is process-wide: tests that set it take turns.
 fn path_lock() -> MutexGuard<'static, ()> {
@@ -27,31 +28,6 @@ fn set_path(dir: &Path) {
     // Only `firecracker` is looked up during a launch; the script itself
     // needs sh, sleep, dirname, mv and printf from the system folders.
     std::env::set_var("PATH", format!("{}:/usr/bin:/bin", dir.display()));
-}
-
-/// A plan for workspace `name` under `state` with the given extra disks.
-fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootPlan {
-    let dir = state.join("workspaces").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let paths = WorkspacePaths::new(&dir).unwrap();
-    BootPlan {
-        config: MachineConfig {
-            kernel_path: state.join("vmlinux").display().to_string(),
-            rootfs_path: paths.disk.display().to_string(),
-            state_dir: state.display().to_string(),
-            memory_mib: 256,
-            cpu_count: 2,
-            disks,
-            kernel_args: Some("loglevel=4".into()),
-            hostname: None,
-            workload: None,
-        },
-        root_disk: paths.disk.clone(),
-        paths,
-        kernel_args: "root=/dev/vda rw init=/sbin/microagent-init microagent.config=/dev/vdd"
-            .into(),
-        detached,
-    }
 }
 
 fn disk(state: &Path, name: &str, mode: DiskMode) -> Disk {

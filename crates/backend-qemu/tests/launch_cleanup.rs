@@ -8,17 +8,7 @@ use std::path::Path;
 use vmkit_lifecycle::{BootPlan, Machine, WorkspacePaths, INJECTED_FAILURE};
 use vmkit_protocol::MachineConfig;
 use vmkit_qemu::QemuMachine;
-
-/// The pids of this process's children, over all its threads.
-fn children() -> Vec<String> {
-    let mut pids = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let path = task.unwrap().path().join("children");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        pids.extend(text.split_whitespace().map(str::to_owned));
-    }
-    pids
-}
+use vmkit_testkit::process::children;
 
 fn plan(dir: &Path) -> BootPlan {
     let paths = WorkspacePaths::new(dir).unwrap();

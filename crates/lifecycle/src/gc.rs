@@ -39,32 +39,11 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use vmkit_protocol::{Accelerator, BackendKind, HostInfo, MachineConfig, ProtocolError, State};
+    use vmkit_protocol::{BackendKind, MachineConfig, State};
     use vmkit_state::{LockWait, ProcessRecord, StateStore, WorkspaceRecord};
 
-    use crate::{BootPlan, Launched, Lifecycle, Machine};
-
-    struct NoMachine;
-    impl Machine for NoMachine {
-        fn kind(&self) -> BackendKind {
-            BackendKind::Qemu
-        }
-        fn host(&self) -> HostInfo {
-            HostInfo {
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                accelerator: Accelerator::Tcg,
-                accelerator_reason: String::new(),
-                checks: vec![],
-            }
-        }
-        fn check(&self, _: &MachineConfig) -> Result<(), ProtocolError> {
-            Ok(())
-        }
-        fn launch(&self, _: &BootPlan) -> Result<Launched, ProtocolError> {
-            unreachable!("gc never launches")
-        }
-    }
+    use crate::fake::{FakeMachine, Guest};
+    use crate::Lifecycle;
 
     #[test]
     fn gc_kills_leftovers_of_a_dead_owner_and_marks_failed() {
@@ -110,7 +89,9 @@ mod tests {
             let lock = store.lock("orphan", LockWait::NoWait).unwrap();
             store.create(&lock, &record).unwrap();
         }
-        let cleaned = Lifecycle::new(NoMachine).gc(dir.path()).unwrap();
+        let cleaned = Lifecycle::new(FakeMachine::new(Guest::LaunchFails))
+            .gc(dir.path())
+            .unwrap();
         assert_eq!(cleaned, ["orphan"]);
         // The VMM was killed (reap it to be sure it is really gone).
         let status = vmm.wait().unwrap();
@@ -121,6 +102,9 @@ mod tests {
         let events = store.events("orphan").unwrap().read_all().unwrap();
         assert_eq!(events.last().unwrap().state, State::Failed);
         // A second gc finds nothing to do.
-        assert!(Lifecycle::new(NoMachine).gc(dir.path()).unwrap().is_empty());
+        assert!(Lifecycle::new(FakeMachine::new(Guest::LaunchFails))
+            .gc(dir.path())
+            .unwrap()
+            .is_empty());
     }
 }

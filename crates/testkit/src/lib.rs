@@ -7,4 +7,5 @@
 
 pub mod images;
 pub mod kernel;
+pub mod process;
 pub mod registry;

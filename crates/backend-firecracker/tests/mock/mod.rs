@@ -4,3 +4,33 @@
 
 pub mod server;
 pub mod swagger;
+
+use std::path::Path;
+
+use vmkit_lifecycle::{BootPlan, WorkspacePaths};
+use vmkit_protocol::{Disk, MachineConfig};
+
+/// A plan for workspace `name` under `state` with the given extra disks.
+pub fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootPlan {
+    let dir = state.join("workspaces").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths = WorkspacePaths::new(&dir).unwrap();
+    BootPlan {
+        config: MachineConfig {
+            kernel_path: state.join("vmlinux").display().to_string(),
+            rootfs_path: paths.disk.display().to_string(),
+            state_dir: state.display().to_string(),
+            memory_mib: 256,
+            cpu_count: 2,
+            disks,
+            kernel_args: Some("loglevel=4".into()),
+            hostname: None,
+            workload: None,
+        },
+        root_disk: paths.disk.clone(),
+        paths,
+        kernel_args: "root=/dev/vda rw init=/sbin/microagent-init microagent.config=/dev/vdd"
+            .into(),
+        detached,
+    }
+}
