@@ -44,6 +44,7 @@ fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootPlan 
             disks,
             kernel_args: Some("loglevel=4".into()),
             hostname: None,
+            arch: None,
             workload: None,
         },
         root_disk: paths.disk.clone(),

@@ -37,6 +37,7 @@ mod error;
 pub mod fragment;
 mod fsutil;
 pub mod manifest;
+pub mod recipe;
 mod store;
 
 pub use build::{

@@ -48,7 +48,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = runtime(global, args.machine.backend)?;
-    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, &args.machine, global)?;
     let name = args.name.clone().unwrap_or_else(vmkit::new_run_name);
     let params = vmkit::RunParams {
         name: Some(name.clone()),
