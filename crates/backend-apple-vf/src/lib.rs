@@ -8,6 +8,19 @@
 //! client. The supervisor's output is untrusted: it is read with a size
 //! bound and a deadline, and anything that is not one well-formed response
 //! agreeing with the exit status becomes an error, never a panic.
+//!
+//! [`AppleVfMachine`] is the backend under the shared lifecycle: it launches
+//! the supervisor's per-VM process with a [`VmPlan`], and the Rust host
+//! channel drives the guest over the supervisor's hybrid-vsock bridge.
+
+mod machine;
+
+pub use machine::{AppleVfMachine, PlanDisk, VmPlan};
+
+/// The apple-vf backend: the shared lifecycle over an [`AppleVfMachine`].
+pub fn backend() -> vmkit_lifecycle::Lifecycle {
+    vmkit_lifecycle::Lifecycle::new(AppleVfMachine::new())
+}
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -60,12 +73,16 @@ impl AppleVfBackend {
         }
     }
 
+    /// The supervisor executable this client runs.
+    pub fn program(&self) -> PathBuf {
+        self.supervisor
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SUPERVISOR_PROGRAM))
+    }
+
     /// Sends one request to a fresh supervisor process and returns its response.
     pub fn call(&self, request: &Request) -> Result<Response, ProtocolError> {
-        let program = self
-            .supervisor
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(SUPERVISOR_PROGRAM));
+        let program = self.program();
         let unavailable = |e: std::io::Error| {
             ProtocolError::new(
                 ErrorCode::Unavailable,

@@ -57,12 +57,14 @@ pub fn backend_for(kind: BackendKind) -> Box<dyn Backend> {
     }
 }
 
-/// The shared lifecycle over a Linux backend's machine; `None` for apple-vf,
-/// whose lifecycle lives in its supervisor.
+/// The shared lifecycle over a backend's machine; `None` for apple-vf off
+/// macOS (its machine is the Swift supervisor's per-VM process, which needs
+/// Virtualization.framework).
 pub(crate) fn lifecycle_for(kind: BackendKind) -> Option<vmkit_lifecycle::Lifecycle> {
     match kind {
         BackendKind::Qemu => Some(vmkit_qemu::backend()),
         BackendKind::Firecracker => Some(vmkit_firecracker::backend()),
+        BackendKind::AppleVf if cfg!(target_os = "macos") => Some(vmkit_apple_vf::backend()),
         BackendKind::AppleVf => None,
     }
 }

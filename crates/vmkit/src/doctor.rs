@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use vmkit_host::{probe_kvm, tool_version, KvmVerdict, Tool};
-use vmkit_protocol::{Accelerator, BackendKind, CheckItem, CheckStatus};
+use vmkit_protocol::{
+    Accelerator, Backend, BackendKind, CheckItem, CheckStatus, HostInfo, ProtocolError,
+};
 
 /// Everything `doctor` found.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +27,9 @@ pub struct DoctorReport {
 
 /// Probes the host. `state_dir` is where the kernel would be installed.
 pub fn doctor(state_dir: &Path) -> DoctorReport {
+    if cfg!(target_os = "macos") {
+        return doctor_macos(state_dir);
+    }
     let mut checks = Vec::new();
     let kvm = probe_kvm();
     checks.push(match kvm.verdict {
@@ -127,6 +132,71 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
     }
 }
 
+/// macOS: the apple-vf backend. The Swift supervisor is asked for its own
+/// view (Virtualization.framework usable, the binary signed with the
+/// virtualization entitlement); the root disk tools and the arm64 kernel
+/// are checked here.
+fn doctor_macos(state_dir: &Path) -> DoctorReport {
+    let client = vmkit_apple_vf::AppleVfBackend::new();
+    let host = client.host();
+    let mut checks = apple_vf_checks(&host, &client.program());
+    for tool in [Tool::Mke2fs, Tool::Debugfs] {
+        checks.push(match tool_version(tool) {
+            Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
+            None => item(
+                tool.program(),
+                CheckStatus::Fail,
+                "not found in PATH".into(),
+                "brew install e2fsprogs, and put its sbin folder on PATH",
+            ),
+        });
+    }
+    let kernels = vmkit_kernel::KernelStore::new(state_dir);
+    checks.push(match kernels.installed() {
+        Ok(Some(k)) => ok("kernel", format!("installed at {}", k.vmlinux_path().display())),
+        _ => item(
+            "kernel",
+            CheckStatus::Warn,
+            format!("none at {}", kernels.vmlinux_path().display()),
+            "build the arm64 kernel on Linux (`microagent kernel build --arch aarch64`) and `microagent kernel install --from Image`",
+        ),
+    });
+    let (accelerator, reason) = match &host {
+        Ok(h) => (h.accelerator, h.accelerator_reason.clone()),
+        Err(e) => (Accelerator::None, e.message.clone()),
+    };
+    let ready = checks.iter().all(|c| c.status != CheckStatus::Fail);
+    DoctorReport {
+        checks,
+        backend: BackendKind::AppleVf,
+        accelerator,
+        reason,
+        ready,
+    }
+}
+
+/// The apple-vf checks from the supervisor's `host` answer: whether the
+/// supervisor answered at all, then each check it made itself (the
+/// framework, the entitlement).
+pub fn apple_vf_checks(host: &Result<HostInfo, ProtocolError>, program: &Path) -> Vec<CheckItem> {
+    match host {
+        Ok(h) => {
+            let mut checks = vec![ok(
+                "applevf-supervisor",
+                format!("{} answers host", program.display()),
+            )];
+            checks.extend(h.checks.iter().cloned());
+            checks
+        }
+        Err(e) => vec![item(
+            "applevf-supervisor",
+            CheckStatus::Fail,
+            e.message.clone(),
+            "build and sign it with scripts/build-applevf-supervisor, then put it on PATH or set MICROAGENT_APPLEVF_SUPERVISOR",
+        )],
+    }
+}
+
 fn ok(name: &str, detail: String) -> CheckItem {
     CheckItem {
         name: name.into(),
@@ -142,5 +212,51 @@ fn item(name: &str, status: CheckStatus, detail: String, remedy: &str) -> CheckI
         status,
         detail,
         remedy: Some(remedy.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmkit_protocol::ErrorCode;
+
+    #[test]
+    fn apple_vf_checks_carry_the_supervisors_own_and_say_when_it_is_missing() {
+        let host = Ok(HostInfo {
+            os: "macos".into(),
+            arch: "aarch64".into(),
+            accelerator: Accelerator::Hvf,
+            accelerator_reason: "Virtualization.framework".into(),
+            checks: vec![item(
+                "entitlement",
+                CheckStatus::Fail,
+                "not signed with com.apple.security.virtualization".into(),
+                "codesign ...",
+            )],
+        });
+        let checks = apple_vf_checks(
+            &host,
+            Path::new("/usr/local/bin/microagent-applevf-supervisor"),
+        );
+        let names: Vec<(&str, CheckStatus)> =
+            checks.iter().map(|c| (c.name.as_str(), c.status)).collect();
+        assert_eq!(
+            names,
+            [
+                ("applevf-supervisor", CheckStatus::Ok),
+                ("entitlement", CheckStatus::Fail)
+            ]
+        );
+        let missing = Err(ProtocolError::new(
+            ErrorCode::Unavailable,
+            "cannot start it",
+        ));
+        let checks = apple_vf_checks(&missing, Path::new("x"));
+        assert_eq!(checks[0].status, CheckStatus::Fail);
+        assert!(checks[0]
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("build-applevf-supervisor"));
     }
 }
