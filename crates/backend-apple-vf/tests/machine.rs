@@ -4,35 +4,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+mod common;
+
+use common::swift_supervisor;
 use vmkit_apple_vf::{AppleVfBackend, AppleVfMachine, VmPlan};
 use vmkit_lifecycle::{BootPlan, Machine, WorkspacePaths};
 use vmkit_protocol::{ErrorCode, MachineConfig};
-
-fn swift_supervisor() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("MICROAGENT_APPLEVF_SUPERVISOR_TEST_BIN") {
-            return PathBuf::from(bin);
-        }
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/build-applevf-supervisor"
-        );
-        let out = Command::new(script)
-            .output()
-            .expect("running build-applevf-supervisor");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
 
 fn boot_plan(dir: &Path) -> BootPlan {
     let config: MachineConfig = serde_json::from_value(serde_json::json!({

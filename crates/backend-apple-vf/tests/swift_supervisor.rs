@@ -5,38 +5,18 @@
 //! `$MICROAGENT_APPLEVF_SUPERVISOR_TEST_BIN` names a prebuilt one (CI on
 //! macOS passes the signed binary).
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+mod common;
+
+use common::swift_supervisor;
 use vmkit_apple_vf::AppleVfBackend;
 use vmkit_protocol::{
     Backend, BackendKind, Command as Verb, ErrorCode, Identity, MachineConfig, Request,
 };
 
-fn supervisor() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("MICROAGENT_APPLEVF_SUPERVISOR_TEST_BIN") {
-            return PathBuf::from(bin);
-        }
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/build-applevf-supervisor"
-        );
-        let out = Command::new(script).output().expect("running build-applevf-supervisor");
-        assert!(
-            out.status.success(),
-            "scripts/build-applevf-supervisor failed (it needs the toolchain chroot: scripts/setup): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
 fn client() -> AppleVfBackend {
-    AppleVfBackend::with_supervisor(supervisor(), Duration::from_secs(60))
+    AppleVfBackend::with_supervisor(swift_supervisor(), Duration::from_secs(60))
 }
 
 fn identity() -> Identity {

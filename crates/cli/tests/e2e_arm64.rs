@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{describe, json_lines, processes_mentioning, Env};
+use common::{describe, event_states, json_lines, processes_mentioning, stream, Env};
 
 /// The arm64 busybox OCI layout, written once per test binary.
 fn arm64_busybox_layout() -> &'static PathBuf {
@@ -54,22 +54,10 @@ fn an_arm64_guest_runs_setup_and_exec_with_streams_and_exit_code() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     let lines = json_lines(&out);
-    let data = |kind: &str| -> String {
-        lines
-            .iter()
-            .filter(|l| l["type"] == kind)
-            .map(|l| l["data"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    assert_eq!(data("stdout"), "hi\naarch64\n", "{lines:?}");
-    assert_eq!(data("stderr"), "err\n", "{lines:?}");
-    let states: Vec<&str> = lines
-        .iter()
-        .filter(|l| l["type"] == "event")
-        .map(|l| l["state"].as_str().unwrap())
-        .collect();
+    assert_eq!(stream(&lines, "stdout"), "hi\naarch64\n", "{lines:?}");
+    assert_eq!(stream(&lines, "stderr"), "err\n", "{lines:?}");
     assert_eq!(
-        states,
+        event_states(&lines),
         ["prepared", "starting", "running", "stopped"],
         "{lines:?}"
     );

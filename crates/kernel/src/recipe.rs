@@ -9,7 +9,6 @@
 //!   (`kernels/aarch64/vmlinux`) so every consumer finds it the same way.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::fragment;
@@ -79,18 +78,7 @@ const ARM64_MAGIC: u32 = 0x644d_5241;
 /// and an image size that fits the file. Untrusted input: bounded reads, no
 /// panics.
 pub fn check_arm64_image(file: &File, _path: &Path) -> Result<(), String> {
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat it: {e}"))?
-        .len();
-    let mut hdr = [0u8; 64];
-    if len < hdr.len() as u64 {
-        return Err(format!(
-            "it is {len} bytes long, too short to be an arm64 kernel Image"
-        ));
-    }
-    file.read_exact_at(&mut hdr, 0)
-        .map_err(|e| format!("cannot read it: {e}"))?;
+    let (hdr, len) = crate::elf::read_header(file, "an arm64 kernel Image")?;
     let magic = u32::from_le_bytes([hdr[56], hdr[57], hdr[58], hdr[59]]);
     if magic != ARM64_MAGIC {
         return Err(

@@ -64,15 +64,7 @@ pub fn doctor(state_dir: &Path) -> DoctorReport {
         (Tool::Debugfs, "apt-get install e2fsprogs"),
     ];
     for (tool, remedy) in required {
-        checks.push(match tool_version(tool) {
-            Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
-            None => item(
-                tool.program(),
-                CheckStatus::Fail,
-                "not found in PATH".into(),
-                remedy,
-            ),
-        });
+        checks.push(tool_check(tool, remedy));
     }
     // rotatelogs has no version flag; being there is what matters.
     checks.push(match vmkit_host::find_in_path("rotatelogs") {
@@ -141,15 +133,10 @@ fn doctor_macos(state_dir: &Path) -> DoctorReport {
     let host = client.host();
     let mut checks = apple_vf_checks(&host, &client.program());
     for tool in [Tool::Mke2fs, Tool::Debugfs] {
-        checks.push(match tool_version(tool) {
-            Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
-            None => item(
-                tool.program(),
-                CheckStatus::Fail,
-                "not found in PATH".into(),
-                "brew install e2fsprogs, and put its sbin folder on PATH",
-            ),
-        });
+        checks.push(tool_check(
+            tool,
+            "brew install e2fsprogs, and put its sbin folder on PATH",
+        ));
     }
     let kernels = vmkit_kernel::KernelStore::new(state_dir);
     checks.push(match kernels.installed() {
@@ -194,6 +181,19 @@ pub fn apple_vf_checks(host: &Result<HostInfo, ProtocolError>, program: &Path) -
             e.message.clone(),
             "build and sign it with scripts/build-applevf-supervisor, then put it on PATH or set MICROAGENT_APPLEVF_SUPERVISOR",
         )],
+    }
+}
+
+/// A required tool: its version where found, a failure with `remedy` where not.
+fn tool_check(tool: Tool, remedy: &str) -> CheckItem {
+    match tool_version(tool) {
+        Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
+        None => item(
+            tool.program(),
+            CheckStatus::Fail,
+            "not found in PATH".into(),
+            remedy,
+        ),
     }
 }
 
