@@ -1,13 +1,26 @@
 //! The Apple Virtualization.framework backend.
 //!
 //! Virtualization.framework is only reachable from Swift/Objective-C, so the
-//! VM lives in a separate supervisor process (`microagent-vf-supervisor`,
-//! or `$MICROAGENT_VF_SUPERVISOR`). Each protocol command spawns it once:
+//! VM lives in a separate supervisor process (`microagent-applevf-supervisor`,
+//! the Swift package in `supervisors/applevf`, or `$MICROAGENT_APPLEVF_SUPERVISOR`). Each protocol command spawns it once:
 //! one JSON [`Request`] on its stdin, one JSON [`Response`] on its stdout,
 //! exit 0 iff `"ok": true`, diagnostics on stderr. This crate is that
 //! client. The supervisor's output is untrusted: it is read with a size
 //! bound and a deadline, and anything that is not one well-formed response
 //! agreeing with the exit status becomes an error, never a panic.
+//!
+//! [`AppleVfMachine`] is the backend under the shared lifecycle: it launches
+//! the supervisor's per-VM process with a [`VmPlan`], and the Rust host
+//! channel drives the guest over the supervisor's hybrid-vsock bridge.
+
+mod machine;
+
+pub use machine::{AppleVfMachine, PlanDisk, VmPlan};
+
+/// The apple-vf backend: the shared lifecycle over an [`AppleVfMachine`].
+pub fn backend() -> vmkit_lifecycle::Lifecycle {
+    vmkit_lifecycle::Lifecycle::new(AppleVfMachine::new())
+}
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -24,8 +37,10 @@ use vmkit_protocol::{
 pub const MAX_RESPONSE_BYTES: u64 = 1 << 20;
 /// Largest stderr kept for error messages.
 const MAX_DIAGNOSTICS: u64 = 16 << 10;
-/// The supervisor's program name when `$MICROAGENT_VF_SUPERVISOR` is unset.
-pub const SUPERVISOR_PROGRAM: &str = "microagent-vf-supervisor";
+/// The supervisor's program name when `$MICROAGENT_APPLEVF_SUPERVISOR` is unset.
+pub const SUPERVISOR_PROGRAM: &str = "microagent-applevf-supervisor";
+/// The variable naming the supervisor executable.
+pub const SUPERVISOR_ENV: &str = "MICROAGENT_APPLEVF_SUPERVISOR";
 
 /// The Apple VF backend: a client of the Swift supervisor.
 #[derive(Debug, Clone)]
@@ -41,10 +56,11 @@ impl Default for AppleVfBackend {
 }
 
 impl AppleVfBackend {
-    /// Uses `$MICROAGENT_VF_SUPERVISOR`, else `microagent-vf-supervisor` in PATH.
+    /// Uses `$MICROAGENT_APPLEVF_SUPERVISOR`, else
+    /// `microagent-applevf-supervisor` in PATH.
     pub fn new() -> Self {
         AppleVfBackend {
-            supervisor: std::env::var_os("MICROAGENT_VF_SUPERVISOR").map(PathBuf::from),
+            supervisor: std::env::var_os(SUPERVISOR_ENV).map(PathBuf::from),
             timeout: Duration::from_secs(300),
         }
     }
@@ -57,8 +73,7 @@ impl AppleVfBackend {
         }
     }
 
-    /// The supervisor program this client starts (a bare name is looked
-    /// up in `PATH`).
+    /// The supervisor executable this client runs.
     pub fn program(&self) -> PathBuf {
         self.supervisor
             .clone()
@@ -184,10 +199,19 @@ impl Backend for AppleVfBackend {
         BackendKind::AppleVf
     }
     fn host(&self) -> Result<HostInfo, ProtocolError> {
-        Err(ProtocolError::new(
-            ErrorCode::Unsupported,
-            "host is answered by the supervisor: send a host request",
-        ))
+        let request = Request {
+            command: vmkit_protocol::Command::Host,
+            identity: vmkit_protocol::Identity {
+                backend: BackendKind::AppleVf,
+                ..vmkit_protocol::Identity::host_probe()
+            },
+            config: None,
+            state_dir: None,
+            image: None,
+        };
+        self.command(&request)?
+            .host
+            .ok_or_else(|| bad("it answered host without host facts".into(), ""))
     }
     fn check(&self, r: &Request) -> Result<Outcome, ProtocolError> {
         self.command(r)

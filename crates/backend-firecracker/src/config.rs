@@ -283,6 +283,7 @@ mod tests {
                 disks,
                 kernel_args: Some("quiet loglevel=3".into()),
                 hostname: None,
+                arch: None,
                 workload: None,
             },
             root_disk: paths.disk.clone(),

@@ -34,6 +34,7 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
                 .collect(),
             kernel_args: None,
             hostname: None,
+            arch: None,
             workload: None,
         },
         root_disk: paths.disk.clone(),

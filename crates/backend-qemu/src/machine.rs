@@ -8,7 +8,8 @@ use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{clone_log, open_log, rotate_console, spawn_console_relay};
 use vmkit_lifecycle::{spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision};
 use vmkit_protocol::{
-    Accelerator, BackendKind, DiskMode, ErrorCode, HostInfo, MachineConfig, ProtocolError,
+    Accelerator, BackendKind, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
+    ProtocolError,
 };
 
 use crate::choose_accelerator;
@@ -46,6 +47,35 @@ impl QemuMachine {
         self.accel.get_or_init(|| choose_accelerator(&probe_kvm()))
     }
 
+    /// The accelerator for a guest of `arch`: the host's for its own
+    /// architecture; TCG for another one (KVM runs only native guests).
+    pub fn accelerator_for(&self, arch: GuestArch) -> (Accelerator, String) {
+        if arch == GuestArch::host() {
+            return self.accelerator().clone();
+        }
+        (
+            Accelerator::Tcg,
+            format!(
+                "an {arch} guest on an {} host is emulated with TCG",
+                GuestArch::host()
+            ),
+        )
+    }
+
+    /// The QEMU program for a guest of `arch`, and how to get it.
+    fn qemu_for(arch: GuestArch) -> (Tool, &'static str) {
+        match arch {
+            GuestArch::X86_64 => (
+                Tool::Qemu,
+                "install it (Debian: apt-get install qemu-system-x86)",
+            ),
+            GuestArch::Aarch64 => (
+                Tool::QemuAarch64,
+                "install it (Debian: apt-get install qemu-system-arm)",
+            ),
+        }
+    }
+
     fn tool(tool: Tool, remedy: &str) -> Result<PathBuf, ProtocolError> {
         find_in_path(tool.program()).ok_or_else(|| {
             ProtocolError::new(
@@ -56,11 +86,33 @@ impl QemuMachine {
     }
 
     /// The QEMU command line for `plan` (without the program).
+    ///
+    /// x86_64 guests get `-M microvm` with virtio-mmio devices; aarch64
+    /// guests `-M virt` with virtio-pci devices (PCI enumerates in command
+    /// line order, so `/dev/vda` is still the root disk; virt's mmio slots
+    /// are probed in reverse).
     pub fn qemu_args(&self, plan: &BootPlan, vhost_socket: &Path) -> Vec<String> {
         let c = &plan.config;
-        let (accel, _) = self.accelerator();
+        let arch = c.guest_arch();
+        let (accel, _) = self.accelerator_for(arch);
         let mem = format!("{}M", c.memory_mib);
-        let mut cmdline = vmkit_kernel::boot::kernel_cmdline_base(true);
+        let (machine, cpu, base, blk, vsock) = match arch {
+            GuestArch::X86_64 => (
+                vmkit_kernel::boot::qemu_microvm_machine(),
+                vmkit_kernel::boot::qemu_cpu_model(),
+                vmkit_kernel::boot::kernel_cmdline_base(true),
+                "virtio-blk-device",
+                "vhost-user-vsock-device",
+            ),
+            GuestArch::Aarch64 => (
+                vmkit_kernel::boot::QEMU_VIRT_MACHINE,
+                vmkit_kernel::boot::qemu_aarch64_cpu_model(),
+                vmkit_kernel::boot::qemu_virt_cmdline_base(true),
+                "virtio-blk-pci",
+                "vhost-user-vsock-pci",
+            ),
+        };
+        let mut cmdline = base;
         cmdline.push(' ');
         cmdline.push_str(&plan.kernel_args);
         if let Some(extra) = &c.kernel_args {
@@ -69,10 +121,7 @@ impl QemuMachine {
         }
         let mut args: Vec<String> = vec![
             "-M".into(),
-            format!(
-                "{},memory-backend=mem",
-                vmkit_kernel::boot::qemu_microvm_machine()
-            ),
+            format!("{machine},memory-backend=mem"),
             "-accel".into(),
             match accel {
                 Accelerator::Kvm => "kvm".into(),
@@ -81,7 +130,7 @@ impl QemuMachine {
             "-cpu".into(),
             match accel {
                 Accelerator::Kvm => "host".into(),
-                _ => vmkit_kernel::boot::qemu_cpu_model().into(),
+                _ => cpu.into(),
             },
             "-m".into(),
             mem.clone(),
@@ -115,7 +164,7 @@ impl QemuMachine {
                 if read_only { ",readonly=on" } else { "" }
             ));
             args.push("-device".into());
-            args.push(format!("virtio-blk-device,drive={id}"));
+            args.push(format!("{blk},drive={id}"));
         };
         drive("root", &plan.root_disk, false);
         for (i, d) in c.disks.iter().enumerate() {
@@ -130,7 +179,7 @@ impl QemuMachine {
             "-chardev".into(),
             format!("socket,id=vsock,path={}", qemu_escape(vhost_socket)),
             "-device".into(),
-            "vhost-user-vsock-device,chardev=vsock".into(),
+            format!("{vsock},chardev=vsock"),
         ]);
         args
     }
@@ -171,11 +220,14 @@ impl Machine for QemuMachine {
 
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
         self.available()?;
+        let (qemu, remedy) = Self::qemu_for(config.guest_arch());
+        Self::tool(qemu, remedy)?;
         vmkit_lifecycle::check_config_files(config)
     }
 
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
-        let qemu = Self::tool(Tool::Qemu, "install qemu-system-x86")?;
+        let (qemu, remedy) = Self::qemu_for(plan.config.guest_arch());
+        let qemu = Self::tool(qemu, remedy)?;
         let vhost = Self::tool(Tool::VhostDeviceVsock, "cargo install vhost-device-vsock")?;
         let supervision = if plan.detached {
             Supervision::Detached
@@ -313,6 +365,7 @@ mod tests {
                 }],
                 kernel_args: None,
                 hostname: None,
+                arch: None,
                 workload: None,
             },
             paths: paths.clone(),

@@ -24,6 +24,7 @@ fn plan(dir: &Path) -> BootPlan {
             disks: vec![],
             kernel_args: None,
             hostname: None,
+            arch: None,
             workload: None,
         },
         root_disk: paths.disk.clone(),

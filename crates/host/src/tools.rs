@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 pub enum Tool {
     /// The QEMU backend's VMM.
     Qemu,
+    /// The QEMU backend's VMM for arm64 guests (`-M virt`).
+    QemuAarch64,
     /// The Firecracker backend's VMM.
     Firecracker,
     /// QEMU's vsock bridge (Firecracker's hybrid-vsock convention).
@@ -22,6 +24,7 @@ impl Tool {
     pub fn program(self) -> &'static str {
         match self {
             Tool::Qemu => "qemu-system-x86_64",
+            Tool::QemuAarch64 => "qemu-system-aarch64",
             Tool::Firecracker => "firecracker",
             Tool::VhostDeviceVsock => "vhost-device-vsock",
             Tool::Mke2fs => "mke2fs",

@@ -128,6 +128,26 @@ pub fn kernel_cmdline_base(console: bool) -> String {
     line
 }
 
+/// The kernel command line base for arm64 guests under QEMU `-M virt`:
+/// the PL011 console (`ttyAMA0`) and `panic=-1`. No TSC arguments: the
+/// architected timer's frequency is in the device tree. A guest reboot or
+/// power-off goes through PSCI, which ends QEMU under `-no-reboot`.
+pub fn qemu_virt_cmdline_base(console: bool) -> String {
+    let console = if console { "console=ttyAMA0" } else { "quiet" };
+    format!("{console} panic=-1")
+}
+
+/// The QEMU `-M` value for arm64 guests: the `virt` board (GIC, PSCI,
+/// PL011, PL031 RTC, a generic ECAM PCI host for the virtio devices).
+pub const QEMU_VIRT_MACHINE: &str = "virt";
+
+/// The QEMU `-cpu` value for arm64 guests under TCG: a Cortex-A72
+/// (ARMv8.0). `max` would add pointer authentication, whose emulation
+/// under TCG makes every function return expensive.
+pub fn qemu_aarch64_cpu_model() -> &'static str {
+    "cortex-a72"
+}
+
 /// The kernel command line base for Firecracker (see the module docs).
 pub fn firecracker_cmdline_base(console: bool) -> String {
     let mut parts = Vec::new();

@@ -184,10 +184,9 @@ impl KernelStore {
         options: &BuildOptions,
         progress: &mut dyn FnMut(BuildEvent),
     ) -> Result<InstalledKernel, KernelError> {
-        if self.arch() != "x86_64" {
-            return Err(KernelError::UnsupportedArch(self.arch().to_string()));
-        }
-        let frag_sha = fragment::fragment_sha256(fragment::X86_64_FRAGMENT);
+        let recipe = crate::recipe::recipe(self.arch())
+            .ok_or_else(|| KernelError::UnsupportedArch(self.arch().to_string()))?;
+        let frag_sha = fragment::fragment_sha256(recipe.fragment);
         let source = resolve_source(&options.source)?;
         let up_to_date = |store: &KernelStore| -> Result<Option<InstalledKernel>, KernelError> {
             Ok(store.installed()?.filter(|k| {
@@ -232,7 +231,7 @@ impl KernelStore {
         let started = Instant::now();
 
         progress(BuildEvent::Phase(BuildPhase::Preparing));
-        check_tools(matches!(source.kind, SourceKind::Tarball(_)))?;
+        check_tools(recipe, matches!(source.kind, SourceKind::Tarball(_)))?;
         remove_stale_build_dirs(self.root());
         let workdir = tempfile::Builder::new()
             .prefix(".build-")
@@ -273,20 +272,23 @@ impl KernelStore {
 
         progress(BuildEvent::Phase(BuildPhase::Configuring));
         let frag_path = workdir.path().join("microagent.config");
-        fs::write(&frag_path, fragment::X86_64_FRAGMENT)
+        fs::write(&frag_path, recipe.fragment)
             .map_err(|e| KernelError::io("writing", &frag_path, e))?;
         let make = |args: &[&str]| {
             let mut cmd = Command::new("make");
             cmd.arg("-C")
                 .arg(&src_dir)
                 .arg(format!("O={}", out_dir.display()))
-                .arg("ARCH=x86_64")
+                .arg(format!("ARCH={}", recipe.make_arch))
                 .env("LC_ALL", "C")
                 .env("KBUILD_BUILD_USER", "microagent")
                 .env("KBUILD_BUILD_HOST", "microagent")
                 .env_remove("CROSS_COMPILE")
                 .env_remove("KCONFIG_CONFIG")
                 .args(args);
+            if let Some(prefix) = recipe.cross_compile() {
+                cmd.arg(format!("CROSS_COMPILE={prefix}"));
+            }
             cmd
         };
         let allconfig = format!("KCONFIG_ALLCONFIG={}", frag_path.display());
@@ -298,7 +300,7 @@ impl KernelStore {
         let dot_config_path = out_dir.join(".config");
         let dot_config = fs::read_to_string(&dot_config_path)
             .map_err(|e| KernelError::io("reading", &dot_config_path, e))?;
-        let missing = fragment::mismatches(fragment::X86_64_FRAGMENT, &dot_config);
+        let missing = fragment::mismatches(recipe.fragment, &dot_config);
         if !missing.is_empty() {
             return Err(KernelError::ConfigMismatch(missing.join("; ")));
         }
@@ -318,19 +320,17 @@ impl KernelStore {
         };
         run.run(
             "compiling",
-            &mut make(&[jobs_arg.as_str(), "vmlinux"]),
+            &mut make(&[jobs_arg.as_str(), recipe.make_target]),
             Some(&mut on_line),
         )?;
 
         progress(BuildEvent::Phase(BuildPhase::Installing));
-        let image_path = out_dir.join("vmlinux");
+        let image_path = out_dir.join(recipe.image);
         let image =
             File::open(&image_path).map_err(|e| KernelError::io("opening", &image_path, e))?;
-        crate::elf::check_x86_64_vmlinux(&image, &image_path).map_err(|reason| {
-            KernelError::NotAKernel {
-                path: image_path.clone(),
-                reason,
-            }
+        (recipe.check)(&image, &image_path).map_err(|reason| KernelError::NotAKernel {
+            path: image_path.clone(),
+            reason,
         })?;
         let elapsed = started.elapsed();
         let installed = self.install_image(
@@ -478,7 +478,11 @@ fn tree_version(tree: &Path) -> Result<String, String> {
     Ok(v)
 }
 
-fn check_tools(need_tar: bool) -> Result<(), KernelError> {
+fn check_tools(recipe: &crate::recipe::Recipe, need_tar: bool) -> Result<(), KernelError> {
+    let cross_gcc = recipe.cross_compile().map(|p| format!("{p}gcc"));
+    let cross_package = recipe
+        .cross_compile()
+        .map(|p| format!("gcc-{}", p.trim_end_matches('-')));
     let mut tools = vec![
         ("make", "make"),
         ("gcc", "gcc"),
@@ -491,6 +495,9 @@ fn check_tools(need_tar: bool) -> Result<(), KernelError> {
         tools.push(("tar", "tar"));
         tools.push(("xz", "xz-utils"));
     }
+    if let (Some(gcc), Some(package)) = (&cross_gcc, &cross_package) {
+        tools.push((gcc.as_str(), package.as_str()));
+    }
     for (tool, package) in tools {
         if !on_path(tool) {
             return Err(KernelError::MissingTool {
@@ -500,7 +507,8 @@ fn check_tools(need_tar: bool) -> Result<(), KernelError> {
         }
     }
     // objtool (the x86 ORC unwinder) links against libelf.
-    if !Path::new("/usr/include/gelf.h").exists()
+    if recipe.needs_libelf
+        && !Path::new("/usr/include/gelf.h").exists()
         && !Path::new("/usr/local/include/gelf.h").exists()
     {
         return Err(KernelError::MissingTool {

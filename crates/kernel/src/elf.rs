@@ -119,6 +119,18 @@ fn file_len(file: &File) -> Result<u64, String> {
         .len())
 }
 
+/// The first 64 bytes of a kernel image (every header microagent checks
+/// fits) and the file's length; a shorter file is an error naming `what`.
+pub(crate) fn read_head(file: &File, what: &str) -> Result<([u8; 64], u64), String> {
+    let len = file_len(file)?;
+    let mut hdr = [0u8; 64];
+    if len < hdr.len() as u64 {
+        return Err(format!("it is {len} bytes long, too short to be {what}"));
+    }
+    read_exact_at(file, &mut hdr, 0)?;
+    Ok((hdr, len))
+}
+
 /// Checks that `file` is a little-endian 64-bit x86_64 executable ELF with
 /// a PVH entry note. The error is a sentence for the user.
 pub fn check_x86_64_vmlinux(file: &File, path: &Path) -> Result<ElfInfo, String> {

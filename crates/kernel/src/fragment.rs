@@ -9,6 +9,9 @@ use sha2::{Digest, Sha256};
 /// The x86_64 fragment, applied on top of `make allnoconfig`.
 pub const X86_64_FRAGMENT: &str = include_str!("../config/microagent-x86_64.config");
 
+/// The aarch64 fragment (QEMU `-M virt` and Virtualization.framework).
+pub const AARCH64_FRAGMENT: &str = include_str!("../config/microagent-aarch64.config");
+
 /// Bumped when the build recipe changes in a way the fragment does not show
 /// (a different base config, make target or post-processing), so existing
 /// kernels count as stale.

@@ -5,7 +5,10 @@
 //! TCG (what CI has) or KVM, and Firecracker. It is built from Debian's
 //! `linux-source-6.1` tarball with the fragment in
 //! `config/microagent-x86_64.config` applied on top of `make allnoconfig`:
-//! everything built in, no modules.
+//! everything built in, no modules. The aarch64 kernel (QEMU `-M virt`,
+//! Virtualization.framework on Apple silicon) is built the same way from
+//! `config/microagent-aarch64.config`, cross-compiled where the host is not
+//! arm64; [`recipe`] says how each architecture is built and recognised.
 //!
 //! Installed kernels live under `<state_dir>/kernels/<arch>/`:
 //! `vmlinux` (the uncompressed ELF image, booted directly through its PVH
@@ -37,6 +40,7 @@ mod error;
 pub mod fragment;
 mod fsutil;
 pub mod manifest;
+pub mod recipe;
 mod store;
 
 pub use build::{

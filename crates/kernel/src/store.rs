@@ -50,7 +50,9 @@ impl InstalledKernel {
     /// kernels are never "current": they are whatever the user chose).
     pub fn is_current_build(&self) -> bool {
         self.manifest.config_fragment_sha256.as_deref()
-            == Some(crate::fragment::fragment_sha256(crate::fragment::X86_64_FRAGMENT).as_str())
+            == crate::recipe::recipe(&self.manifest.arch)
+                .map(|r| crate::fragment::fragment_sha256(r.fragment))
+                .as_deref()
     }
 }
 
@@ -256,9 +258,8 @@ impl KernelStore {
             path: path.to_path_buf(),
             reason,
         };
-        if self.arch != "x86_64" {
-            return Err(KernelError::UnsupportedArch(self.arch.clone()));
-        }
+        let recipe = crate::recipe::recipe(&self.arch)
+            .ok_or_else(|| KernelError::UnsupportedArch(self.arch.clone()))?;
         let meta = fs::metadata(path).map_err(|e| {
             not_kernel(match e.kind() {
                 std::io::ErrorKind::NotFound => "it does not exist".into(),
@@ -281,7 +282,7 @@ impl KernelStore {
             )));
         }
         let file = File::open(path).map_err(|e| not_kernel(format!("it cannot be read: {e}")))?;
-        crate::elf::check_x86_64_vmlinux(&file, path).map_err(not_kernel)?;
+        (recipe.check)(&file, path).map_err(not_kernel)?;
         let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let _lock = self.lock()?;
         self.install_image(

@@ -74,6 +74,7 @@ mod tests {
                 disks: vec![],
                 kernel_args: None,
                 hostname: None,
+                arch: None,
                 workload: None,
             },
             created_at: Utc::now(),

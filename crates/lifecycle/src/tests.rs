@@ -37,6 +37,7 @@ impl Fixture {
             disks: vec![],
             kernel_args: None,
             hostname: None,
+            arch: None,
             workload,
         }
     }

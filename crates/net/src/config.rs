@@ -242,6 +242,17 @@ impl NetConfig {
             }
         }
         self.policy.limits.validate()?;
+        if let Some(audit) = &self.audit_path {
+            // Checked here, before the helper says ready, not when the first
+            // decision is written.
+            let folder = audit.parent().filter(|p| !p.as_os_str().is_empty());
+            if !folder.is_none_or(Path::is_dir) {
+                return invalid(format!(
+                    "auditPath {}: its folder does not exist",
+                    audit.display()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -336,6 +347,10 @@ mod tests {
         assert!(err.contains("gatewayIp 192.168.1.1"), "{err}");
         let err = "52:54:00:12:34".parse::<MacAddr>().unwrap_err().to_string();
         assert!(err.contains("52:54:00:12:34"), "{err}");
+        let mut config = NetConfig::new(Frontend::Stream { path: "/x".into() });
+        config.audit_path = Some("/no/such/folder/egress.jsonl".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("/no/such/folder/egress.jsonl"), "{err}");
         let err = serde_json::from_str::<NetConfig>(
             r#"{"frontend":{"kind":"stream","path":"/x"},"policy":{"allow":["bad name!"]}}"#,
         )

@@ -1,7 +1,8 @@
 //! The host-side userspace network stack of one VM.
 //!
 //! The guest's virtio-net frames arrive over a [`frontend`] (QEMU's
-//! `-netdev stream` Unix socket, or a TAP device for Firecracker). A
+//! `-netdev stream` Unix socket, a TAP device for Firecracker, or a Unix
+//! datagram socket for Apple VF's file-handle attachment). A
 //! [smoltcp](https://docs.rs/smoltcp) interface answers ARP and ICMP echo as
 //! the gateway and terminates the guest's TCP; the stack itself answers DNS
 //! (through the host's resolver, `/etc/hosts` included, remembering which
@@ -9,8 +10,13 @@
 //! is opened only for a flow the egress [`policy`] allows, and every decision
 //! is one line of the [`audit`] log (`egress.jsonl`).
 //!
-//! The stack is a state machine driven by one poll loop ([`serve`]); the
-//! policy sits outside it and is plain data in, verdict out:
+//! The stack is a state machine driven by one poll loop ([`serve`]): host
+//! sockets, the link and the resolver's wake-up pipe in one `poll(2)`,
+//! sleeping until something is ready or smoltcp's next timer. Its state is
+//! bounded: at most `limits.maxConnections` flows (each with two 256 KiB
+//! buffers, touched only as used), 64 DNS lookups in flight, 8192
+//! remembered addresses. The policy sits outside the stack and is plain
+//! data in, verdict out:
 //!
 //! ```
 //! use vmkit_net::policy::{Egress, Check, Peeked, Policy, Rule, Mode};

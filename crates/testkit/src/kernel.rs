@@ -13,17 +13,33 @@ use std::path::PathBuf;
 ///
 /// When the file is not there, with a message naming `scripts/setup`.
 pub fn kernel_path() -> PathBuf {
-    let (path, origin) = match std::env::var_os("MICROAGENT_TEST_KERNEL") {
-        Some(p) => (PathBuf::from(p), "MICROAGENT_TEST_KERNEL"),
+    kernel_path_for("x86_64")
+}
+
+/// The guest kernel for `arch` (`x86_64`, `aarch64`):
+/// `$MICROAGENT_TEST_KERNEL` (x86_64) or `$MICROAGENT_TEST_KERNEL_AARCH64`,
+/// else `<state>/kernels/<arch>/vmlinux` (for aarch64 an arm64 `Image`).
+///
+/// # Panics
+///
+/// When the file is not there, with a message naming `scripts/setup`.
+pub fn kernel_path_for(arch: &str) -> PathBuf {
+    let var = if arch == "x86_64" {
+        "MICROAGENT_TEST_KERNEL".to_string()
+    } else {
+        format!("MICROAGENT_TEST_KERNEL_{}", arch.to_uppercase())
+    };
+    let (path, origin) = match std::env::var_os(&var) {
+        Some(p) => (PathBuf::from(p), var.clone()),
         None => (
-            state_dir().join("kernels").join("x86_64").join("vmlinux"),
-            "the default state folder",
+            state_dir().join("kernels").join(arch).join("vmlinux"),
+            "the default state folder".to_string(),
         ),
     };
     if !path.is_file() {
         panic!(
-            "no guest kernel at {} (from {origin}); run scripts/setup, which builds it with \
-             `microagent kernel build`, or point MICROAGENT_TEST_KERNEL at a vmlinux",
+            "no {arch} guest kernel at {} (from {origin}); run scripts/setup, which builds it with \
+             `microagent kernel build --arch {arch}`, or point {var} at one",
             path.display()
         );
     }

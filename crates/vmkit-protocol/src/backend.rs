@@ -18,6 +18,16 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// The backend native to the OS this was built for: apple-vf on macOS,
+    /// QEMU elsewhere.
+    pub fn native() -> Self {
+        if cfg!(target_os = "macos") {
+            BackendKind::AppleVf
+        } else {
+            BackendKind::Qemu
+        }
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {

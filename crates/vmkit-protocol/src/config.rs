@@ -40,9 +40,70 @@ pub struct MachineConfig {
     /// Guest hostname; defaults to the runtime ID with `_` and `.` as `-`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The guest's architecture; defaults to the host's. `aarch64` on an
+    /// x86_64 host is emulated (QEMU `-M virt`), as `x86_64` would be on
+    /// an arm64 one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<GuestArch>,
     /// Commands for `run`; absent for plain workspace commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+}
+
+/// A guest CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GuestArch {
+    /// 64-bit x86.
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit Arm (Apple silicon, Graviton, ...).
+    #[serde(rename = "aarch64")]
+    Aarch64,
+}
+
+impl GuestArch {
+    /// The host's own architecture (x86_64 on anything that is not arm64).
+    pub fn host() -> Self {
+        if cfg!(target_arch = "aarch64") {
+            GuestArch::Aarch64
+        } else {
+            GuestArch::X86_64
+        }
+    }
+
+    /// The wire name, which is also the kernel store's folder name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestArch::X86_64 => "x86_64",
+            GuestArch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+impl std::fmt::Display for GuestArch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GuestArch {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "x86_64" => Ok(GuestArch::X86_64),
+            "aarch64" | "arm64" => Ok(GuestArch::Aarch64),
+            other => Err(ProtocolError::invalid(format!(
+                "unknown architecture {other:?}; expected x86_64 or aarch64"
+            ))),
+        }
+    }
+}
+
+impl MachineConfig {
+    /// The guest architecture, the host's when the config names none.
+    pub fn guest_arch(&self) -> GuestArch {
+        self.arch.unwrap_or_else(GuestArch::host)
+    }
 }
 
 /// An extra block device for the guest.

@@ -8,11 +8,13 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// One command for a backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", try_from = "WireRequest")]
 pub struct Request {
     /// What to do.
     pub command: Command,
-    /// Which workspace, on whose behalf, through which backend.
+    /// Which workspace, on whose behalf, through which backend. Required on
+    /// the wire for every command but `host`, which needs nothing: a `host`
+    /// request without one gets [`Identity::host_probe`].
     pub identity: Identity,
     /// The machine; required by `check`, `prepare`, `start` and `run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +34,40 @@ pub struct Request {
 /// Longest image reference a request may carry (a local path inside a
 /// reference can be long; this bounds what a record holds).
 pub const MAX_IMAGE_REF_BYTES: usize = 4096;
+
+/// A request as it arrives, before the identity rule is applied.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireRequest {
+    command: Command,
+    #[serde(default)]
+    identity: Option<Identity>,
+    #[serde(default)]
+    config: Option<MachineConfig>,
+    #[serde(default)]
+    state_dir: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+}
+
+impl TryFrom<WireRequest> for Request {
+    type Error = String;
+
+    fn try_from(w: WireRequest) -> Result<Self, String> {
+        let identity = match (w.identity, w.command) {
+            (Some(identity), _) => identity,
+            (None, Command::Host) => Identity::host_probe(),
+            (None, _) => return Err("missing field `identity`".into()),
+        };
+        Ok(Request {
+            command: w.command,
+            identity,
+            config: w.config,
+            state_dir: w.state_dir,
+            image: w.image,
+        })
+    }
+}
 
 /// The commands of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,6 +143,17 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The identity of a `host` request that came without one: the host's
+    /// own backend ([`BackendKind::native`]), on behalf of nobody in particular.
+    pub fn host_probe() -> Self {
+        Identity {
+            request_id: "host".into(),
+            runtime_id: "host".into(),
+            role: "host".into(),
+            backend: BackendKind::native(),
+        }
+    }
+
     /// Checks the runtime ID is usable as a folder name and a hostname.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         validate_runtime_id(&self.runtime_id)?;

@@ -199,5 +199,31 @@ fn garbage_truncated_and_oversized_input_is_an_error_not_a_panic() {
     let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
     rejects(&huge, "limit");
     rejects(b"[1,2,3]", "");
-    rejects(b"{\"command\":\"host\"}", "identity");
+    rejects(b"{\"command\":\"inspect\",\"stateDir\":\"/s\"}", "identity");
+}
+
+#[test]
+fn host_needs_no_identity() {
+    let r = Request::from_json(b"{\"command\":\"host\"}").unwrap();
+    assert_eq!(r.command, Command::Host);
+    assert_eq!(r.identity, Identity::host_probe());
+    assert_eq!(r.identity.backend, BackendKind::native());
+    rejects(b"{\"command\":\"host\",\"surprise\":1}", "surprise");
+}
+
+#[test]
+fn arch_is_optional_and_checked() {
+    let r = Request::from_json(&edit("request-start.json", |v| {
+        v["config"]["arch"] = "aarch64".into()
+    }))
+    .unwrap();
+    assert_eq!(r.config.unwrap().guest_arch(), GuestArch::Aarch64);
+    let r = Request::from_json(&fixture("request-start.json")).unwrap();
+    assert_eq!(r.config.unwrap().guest_arch(), GuestArch::host());
+    rejects(
+        &edit("request-start.json", |v| {
+            v["config"]["arch"] = "riscv64".into()
+        }),
+        "config.arch",
+    );
 }

@@ -23,6 +23,7 @@ fn record(name: &str) -> WorkspaceRecord {
             disks: vec![],
             kernel_args: None,
             hostname: None,
+            arch: None,
             workload: None,
         },
         created_at: Utc::now(),

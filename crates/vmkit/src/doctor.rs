@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use vmkit_host::{probe_kvm, tool_version, KvmVerdict, Tool};
-use vmkit_protocol::{Accelerator, BackendKind, CheckItem, CheckStatus};
+use vmkit_protocol::{Accelerator, BackendKind, CheckItem, CheckStatus, HostInfo, ProtocolError};
 
 /// Everything `doctor` found.
 #[derive(Debug, Clone, Serialize)]
@@ -60,11 +60,21 @@ pub fn doctor_for(state_dir: &Path, requested: Option<BackendKind>) -> DoctorRep
             "install what the message names",
         ),
     }];
-    if choice.kind != BackendKind::AppleVf {
+    let host = driver.host();
+    if choice.kind == BackendKind::AppleVf {
+        let program = vmkit_apple_vf::AppleVfBackend::new().program();
+        checks.extend(apple_vf_checks(&host, &program));
+        for tool in [Tool::Mke2fs, Tool::Debugfs] {
+            checks.push(tool_check(
+                tool,
+                "brew install e2fsprogs, and put its sbin folder on PATH",
+            ));
+        }
+    } else {
         linux_checks(&mut checks, choice.kind);
     }
-    kernel_check(&mut checks, state_dir);
-    let (accelerator, reason) = match driver.host() {
+    kernel_check(&mut checks, state_dir, choice.kind);
+    let (accelerator, reason) = match host {
         Ok(host) => (host.accelerator, host.accelerator_reason),
         Err(e) => (Accelerator::None, e.message),
     };
@@ -117,15 +127,7 @@ fn linux_checks(checks: &mut Vec<CheckItem>, backend: BackendKind) {
         ]);
     }
     for (tool, remedy) in required {
-        checks.push(match tool_version(tool) {
-            Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
-            None => item(
-                tool.program(),
-                CheckStatus::Fail,
-                "not found in PATH".into(),
-                remedy,
-            ),
-        });
+        checks.push(tool_check(tool, remedy));
     }
     // rotatelogs has no version flag; being there is what matters.
     checks.push(match vmkit_host::find_in_path("rotatelogs") {
@@ -166,9 +168,13 @@ fn linux_checks(checks: &mut Vec<CheckItem>, backend: BackendKind) {
 }
 
 /// Whether a kernel is installed (else `run` builds one first).
-fn kernel_check(checks: &mut Vec<CheckItem>, state_dir: &Path) {
+fn kernel_check(checks: &mut Vec<CheckItem>, state_dir: &Path, backend: BackendKind) {
     let kernels = vmkit_kernel::KernelStore::new(state_dir);
-    let build = "run `microagent kernel build` (about 5 minutes on 2 cores); `run` also builds it on first use";
+    let build = if backend == BackendKind::AppleVf {
+        "build the arm64 kernel on Linux (`microagent kernel build --arch aarch64`) and `microagent kernel install --from Image`"
+    } else {
+        "run `microagent kernel build` (about 5 minutes on 2 cores); `run` also builds it on first use"
+    };
     checks.push(match kernels.installed() {
         Ok(Some(k)) => ok(
             "kernel",
@@ -182,6 +188,41 @@ fn kernel_check(checks: &mut Vec<CheckItem>, state_dir: &Path) {
         ),
         Err(e) => item("kernel", CheckStatus::Warn, e.to_string(), build),
     });
+}
+
+/// The apple-vf checks from the supervisor's `host` answer: whether the
+/// supervisor answered at all, then each check it made itself (the
+/// framework, the entitlement).
+pub fn apple_vf_checks(host: &Result<HostInfo, ProtocolError>, program: &Path) -> Vec<CheckItem> {
+    match host {
+        Ok(h) => {
+            let mut checks = vec![ok(
+                "applevf-supervisor",
+                format!("{} answers host", program.display()),
+            )];
+            checks.extend(h.checks.iter().cloned());
+            checks
+        }
+        Err(e) => vec![item(
+            "applevf-supervisor",
+            CheckStatus::Fail,
+            e.message.clone(),
+            "build and sign it with scripts/build-applevf-supervisor, then put it on PATH or set MICROAGENT_APPLEVF_SUPERVISOR",
+        )],
+    }
+}
+
+/// A required tool: its version where found, a failure with `remedy` where not.
+fn tool_check(tool: Tool, remedy: &str) -> CheckItem {
+    match tool_version(tool) {
+        Some((path, version)) => ok(tool.program(), format!("{version} ({})", path.display())),
+        None => item(
+            tool.program(),
+            CheckStatus::Fail,
+            "not found in PATH".into(),
+            remedy,
+        ),
+    }
 }
 
 fn ok(name: &str, detail: String) -> CheckItem {
@@ -205,6 +246,7 @@ fn item(name: &str, status: CheckStatus, detail: String, remedy: &str) -> CheckI
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmkit_protocol::ErrorCode;
 
     #[test]
     fn doctor_reports_the_backend_it_was_asked_about() {
@@ -225,5 +267,45 @@ mod tests {
             assert!(!vf.ready);
             assert!(vf.reason.contains("does not run on linux"), "{}", vf.reason);
         }
+    }
+
+    #[test]
+    fn apple_vf_checks_carry_the_supervisors_own_and_say_when_it_is_missing() {
+        let host = Ok(HostInfo {
+            os: "macos".into(),
+            arch: "aarch64".into(),
+            accelerator: Accelerator::Hvf,
+            accelerator_reason: "Virtualization.framework".into(),
+            checks: vec![item(
+                "entitlement",
+                CheckStatus::Fail,
+                "not signed with com.apple.security.virtualization".into(),
+                "codesign ...",
+            )],
+        });
+        let checks = apple_vf_checks(
+            &host,
+            Path::new("/usr/local/bin/microagent-applevf-supervisor"),
+        );
+        let names: Vec<(&str, CheckStatus)> =
+            checks.iter().map(|c| (c.name.as_str(), c.status)).collect();
+        assert_eq!(
+            names,
+            [
+                ("applevf-supervisor", CheckStatus::Ok),
+                ("entitlement", CheckStatus::Fail)
+            ]
+        );
+        let missing = Err(ProtocolError::new(
+            ErrorCode::Unavailable,
+            "cannot start it",
+        ));
+        let checks = apple_vf_checks(&missing, Path::new("x"));
+        assert_eq!(checks[0].status, CheckStatus::Fail);
+        assert!(checks[0]
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("build-applevf-supervisor"));
     }
 }

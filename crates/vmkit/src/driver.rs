@@ -4,8 +4,9 @@
 //! [`crate::Runtime`] needs a little more from a backend: streaming runs
 //! and execs, cleaning up after dead commands, and a quick check that it
 //! can run here at all. [`driver_for`] builds the driver for any
-//! [`BackendKind`]: the shared lifecycle for the Linux backends, the
-//! supervisor client for apple-vf.
+//! [`BackendKind`]: the shared lifecycle over the backend's machine
+//! (apple-vf's is the Swift supervisor's per-VM process, on macOS), and
+//! off macOS, for apple-vf, the one-request supervisor client.
 
 use std::io::Write;
 use std::path::Path;
@@ -52,6 +53,7 @@ pub fn driver_for(kind: BackendKind, observer: Option<Observer>) -> Box<dyn Driv
     let lifecycle = match kind {
         BackendKind::Qemu => vmkit_qemu::backend(),
         BackendKind::Firecracker => vmkit_firecracker::backend(),
+        BackendKind::AppleVf if cfg!(target_os = "macos") => vmkit_apple_vf::backend(),
         BackendKind::AppleVf => {
             return Box::new(Supervised {
                 client: AppleVfBackend::new(),

@@ -20,7 +20,7 @@ mod runtime;
 pub mod supervisor;
 
 pub use error::VmkitError;
-pub use guest_init::find_guest_init;
+pub use guest_init::{find_guest_init, find_guest_init_for};
 pub use runtime::{new_run_name, MachineParams, RunParams, Runtime};
 pub use vmkit_channel::ExecRequest;
 pub use vmkit_kernel::BuildEvent;

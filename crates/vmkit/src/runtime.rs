@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use vmkit_kernel::{BuildEvent, KernelStore};
 use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 use vmkit_protocol::{
-    BackendKind, Command, Disk, ErrorCode, Event, Identity, MachineConfig, ProtocolError, Request,
-    RunResult, Workload,
+    BackendKind, Command, Disk, ErrorCode, Event, GuestArch, Identity, MachineConfig,
+    ProtocolError, Request, RunResult, Workload,
 };
 use vmkit_rootfs::{BuildOptions, BuiltRootfs, ImageRef, RootfsBuilder};
 
@@ -34,6 +34,8 @@ pub struct MachineParams {
     pub kernel: Option<PathBuf>,
     /// Extra kernel command-line arguments.
     pub kernel_args: Option<String>,
+    /// The guest architecture (`None`: the host's).
+    pub arch: Option<GuestArch>,
 }
 
 /// A one-shot run.
@@ -89,10 +91,11 @@ impl Runtime {
         &self.state_dir
     }
 
-    /// The installed kernel, building it first when there is none
-    /// (`progress` hears what the build is doing), or `explicit` if given.
+    /// The installed kernel for `arch`, building it first when there is
+    /// none (`progress` hears what the build is doing), or `explicit` if given.
     pub fn kernel(
         &self,
+        arch: GuestArch,
         explicit: Option<&Path>,
         progress: &mut dyn FnMut(BuildEvent),
     ) -> Result<PathBuf, VmkitError> {
@@ -104,16 +107,28 @@ impl Runtime {
                 )))
             });
         }
-        let store = KernelStore::new(&self.state_dir);
+        let store = KernelStore::with_arch(&self.state_dir, arch.as_str());
         let kernel = vmkit_kernel::ensure_installed(&store, progress)?;
         Ok(kernel.vmlinux_path().to_owned())
     }
 
-    /// The root disk for `image` (cached by digest), with the guest init in it.
-    pub fn rootfs(&self, image: &str, progress: bool) -> Result<BuiltRootfs, VmkitError> {
+    /// The root disk for `image` (cached by digest), with the guest init in
+    /// it: the image's `arch` platform (`linux/arm64` for aarch64) and that
+    /// architecture's init.
+    pub fn rootfs(
+        &self,
+        image: &str,
+        arch: GuestArch,
+        progress: bool,
+    ) -> Result<BuiltRootfs, VmkitError> {
         let image = ImageRef::parse(image)?;
+        let platform = vmkit_rootfs::Platform::parse(match arch {
+            GuestArch::X86_64 => "linux/amd64",
+            GuestArch::Aarch64 => "linux/arm64",
+        })?;
         let options = BuildOptions {
-            init_binary: Some(crate::find_guest_init()?),
+            init_binary: Some(crate::find_guest_init_for(arch)?),
+            platform: Some(platform),
             progress,
             ..BuildOptions::default()
         };
@@ -158,6 +173,7 @@ impl Runtime {
             disks: m.disks.clone(),
             kernel_args: m.kernel_args.clone(),
             hostname: None,
+            arch: m.arch,
             workload: workload.or_else(|| {
                 // A workspace keeps its env/cwd/user for every boot.
                 (!m.env.is_empty() || m.cwd.is_some() || m.user.is_some()).then(|| Workload {

@@ -25,6 +25,7 @@ pub fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootP
             disks,
             kernel_args: Some("loglevel=4".into()),
             hostname: None,
+            arch: None,
             workload: None,
         },
         root_disk: paths.disk.clone(),

@@ -15,28 +15,42 @@ use crate::cli::Global;
 pub enum KernelCommand {
     /// Build the guest kernel from source and install it.
     ///
-    /// Builds a minimal x86_64 kernel with everything microagent needs built
-    /// in (no modules) from Debian's linux-source-6.1 package, or from
-    /// --source. Takes a few minutes; the log is <state>/kernels/build.log.
+    /// Builds a minimal kernel with everything microagent needs built in (no
+    /// modules) from Debian's linux-source-6.1 package, or from --source:
+    /// x86_64 by default (this host's architecture), or `--arch aarch64` for
+    /// arm64 guests (QEMU -M virt, Apple silicon), cross-compiled with
+    /// Debian's gcc-aarch64-linux-gnu. Takes a few minutes; the log is
+    /// <state>/kernels/build.log.
     /// A fast no-op when the installed kernel was already built from the
     /// same source and config fragment (use --force to rebuild).
     Build(BuildArgs),
     /// Install your own vmlinux (an uncompressed x86_64 ELF kernel with a
     /// PVH entry note, e.g. built with CONFIG_PVH=y).
     Install {
-        /// The vmlinux to copy into the state folder.
+        /// The vmlinux to copy into the state folder (for aarch64: an
+        /// uncompressed arm64 Image).
         #[arg(long, value_name = "PATH")]
         from: PathBuf,
+        /// The guest architecture it is for.
+        #[arg(long, value_name = "ARCH", value_parser = ARCHES)]
+        arch: Option<String>,
     },
     /// Verify the installed kernel against its recorded sha256 and report
     /// what is installed. Exits 1 when it is missing or does not match.
-    Check,
+    Check {
+        /// The guest architecture to check.
+        #[arg(long, value_name = "ARCH", value_parser = ARCHES)]
+        arch: Option<String>,
+    },
     /// List installed kernels.
     List,
 }
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
+    /// The guest architecture: x86_64 (default on x86_64 hosts) or aarch64.
+    #[arg(long, value_name = "ARCH", value_parser = ARCHES)]
+    arch: Option<String>,
     /// Build from this kernel source tarball or clean source tree.
     #[arg(long, value_name = "PATH", conflicts_with = "debian")]
     source: Option<PathBuf>,
@@ -54,17 +68,26 @@ pub struct BuildArgs {
     keep_build_dir: bool,
 }
 
+/// The guest architectures kernels are built for.
+const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
+
+fn store_for(global: &Global, arch: Option<&str>) -> KernelStore {
+    match arch {
+        Some(arch) => KernelStore::with_arch(&global.state_dir, arch),
+        None => KernelStore::new(&global.state_dir),
+    }
+}
+
 pub fn run(cmd: KernelCommand, global: &Global) -> anyhow::Result<u8> {
-    let store = KernelStore::new(&global.state_dir);
     match cmd {
-        KernelCommand::Build(args) => build(&store, args, global),
-        KernelCommand::Install { from } => {
-            let k = store.install_from(&from)?;
+        KernelCommand::Build(args) => build(&store_for(global, args.arch.as_deref()), args, global),
+        KernelCommand::Install { from, arch } => {
+            let k = store_for(global, arch.as_deref()).install_from(&from)?;
             print_kernel(&k, global, "installed");
             Ok(0)
         }
-        KernelCommand::Check => {
-            let report = store.check()?;
+        KernelCommand::Check { arch } => {
+            let report = store_for(global, arch.as_deref()).check()?;
             if global.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else if report.ok {
@@ -92,7 +115,7 @@ pub fn run(cmd: KernelCommand, global: &Global) -> anyhow::Result<u8> {
             Ok(if report.ok { 0 } else { 1 })
         }
         KernelCommand::List => {
-            let kernels = store.list()?;
+            let kernels = KernelStore::new(&global.state_dir).list()?;
             if global.json {
                 for k in &kernels {
                     println!("{}", serde_json::to_string(k)?);

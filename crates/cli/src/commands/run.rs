@@ -59,7 +59,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         machine: machine_params(&args.machine),
     };
     rt.check_run(&params).map_err(exit::classify)?;
-    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, &args.machine, global)?;
     let interrupt = Interrupt::watch(global, &name)?;
     let output = if global.json {
         rt.run(

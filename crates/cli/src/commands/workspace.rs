@@ -48,6 +48,13 @@ pub struct MachineArgs {
     /// Extra kernel command-line arguments, appended after microagent's own.
     #[arg(long, value_name = "ARGS")]
     pub kernel_args: Option<String>,
+
+    /// Guest architecture: x86_64 or aarch64 (default: the host's). An arm64
+    /// guest on an x86_64 host runs under qemu-system-aarch64 -M virt (TCG),
+    /// with the aarch64 kernel (`kernel build --arch aarch64`), the image's
+    /// linux/arm64 platform and the aarch64 guest init.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<vmkit::protocol::GuestArch>,
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +199,7 @@ pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
         user: m.user.clone(),
         kernel: m.kernel.clone(),
         kernel_args: m.kernel_args.clone(),
+        arch: m.arch,
     }
 }
 
@@ -199,18 +207,23 @@ pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
 pub fn prepare_disks(
     rt: &vmkit::Runtime,
     image: &str,
-    kernel: Option<&std::path::Path>,
+    machine: &MachineArgs,
     global: &Global,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let arch = machine
+        .arch
+        .unwrap_or_else(vmkit::protocol::GuestArch::host);
     rt.preflight().map_err(exit::classify)?;
     let mut reporter = crate::commands::kernel::Reporter::new(global.json);
     let kernel = rt
-        .kernel(kernel, &mut |ev| reporter.event(ev))
+        .kernel(arch, machine.kernel.as_deref(), &mut |ev| {
+            reporter.event(ev)
+        })
         .map_err(exit::classify);
     reporter.finish();
     let kernel = kernel?;
     let progress = !global.json && std::io::stderr().is_terminal();
-    let rootfs = rt.rootfs(image, progress).map_err(exit::classify)?;
+    let rootfs = rt.rootfs(image, arch, progress).map_err(exit::classify)?;
     Ok((kernel, rootfs.path))
 }
 
@@ -228,7 +241,7 @@ pub fn create(args: CreateArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = runtime(global, args.machine.backend)?;
     let params = machine_params(&args.machine);
     rt.check_machine(&params).map_err(exit::classify)?;
-    let (kernel, rootfs) = prepare_disks(&rt, &args.image, args.machine.kernel.as_deref(), global)?;
+    let (kernel, rootfs) = prepare_disks(&rt, &args.image, &args.machine, global)?;
     let event = rt
         .create(&args.name, &args.image, &kernel, &rootfs, &params)
         .map_err(exit::classify)?;

@@ -131,3 +131,21 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     }
     found
 }
+
+/// The `data` of every `--json` line of `kind` (`stdout`, `stderr`), joined.
+pub fn stream(lines: &[Value], kind: &str) -> String {
+    lines
+        .iter()
+        .filter(|l| l["type"] == kind)
+        .map(|l| l["data"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The states of the `--json` event lines, in order.
+pub fn event_states(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "event")
+        .map(|l| l["state"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}

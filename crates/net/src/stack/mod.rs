@@ -31,6 +31,7 @@ use smoltcp::wire::{
 pub use device::{FrameSink, VecSink};
 pub use report::{Reporter, Traffic, REPEAT_WINDOW};
 
+use crate::audit::Proto;
 use crate::config::NetConfig;
 use crate::dns::DnsMemory;
 use crate::policy::{host_addresses, Egress};
@@ -220,6 +221,18 @@ impl Stack {
             ));
         }
         None
+    }
+
+    /// Refuses (and reports) a new flow when a limit is reached.
+    fn refused_by_limit(&mut self, proto: Proto, target: SocketAddr, now: Instant) -> bool {
+        let Some(reason) = self.at_limit() else {
+            return false;
+        };
+        self.stats.limit_refusals += 1;
+        let verdict = crate::policy::Verdict::denied(reason);
+        self.reporter
+            .report(proto, target, &verdict, Traffic::default(), now);
+        true
     }
 
     fn connect_target(&self, to: SocketAddr) -> SocketAddr {

@@ -66,11 +66,10 @@ impl Reporter {
         let mut reason = verdict.reason.clone();
         if !verdict.allow || proto == Proto::Dns {
             if self.recent.len() >= MAX_TRACKED {
-                self.recent
-                    .retain(|_, (at, _)| now.duration_since(*at) < REPEAT_WINDOW);
-                if self.recent.len() >= MAX_TRACKED {
-                    self.recent.clear();
-                }
+                // Keep what is recent, and what still owes a summary.
+                self.recent.retain(|_, (at, repeats)| {
+                    *repeats > 0 || now.duration_since(*at) < REPEAT_WINDOW
+                });
             }
             let key = (proto, dst, verdict.name.clone(), verdict.allow);
             match self.recent.get_mut(&key) {
@@ -90,7 +89,11 @@ impl Reporter {
                     *repeats = 0;
                 }
                 None => {
-                    self.recent.insert(key, (now, 0));
+                    // A flood of distinct decisions: each is written, and
+                    // the ones already tracked go on being summarised.
+                    if self.recent.len() < MAX_TRACKED {
+                        self.recent.insert(key, (now, 0));
+                    }
                 }
             }
         }

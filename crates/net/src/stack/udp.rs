@@ -83,17 +83,6 @@ impl Stack {
             return true;
         }
         let target = SocketAddr::V4(dst);
-        if let Some(reason) = self.at_limit() {
-            self.stats.limit_refusals += 1;
-            self.reporter.report(
-                Proto::Udp,
-                target,
-                &Verdict::denied(reason),
-                Traffic::default(),
-                now,
-            );
-            return false;
-        }
         let check = {
             let names = self.memory.names_for(*dst.ip());
             self.egress
@@ -106,6 +95,9 @@ impl Stack {
         if !verdict.allow {
             self.reporter
                 .report(Proto::Udp, target, &verdict, Traffic::default(), now);
+            return false;
+        }
+        if self.refused_by_limit(Proto::Udp, target, now) {
             return false;
         }
         let to = self.connect_target(verdict.connect_to.unwrap_or(target));

@@ -134,13 +134,7 @@ public struct Supervisor {
 
     func start(_ request: Request, _ identity: Identity, _ store: StateStore) throws -> Event {
         try available()
-        var record: WorkspaceRecord
-        if let existing = try store.load() {
-            record = existing
-        } else {
-            _ = try prepare(request.config!, request.image, identity, store)
-            record = try load(store)
-        }
+        var record = try load(store)
         try reconcile(&record, store)
         guard record.state.canStart else {
             throw ProtocolError(.invalidState,

@@ -100,7 +100,7 @@ public final class VirtualizationDriver: VMDriver {
 
 /// One VZVirtualMachine and its queue.
 final class FrameworkMachine: NSObject, RunningVM, VZVirtualMachineDelegate, @unchecked Sendable {
-    private let queue = DispatchQueue(label: "microagent.applevf.vm")
+    private let queue: DispatchQueue
     private var machine: VZVirtualMachine!
     private let console: BoundedConsole
     private let onStop: @Sendable (String) -> Void
@@ -109,7 +109,9 @@ final class FrameworkMachine: NSObject, RunningVM, VZVirtualMachineDelegate, @un
     init(configuration: VZVirtualMachineConfiguration, console: BoundedConsole, onStop: @escaping @Sendable (String) -> Void) {
         self.console = console
         self.onStop = onStop
-        let queue = self.queue
+        // Made before super.init, which must come before any use of self.
+        let queue = DispatchQueue(label: "microagent.applevf.vm")
+        self.queue = queue
         var made: VZVirtualMachine!
         queue.sync { made = VZVirtualMachine(configuration: configuration, queue: queue) }
         self.machine = made
@@ -137,8 +139,9 @@ final class FrameworkMachine: NSObject, RunningVM, VZVirtualMachineDelegate, @un
         queue.sync {
             switch machine.state {
             case .running: return .running
-            case .paused, .pausing, .saving: return .paused
-            case .starting, .resuming, .restoring: return .starting
+            case .paused, .pausing: return .paused
+            case .starting, .resuming: return .starting
+            // (.saving and .restoring exist from macOS 14 on.)
             default: return .stopped
             }
         }

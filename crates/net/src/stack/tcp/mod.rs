@@ -203,15 +203,19 @@ impl Stack {
             return;
         }
         let target = SocketAddr::V4(key.dst);
-        if let Some(reason) = self.at_limit() {
-            self.stats.limit_refusals += 1;
-            let verdict = Verdict::denied(reason);
-            self.reporter
-                .report(Proto::Tcp, target, &verdict, Traffic::default(), now);
+        let check = {
+            let names = self.memory.names_for(dst);
+            self.egress
+                .check_flow(Proto::Tcp, target, &names, Peeked::NotYet)
+        };
+        let dns = dst == self.gateway_ip && key.dst.port() == 53;
+        // The policy first (a refused address says why), then the limit.
+        let refused = matches!(&check, Check::Done(v) if !v.allow) && !dns;
+        if !refused && self.refused_by_limit(Proto::Tcp, target, now) {
             self.ingress(frame, now, sink);
             return;
         }
-        if dst == self.gateway_ip && key.dst.port() == 53 {
+        if dns {
             let handle = self.new_socket(key, DNS_BUFFER);
             let mut flow = TcpFlow::new(
                 Phase::Dns {
@@ -226,11 +230,6 @@ impl Stack {
             self.ingress(frame, now, sink);
             return;
         }
-        let check = {
-            let names = self.memory.names_for(dst);
-            self.egress
-                .check_flow(Proto::Tcp, target, &names, Peeked::NotYet)
-        };
         match check {
             Check::Done(verdict) if !verdict.allow => {
                 self.reporter

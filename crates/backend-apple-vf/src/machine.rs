@@ -1,0 +1,253 @@
+//! The apple-vf backend under the shared lifecycle: [`AppleVfMachine`]
+//! launches the Swift supervisor's per-VM process (`vm-host PLAN`) the way
+//! the QEMU backend launches QEMU. That process boots the VM with
+//! Virtualization.framework and bridges its vsock device to the workspace's
+//! hybrid-vsock socket, so everything after the launch (config disk, guest
+//! channel, events, halt, gc) is `vmkit_lifecycle::Lifecycle`, unchanged.
+//!
+//! The plan is plain JSON (`VMPlan` in `supervisors/applevf`); the process
+//! says `running` or `failed <why>` on its stdout once the VM is up or not.
+//! Everything here but the framework itself runs on Linux too, where the
+//! Swift supervisor answers `failed ... not available`: the tests check the
+//! handshake against the real binary.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::Serialize;
+use vmkit_lifecycle::vmm_files::{clone_log, open_log, rotate_console};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision};
+use vmkit_protocol::{
+    Accelerator, BackendKind, CheckStatus, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
+    ProtocolError,
+};
+
+use crate::AppleVfBackend;
+
+/// How long the per-VM process may take to say whether the VM runs.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The console log's cap per file (the supervisor keeps two).
+const CONSOLE_LIMIT: u64 = 1 << 20;
+
+/// What the per-VM process boots: the Swift `VMPlan`, field for field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmPlan {
+    /// The kernel (an uncompressed arm64 `Image` on Apple silicon).
+    pub kernel_path: String,
+    /// The whole kernel command line.
+    pub command_line: String,
+    /// Block devices in guest order: `/dev/vda` first.
+    pub disks: Vec<PlanDisk>,
+    /// vCPUs.
+    pub cpu_count: u32,
+    /// Guest memory.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: u32,
+    /// The hybrid-vsock socket the bridge serves.
+    pub vsock_path: String,
+    /// Host ports the guest may dial (forwarded to `<vsockPath>_<port>`).
+    pub host_ports: Vec<u32>,
+    /// Where the guest's virtio console goes.
+    pub console_log: String,
+    /// The console log's cap per file.
+    pub console_limit_bytes: u64,
+}
+
+/// One disk of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanDisk {
+    /// The image file.
+    pub path: String,
+    /// Attached read-only.
+    pub read_only: bool,
+}
+
+impl VmPlan {
+    /// The plan for one boot: disks in the order the lifecycle's boot spec
+    /// names them (root, extras, config disk), the virtio console `hvc0`.
+    pub fn for_boot(plan: &BootPlan) -> VmPlan {
+        let c = &plan.config;
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut disks = vec![PlanDisk {
+            path: path(&plan.root_disk),
+            read_only: false,
+        }];
+        disks.extend(c.disks.iter().map(|d| PlanDisk {
+            path: d.path.clone(),
+            read_only: d.mode == DiskMode::Ro,
+        }));
+        disks.push(PlanDisk {
+            path: path(&plan.paths.config_disk),
+            read_only: true,
+        });
+        let mut command_line = format!("console=hvc0 panic=-1 {}", plan.kernel_args);
+        if let Some(extra) = &c.kernel_args {
+            command_line.push(' ');
+            command_line.push_str(extra);
+        }
+        VmPlan {
+            kernel_path: c.kernel_path.clone(),
+            command_line,
+            disks,
+            cpu_count: c.cpu_count,
+            memory_mib: c.memory_mib,
+            vsock_path: path(&plan.paths.vsock),
+            host_ports: vec![vmkit_channel::DEFAULT_CONTROL_PORT],
+            console_log: path(&plan.paths.console_log),
+            console_limit_bytes: CONSOLE_LIMIT,
+        }
+    }
+}
+
+/// Launches VMs through the Swift supervisor's per-VM process.
+#[derive(Debug, Clone, Default)]
+pub struct AppleVfMachine {
+    client: AppleVfBackend,
+}
+
+impl AppleVfMachine {
+    /// The supervisor from `$MICROAGENT_APPLEVF_SUPERVISOR` or PATH.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A machine over a given supervisor client.
+    pub fn with_client(client: AppleVfBackend) -> Self {
+        AppleVfMachine { client }
+    }
+
+    fn program(&self) -> PathBuf {
+        self.client.program()
+    }
+}
+
+fn internal(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, message)
+}
+
+impl Machine for AppleVfMachine {
+    fn kind(&self) -> BackendKind {
+        BackendKind::AppleVf
+    }
+
+    fn host(&self) -> HostInfo {
+        use vmkit_protocol::Backend;
+        self.client.host().unwrap_or_else(|e| HostInfo {
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            accelerator: Accelerator::None,
+            accelerator_reason: e.message,
+            checks: Vec::new(),
+        })
+    }
+
+    /// The supervisor answers and reports every check it makes (the
+    /// framework, the entitlement) as passing.
+    fn available(&self) -> Result<(), ProtocolError> {
+        use vmkit_protocol::Backend;
+        let host = self.client.host()?;
+        if let Some(failed) = host.checks.iter().find(|c| c.status == CheckStatus::Fail) {
+            return Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the apple-vf backend cannot run here: {}{}",
+                    failed.detail,
+                    failed
+                        .remedy
+                        .as_deref()
+                        .map(|r| format!("; {r}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
+        self.available()?;
+        if config.guest_arch() != GuestArch::host() {
+            return Err(ProtocolError::invalid(format!(
+                "config.arch {} cannot run here: Virtualization.framework runs only {} guests on this Mac",
+                config.guest_arch(),
+                GuestArch::host()
+            )));
+        }
+        vmkit_lifecycle::check_config_files(config)
+    }
+
+    fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
+        let supervision = if plan.detached {
+            Supervision::Detached
+        } else {
+            Supervision::DiesWithParent
+        };
+        let plan_path = plan.paths.dir.join("vm-plan.json");
+        let body = serde_json::to_vec(&VmPlan::for_boot(plan)).expect("plans serialize");
+        std::fs::write(&plan_path, body)
+            .map_err(|e| internal(format!("writing {}: {e}", plan_path.display())))?;
+        rotate_console(&plan.paths.console_log);
+        let log = open_log(&plan.paths.vmm_log)?;
+        let program = self.program();
+        // From here on, every early return kills what was started.
+        let mut guard = LaunchGuard::new();
+        let child = spawn_supervised(
+            Command::new(&program)
+                .arg("vm-host")
+                .arg(&plan_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(clone_log(&log)?),
+            supervision,
+        )
+        .map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "starting the Apple VF supervisor {}: {e}",
+                    program.display()
+                ),
+            )
+        })?;
+        let status = guard.vmm(child).stdout.take().expect("stdout is piped");
+        match read_status(status, LAUNCH_TIMEOUT) {
+            Some(line) if line == "running" => guard.disarm(),
+            other => {
+                let why = match other {
+                    Some(line) => line.strip_prefix("failed ").unwrap_or(&line).to_owned(),
+                    None => "it exited or hung before the VM ran; see vmm.log in the workspace"
+                        .to_owned(),
+                };
+                let code = if why.contains("not available") || why.contains("entitlement") {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Internal
+                };
+                Err(ProtocolError::new(
+                    code,
+                    format!("the Apple VF supervisor did not boot the VM: {why}"),
+                ))
+            }
+        }
+    }
+}
+
+/// The per-VM process's one status line (at most 4 KiB), or `None` when it
+/// closes its stdout or says nothing within `timeout`.
+fn read_status(stdout: impl Read + Send + 'static, timeout: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = BufReader::new(stdout.take(4096)).read_line(&mut line);
+        let _ = tx.send(
+            got.ok()
+                .filter(|n| *n > 0)
+                .map(|_| line.trim_end().to_owned()),
+        );
+    });
+    rx.recv_timeout(timeout).ok().flatten()
+}
