@@ -265,9 +265,9 @@ fn ctrl_c_stops_the_vm_and_removes_the_run() {
     let env = Env::new();
     let child = env.spawn_started(&["--exec", "echo started; sleep 1000"]);
     let started = Instant::now();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();

@@ -20,7 +20,10 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use rustix::fs::SeekFrom;
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::unistd::{lseek, Whence};
 
 /// A copy that failed: what was being done, and the I/O error.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,7 @@ pub fn clone_disk(src: &Path, dst: &Path) -> Result<CloneMethod, CloneError> {
             .tempfile_in(dir),
         || format!("creating a file in {}", dir.display()),
     )?;
-    let method = if rustix::fs::ioctl_ficlone(tmp.as_file(), &from).is_ok() {
+    let method = if reflink(tmp.as_file(), &from) {
         CloneMethod::Reflink
     } else {
         ctx(sparse_copy(&from, tmp.as_file(), len), || {
@@ -78,23 +81,38 @@ pub fn clone_disk(src: &Path, dst: &Path) -> Result<CloneMethod, CloneError> {
     Ok(method)
 }
 
+// FICLONE: _IOW(0x94, 9, int), the source descriptor passed by value.
+nix::ioctl_write_int!(ficlone, 0x94, 9);
+
+/// Shares `from`'s blocks with `to` (copy-on-write), where the file system
+/// can; returns whether it did.
+fn reflink(to: &File, from: &File) -> bool {
+    let Ok(source) = u64::try_from(from.as_raw_fd()) else {
+        return false;
+    };
+    // SAFETY: FICLONE reads no memory of ours: its argument is the source
+    // descriptor by value, and both descriptors stay open for the call.
+    unsafe { ficlone(to.as_raw_fd(), source as nix::sys::ioctl::ioctl_param_type) }.is_ok()
+}
+
 fn sparse_copy(from: &File, to: &File, len: u64) -> io::Result<()> {
     to.set_len(len)?;
+    let offset = |n: u64| i64::try_from(n).map_err(|_| io::Error::other("offset out of range"));
     let mut pos = 0u64;
     while pos < len {
-        let data = match rustix::fs::seek(from, SeekFrom::Data(pos)) {
+        let data = match lseek(from, offset(pos)?, Whence::SeekData) {
             Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(Errno::ENXIO) => break, // only a hole remains
             Err(e) => return Err(e.into()),
         };
-        let hole = rustix::fs::seek(from, SeekFrom::Hole(data))?.min(len);
+        let hole = lseek(from, data, Whence::SeekHole)?.min(offset(len)?);
         let (mut off_in, mut off_out) = (data, data);
         while off_in < hole {
             let want = usize::try_from(hole - off_in)
                 .unwrap_or(usize::MAX)
                 .min(1 << 30);
             let n =
-                rustix::fs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)?;
+                nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -102,7 +120,7 @@ fn sparse_copy(from: &File, to: &File, len: u64) -> io::Result<()> {
                 ));
             }
         }
-        pos = hole;
+        pos = u64::try_from(hole).unwrap_or(len);
     }
     Ok(())
 }

@@ -201,7 +201,7 @@ pub fn host_tsc_khz() -> Option<u64> {
 }
 
 fn tsc_cache_path() -> Option<std::path::PathBuf> {
-    let dir = if rustix::process::getuid().is_root() {
+    let dir = if nix::unistd::getuid().is_root() {
         std::path::PathBuf::from("/run/microagent")
     } else {
         std::path::PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("microagent")
@@ -213,10 +213,7 @@ fn tsc_cache_path() -> Option<std::path::PathBuf> {
 fn read_tsc_cache(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file()
-        || meta.uid() != rustix::process::getuid().as_raw()
-        || meta.mode() & 0o022 != 0
-    {
+    if !meta.is_file() || meta.uid() != nix::unistd::getuid().as_raw() || meta.mode() & 0o022 != 0 {
         return None;
     }
     std::fs::read_to_string(path)

@@ -80,7 +80,7 @@ pub struct CheckReport {
 /// Exclusive lock on the store, held while installing or building so two
 /// processes never interleave their writes. Released on drop.
 pub(crate) struct StoreLock {
-    _file: File,
+    _lock: nix::fcntl::Flock<File>,
     store: PathBuf,
 }
 
@@ -380,10 +380,10 @@ impl KernelStore {
             .mode(0o600)
             .open(&path)
             .map_err(|e| KernelError::io("opening", &path, e))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| KernelError::io("locking", &path, e.into()))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| KernelError::io("locking", &path, e.into()))?;
         Ok(StoreLock {
-            _file: file,
+            _lock: lock,
             store: self.root.clone(),
         })
     }

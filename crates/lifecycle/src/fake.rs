@@ -147,7 +147,7 @@ impl Machine for FakeMachine {
 
 fn power_off(pid: i32) {
     if let Some(p) = ProcessRecord::of(pid) {
-        p.signal(rustix::process::Signal::KILL);
+        p.signal(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::Signal;
+use nix::sys::signal::Signal;
 use vmkit_state::ProcessRecord;
 
 /// How a VMM process relates to the command that starts it.
@@ -98,11 +98,11 @@ pub fn terminate(records: &[ProcessRecord], grace: Duration) {
         return;
     }
     for r in &alive {
-        r.signal(Signal::TERM);
+        r.signal(Signal::SIGTERM);
     }
     if !wait_gone(&alive, grace) {
         for r in &alive {
-            r.signal(Signal::KILL);
+            r.signal(Signal::SIGKILL);
         }
         wait_gone(&alive, Duration::from_secs(5));
     }

@@ -14,14 +14,16 @@
 //! ext4 afterwards with `debugfs` (see `ext4.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
+use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
 
 use crate::error::{IoContext, RootfsError};
 
@@ -456,7 +458,7 @@ impl Staging {
             let root_rel = PathBuf::new();
             self.keep_for_image(0)?;
             self.dir_times.insert(root_rel.clone(), meta.mtime);
-            return self.set_meta(&root_rel, FileType::Directory, None, meta);
+            return self.set_meta(&root_rel, SFlag::S_IFDIR, None, meta);
         }
         let name = comps[comps.len() - 1].as_bytes();
         if let Some(hidden) = name.strip_prefix(b".wh.") {
@@ -499,7 +501,7 @@ impl Staging {
                 copy_file(entry, file, size).ctx(|| format!("writing {}", host.display()))?;
                 self.content_bytes += size.div_ceil(BLOCK) * BLOCK;
                 self.inodes += 1;
-                self.set_meta(&rel, FileType::RegularFile, None, meta)
+                self.set_meta(&rel, SFlag::S_IFREG, None, meta)
             }
             T::Directory => {
                 if existing.as_ref().is_none_or(|m| !m.is_dir()) {
@@ -509,7 +511,7 @@ impl Staging {
                 }
                 self.keep_for_image(rel.as_os_str().len())?;
                 self.dir_times.insert(rel.clone(), meta.mtime);
-                self.set_meta(&rel, FileType::Directory, None, meta)
+                self.set_meta(&rel, SFlag::S_IFDIR, None, meta)
             }
             T::Symlink => {
                 let target = link.ok_or_else(|| self.refuse(&raw, "symlink without a target"))?;
@@ -524,7 +526,7 @@ impl Staging {
                 // A new symlink may change how later names resolve.
                 self.parent_cache.clear();
                 self.inodes += 1;
-                self.set_meta(&rel, FileType::Symlink, None, meta)
+                self.set_meta(&rel, SFlag::S_IFLNK, None, meta)
             }
             T::Link => {
                 let target = link.ok_or_else(|| self.refuse(&raw, "hard link without a target"))?;
@@ -561,19 +563,19 @@ impl Staging {
             }
             T::Char | T::Block | T::Fifo => {
                 let (ft, letter) = match kind {
-                    T::Char => (FileType::CharacterDevice, 'c'),
-                    T::Block => (FileType::BlockDevice, 'b'),
-                    _ => (FileType::Fifo, 'p'),
+                    T::Char => (SFlag::S_IFCHR, 'c'),
+                    T::Block => (SFlag::S_IFBLK, 'b'),
+                    _ => (SFlag::S_IFIFO, 'p'),
                 };
                 let (major, minor) = (device.0.unwrap_or(0), device.1.unwrap_or(0));
                 self.inodes += 1;
-                if ft == FileType::Fifo || self.privileged {
-                    rustix::fs::mknodat(
-                        CWD,
+                if ft == SFlag::S_IFIFO || self.privileged {
+                    nix::sys::stat::mknodat(
+                        AT_FDCWD,
                         &host,
                         ft,
-                        Mode::from_raw_mode(0o600),
-                        rustix::fs::makedev(major, minor),
+                        Mode::from_bits_truncate(0o600),
+                        nix::sys::stat::makedev(major.into(), minor.into()),
                     )
                     .ctx(|| format!("creating {}", host.display()))?;
                     self.set_meta(&rel, ft, None, meta)
@@ -668,21 +670,21 @@ impl Staging {
     fn set_meta(
         &mut self,
         rel: &Path,
-        ft: FileType,
+        ft: SFlag,
         device: Option<(char, u32, u32)>,
         meta: Meta,
     ) -> Result<(), RootfsError> {
         let host = self.root.join(rel);
-        let is_link = ft == FileType::Symlink;
+        let is_link = ft == SFlag::S_IFLNK;
         let mut failed_xattrs = Vec::new();
         if device.is_none() {
             if self.privileged {
-                rustix::fs::chownat(
-                    CWD,
+                nix::unistd::fchownat(
+                    AT_FDCWD,
                     &host,
-                    Some(rustix::fs::Uid::from_raw(meta.uid as u32)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
-                    AtFlags::SYMLINK_NOFOLLOW,
+                    Some(nix::unistd::Uid::from_raw(meta.uid as u32)),
+                    Some(nix::unistd::Gid::from_raw(meta.gid as u32)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .ctx(|| format!("chown {}", host.display()))?;
             }
@@ -691,7 +693,7 @@ impl Staging {
                 // us and mke2fs; the real mode goes in as a fixup.
                 let staged = if self.privileged {
                     meta.mode
-                } else if ft == FileType::Directory {
+                } else if ft == SFlag::S_IFDIR {
                     (meta.mode & 0o777) | 0o700
                 } else {
                     (meta.mode & 0o777) | 0o600
@@ -700,18 +702,11 @@ impl Staging {
                     .ctx(|| format!("chmod {}", host.display()))?;
             }
             for (name, value) in &meta.xattrs {
-                if rustix::fs::lsetxattr(
-                    &host,
-                    name.as_os_str(),
-                    value,
-                    rustix::fs::XattrFlags::empty(),
-                )
-                .is_err()
-                {
+                if lsetxattr(&host, name, value).is_err() {
                     failed_xattrs.push((name.clone(), value.clone()));
                 }
             }
-            if ft != FileType::Directory {
+            if ft != SFlag::S_IFDIR {
                 set_mtime(&host, meta.mtime)?;
             }
         }
@@ -722,7 +717,7 @@ impl Staging {
                 Fixup {
                     uid: meta.uid,
                     gid: meta.gid,
-                    mode: ft.as_raw_mode() | meta.mode,
+                    mode: ft.bits() | meta.mode,
                     device,
                     mtime: meta.mtime,
                     xattrs: failed_xattrs,
@@ -767,7 +762,7 @@ impl Staging {
         self.content_bytes += BLOCK;
         self.set_meta(
             rel,
-            FileType::Directory,
+            SFlag::S_IFDIR,
             None,
             Meta {
                 uid: 0,
@@ -804,7 +799,7 @@ impl Staging {
         self.inodes += 1;
         self.set_meta(
             &rel,
-            FileType::RegularFile,
+            SFlag::S_IFREG,
             None,
             Meta {
                 uid: 0,
@@ -826,20 +821,32 @@ fn now() -> i64 {
 }
 
 fn set_mtime(host: &Path, mtime: i64) -> Result<(), RootfsError> {
-    let ts = Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
+    let ts = TimeSpec::new(mtime, 0);
+    nix::sys::stat::utimensat(AT_FDCWD, host, &ts, &ts, UtimensatFlags::NoFollowSymlink)
+        .ctx(|| format!("setting mtime of {}", host.display()))
+}
+
+/// Sets extended attribute `name` on `path` itself, not on what a symlink
+/// there points to. (nix has no xattr calls; this is the one libc call.)
+fn lsetxattr(path: &Path, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())?;
+    let name = CString::new(name.as_bytes())?;
+    // SAFETY: both strings are NUL-terminated and outlive the call; `value`
+    // is a live slice whose pointer and length are passed together.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
-    rustix::fs::utimensat(
-        CWD,
-        host,
-        &Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .ctx(|| format!("setting mtime of {}", host.display()))
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Copies exactly `size` bytes in large chunks; a short entry is an error.

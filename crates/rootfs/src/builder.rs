@@ -483,7 +483,7 @@ impl RootfsBuilder {
         fs::create_dir(&stage).ctx(|| format!("creating {}", stage.display()))?;
         fs::set_permissions(&stage, fs::Permissions::from_mode(0o755))
             .ctx(|| format!("chmod {}", stage.display()))?;
-        let privileged = rustix::process::geteuid().is_root();
+        let privileged = nix::unistd::geteuid().is_root();
         let mut staging = Staging::new(stage, privileged, opts.limits.clone());
         staging.memory_budget = budget;
         let t = Instant::now();
@@ -612,13 +612,14 @@ fn staging_estimate(resolved: &Resolved) -> u64 {
 fn tmpfs_with_room(estimate: u64) -> Option<(PathBuf, u64)> {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     let shm = Path::new("/dev/shm");
-    let fs = rustix::fs::statfs(shm).ok()?;
+    let fs = nix::sys::statfs::statfs(shm).ok()?;
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
-    if fs.f_type as i64 != TMPFS_MAGIC {
+    if fs.filesystem_type().0 as i64 != TMPFS_MAGIC {
         return None;
     }
-    let vfs = rustix::fs::statvfs(shm).ok()?;
-    let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    let vfs = nix::sys::statvfs::statvfs(shm).ok()?;
+    #[allow(clippy::unnecessary_cast)] // fsblkcnt_t's width differs between libcs
+    let free = (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64);
     let available = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find_map(|l| l.strip_prefix("MemAvailable:"))
@@ -629,7 +630,7 @@ fn tmpfs_with_room(estimate: u64) -> Option<(PathBuf, u64)> {
     let budget = (free / 2).min(available / 4);
     (free >= room
         && budget >= estimate
-        && rustix::fs::access(shm, rustix::fs::Access::WRITE_OK).is_ok())
+        && nix::unistd::access(shm, nix::unistd::AccessFlags::W_OK).is_ok())
     .then(|| (shm.to_path_buf(), budget))
 }
 

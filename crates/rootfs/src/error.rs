@@ -159,7 +159,7 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
-impl<T> IoContext<T> for rustix::io::Result<T> {
+impl<T> IoContext<T> for nix::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T, RootfsError> {
         self.map_err(|e| RootfsError::io(context(), e.into()))
     }

@@ -9,6 +9,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -54,8 +56,8 @@ impl ImageStore {
     /// Takes the store lock: shared for pulls and builds (which only add or
     /// read blobs), exclusive for removal (which deletes blobs no record
     /// names, so must not run while a pull has fetched blobs but not yet
-    /// recorded them). Released when the returned file is dropped.
-    pub(crate) fn lock(&self, exclusive: bool) -> Result<fs::File, RootfsError> {
+    /// recorded them). Released when the returned lock is dropped.
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<Flock<fs::File>, RootfsError> {
         fs::create_dir_all(&self.root).ctx(|| format!("creating {}", self.root.display()))?;
         let path = self.root.join("lock");
         let f = fs::OpenOptions::new()
@@ -66,12 +68,13 @@ impl ImageStore {
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
         let op = if exclusive {
-            rustix::fs::FlockOperation::LockExclusive
+            FlockArg::LockExclusive
         } else {
-            rustix::fs::FlockOperation::LockShared
+            FlockArg::LockShared
         };
-        rustix::fs::flock(&f, op).ctx(|| format!("locking {}", path.display()))?;
-        Ok(f)
+        Flock::lock(f, op)
+            .map_err(|(_, e)| e)
+            .ctx(|| format!("locking {}", path.display()))
     }
 
     /// Where a verified blob lives. `digest` must be valid.

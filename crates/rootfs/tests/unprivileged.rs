@@ -54,14 +54,14 @@ fn build(layout: &Path, state: &Path, init: &Path) -> vmkit_rootfs::BuiltRootfs 
 fn ownership_lands_when_not_root() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         // The child half, running as nobody.
-        assert!(!rustix::process::geteuid().is_root());
+        assert!(!nix::unistd::geteuid().is_root());
         let dir = Path::new(&dir);
         let built = build(&dir.join("layout"), &dir.join("state"), &dir.join("init"));
         println!("BUILT {}", built.path.display());
         return;
     }
     assert!(
-        rustix::process::geteuid().is_root(),
+        nix::unistd::geteuid().is_root(),
         "CI runs as root so that this test can drop to nobody"
     );
     let world = tempfile::tempdir().unwrap();
@@ -70,10 +70,10 @@ fn ownership_lands_when_not_root() {
     std::fs::write(world.path().join("init"), b"\x7fELF init").unwrap();
     let state = world.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    rustix::fs::chown(
+    nix::unistd::chown(
         &state,
-        Some(rustix::fs::Uid::from_raw(NOBODY)),
-        Some(rustix::fs::Gid::from_raw(NOBODY)),
+        Some(nix::unistd::Uid::from_raw(NOBODY)),
+        Some(nix::unistd::Gid::from_raw(NOBODY)),
     )
     .unwrap();
     for e in common::tree(world.path()) {

@@ -47,7 +47,7 @@ fn create_temp(dir: &Path, name: &str) -> Result<(std::path::PathBuf, File), Sta
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),

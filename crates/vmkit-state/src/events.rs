@@ -32,7 +32,7 @@ impl EventLog {
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)
             .map_err(|e| StateError::io("opening", &self.path, e))?;
         file.write_all(&line)

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{flock, FlockOperation};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::StateError;
 
@@ -25,7 +26,7 @@ pub enum LockWait {
 #[derive(Debug)]
 pub struct WorkspaceLock {
     name: String,
-    _file: File,
+    _lock: Flock<File>,
 }
 
 impl WorkspaceLock {
@@ -36,29 +37,32 @@ impl WorkspaceLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| StateError::io("opening lock", path, e))?;
         let busy = || StateError::Busy {
             name: name.to_owned(),
         };
-        match wait {
-            LockWait::Block => flock(&file, FlockOperation::LockExclusive)
-                .map_err(|e| StateError::io("locking", path, e.into()))?,
-            LockWait::NoWait => try_lock(&file, path)?.then_some(()).ok_or_else(busy)?,
+        let lock = match wait {
+            LockWait::Block => Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| StateError::io("locking", path, e.into()))?,
+            LockWait::NoWait => try_lock(file, path)?.map_err(|_| busy())?,
             LockWait::Timeout(limit) => {
                 let deadline = Instant::now() + limit;
-                while !try_lock(&file, path)? {
-                    if Instant::now() >= deadline {
-                        return Err(busy());
+                let mut file = file;
+                loop {
+                    match try_lock(file, path)? {
+                        Ok(lock) => break lock,
+                        Err(_) if Instant::now() >= deadline => return Err(busy()),
+                        Err(back) => file = back,
                     }
                     thread::sleep(Duration::from_millis(20));
                 }
             }
-        }
+        };
         Ok(WorkspaceLock {
             name: name.to_owned(),
-            _file: file,
+            _lock: lock,
         })
     }
 
@@ -68,10 +72,11 @@ impl WorkspaceLock {
     }
 }
 
-fn try_lock(file: &File, path: &Path) -> Result<bool, StateError> {
-    match flock(file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-        Err(e) => Err(StateError::io("locking", path, e.into())),
+/// The lock, or the file back when another process holds it.
+fn try_lock(file: File, path: &Path) -> Result<Result<Flock<File>, File>, StateError> {
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Ok(lock)),
+        Err((file, Errno::EWOULDBLOCK)) => Ok(Err(file)),
+        Err((_, e)) => Err(StateError::io("locking", path, e.into())),
     }
 }

@@ -46,7 +46,7 @@ pub fn ensure_private_dir(dir: &Path, follow: bool) -> io::Result<()> {
     if !m.is_dir() {
         return refuse("is not a folder".into());
     }
-    let me = rustix::process::geteuid().as_raw();
+    let me = nix::unistd::geteuid().as_raw();
     if m.uid() != me {
         return refuse(format!(
             "is owned by uid {}, not by you (uid {me})",
@@ -69,7 +69,7 @@ pub fn ensure_private_dir(dir: &Path, follow: bool) -> io::Result<()> {
 /// whose name starts with one of `keep_out` are tightened but not entered:
 /// a build's staging tree holds the image's own modes, which must survive.
 pub fn tighten_tree(root: &Path, keep_out: &[&str]) -> io::Result<()> {
-    let me = rustix::process::geteuid().as_raw();
+    let me = nix::unistd::geteuid().as_raw();
     let kept_out = |p: &Path| {
         p.parent() == Some(root)
             && p.file_name()

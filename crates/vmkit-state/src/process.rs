@@ -30,14 +30,11 @@ impl ProcessRecord {
 
     /// Sends `signal` if (and only if) the process is still this one.
     /// Returns whether a signal was sent.
-    pub fn signal(&self, signal: rustix::process::Signal) -> bool {
-        if !self.is_alive() {
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> bool {
+        if !self.is_alive() || self.pid <= 0 {
             return false;
         }
-        let Some(pid) = rustix::process::Pid::from_raw(self.pid) else {
-            return false;
-        };
-        rustix::process::kill_process(pid, signal).is_ok()
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal).is_ok()
     }
 }
 
@@ -75,9 +72,9 @@ mod tests {
             !forged.is_alive(),
             "a different start time is another process"
         );
-        assert!(rec.signal(rustix::process::Signal::KILL));
+        assert!(rec.signal(nix::sys::signal::Signal::SIGKILL));
         child.wait().unwrap();
         assert!(!rec.is_alive());
-        assert!(!rec.signal(rustix::process::Signal::KILL));
+        assert!(!rec.signal(nix::sys::signal::Signal::SIGKILL));
     }
 }

@@ -314,7 +314,7 @@ impl Runtime {
         Ok(store
             .peek(name)?
             .and_then(|r| r.vmm)
-            .is_some_and(|vmm| vmm.signal(rustix::process::Signal::KILL)))
+            .is_some_and(|vmm| vmm.signal(nix::sys::signal::Signal::SIGKILL)))
     }
 
     /// Cleans up VMs whose driving command died; returns their names.
