@@ -40,7 +40,11 @@ pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Resu
             // Recorded before the fork: comparing getppid() with 1 instead
             // would fail every spawn when we are PID 1 (a container
             // entrypoint) and miss a parent death under a subreaper.
+            #[cfg(target_os = "linux")]
             let parent = std::process::id() as libc::pid_t;
+            // Linux only: macOS (the apple-vf backend) has no parent-death
+            // signal; there `gc` cleans up after a killed `run`.
+            #[cfg(target_os = "linux")]
             // SAFETY: prctl and getppid are async-signal-safe and touch no
             // memory of the parent; this closure runs in the child between
             // fork and exec.
@@ -77,9 +81,15 @@ pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Resu
 /// Marks every descriptor above stderr close-on-exec. Runs in a forked
 /// child, so it may not allocate.
 fn mark_inherited_cloexec() {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: a plain system call on the child's own descriptor table.
-    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    #[cfg(target_os = "linux")]
+    let done = {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: a plain system call on the child's own descriptor table.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) }
+    };
+    // No close_range elsewhere (macOS): the loop below does it.
+    #[cfg(not(target_os = "linux"))]
+    let done = -1;
     if done != 0 {
         // Kernels before 5.11: walk the usual range by hand.
         for fd in 3..4096 {

@@ -219,10 +219,12 @@ fn a_flooding_guest_leaves_the_helper_up_and_small() {
         .lines()
         .filter(|l| l.contains("\"dst\":\"10.0.0.1:80\""))
         .collect();
-    assert_eq!(
-        identical.len(),
-        1,
-        "one line for 10,000 identical denies: {identical:#?}"
+    // At most one line per repeat window (5 s); how the later ones count
+    // the rest is the reporter's unit test.
+    let windows = 1 + started.elapsed().as_secs() as usize / 5;
+    assert!(
+        identical.len() <= windows,
+        "10,000 identical denies in {windows} windows: {identical:#?}"
     );
     assert!(audit.contains("169.254.169.254:53"));
     assert!(

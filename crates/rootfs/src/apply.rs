@@ -53,6 +53,9 @@ pub struct Limits {
     /// Metadata kept for the whole image until the disk is written
     /// (ownership, modes and xattrs to fix up, directory times).
     pub max_image_metadata_bytes: u64,
+    /// How long one registry pull may take in all; default 30 minutes, or
+    /// `MICROAGENT_PULL_TIMEOUT` seconds.
+    pub pull_deadline: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +71,13 @@ impl Default for Limits {
             max_entry_metadata_bytes: 1 << 20,
             max_layer_metadata_bytes: 512 << 20,
             max_image_metadata_bytes: 1 << 30,
+            pull_deadline: std::time::Duration::from_secs(
+                std::env::var("MICROAGENT_PULL_TIMEOUT")
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .filter(|&s: &u64| s > 0)
+                    .unwrap_or(30 * 60),
+            ),
         }
     }
 }

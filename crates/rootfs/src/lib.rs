@@ -53,6 +53,7 @@ mod ext4;
 mod oci;
 mod reference;
 mod registry;
+mod registry_http;
 mod sources;
 mod store;
 mod tar_meter;

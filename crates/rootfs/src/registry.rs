@@ -1,7 +1,9 @@
-//! Pulling from registries with `oci-client` into the local store.
+//! Pulling from registries into the local store.
 //!
 //! Anonymous, bearer-token (the client answers the registry's challenge) and
-//! basic auth (from the auth file). Manifests are bounded and verified,
+//! basic auth (from the auth file), over `registry_http`, which bounds
+//! every body while reading it and scopes credentials. One deadline covers
+//! the whole pull ([`Limits::pull_deadline`]). Manifests are bounded and verified,
 //! indexes resolved to the wanted platform, and every blob is streamed to a
 //! temp file while hashed and counted, then checked against its descriptor
 //! before it gets its final name. Layers download in parallel.
@@ -9,11 +11,7 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 
 use crate::apply::Limits;
@@ -24,6 +22,7 @@ use crate::oci::{
     MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
 use crate::reference::RegistryRef;
+use crate::registry_http::{read_bounded, RegistryClient};
 use crate::store::{ImageStore, StoredImage};
 
 /// Layers fetched at once.
@@ -53,23 +52,28 @@ pub(crate) fn pull(
                 .enable_all()
                 .build()
                 .map_err(|e| RootfsError::io("starting the download runtime", e))?;
-            rt.block_on(pull_async(store, image, platform, limits, progress))
+            // One deadline for the whole pull: a registry dripping a byte
+            // at a time cannot stretch it.
+            rt.block_on(async {
+                tokio::time::timeout(
+                    limits.pull_deadline,
+                    pull_async(store, image, platform, limits, progress),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(reg_err(
+                        image,
+                        format!(
+                            "the pull did not finish within its deadline of {}s (MICROAGENT_PULL_TIMEOUT sets it, in seconds)",
+                            limits.pull_deadline.as_secs()
+                        ),
+                    ))
+                })
+            })
         })
         .join()
         .unwrap_or_else(|_| Err(reg_err(image, "the download thread panicked")))
     })
-}
-
-fn oci_reference(r: &RegistryRef, digest: Option<&str>) -> Result<Reference, RootfsError> {
-    let s = match digest {
-        Some(d) => format!("{}/{}@{d}", r.registry, r.repository),
-        None => r.to_string(),
-    };
-    s.parse::<Reference>()
-        .map_err(|e| RootfsError::InvalidReference {
-            reference: s,
-            reason: e.to_string(),
-        })
 }
 
 async fn pull_async(
@@ -80,39 +84,24 @@ async fn pull_async(
     progress: bool,
 ) -> Result<StoredImage, RootfsError> {
     let _lock = store.lock(false)?;
-    let protocol = if image.is_loopback() {
-        ClientProtocol::HttpsExcept(vec![image.registry.clone()])
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Arc::new(Client::new(ClientConfig {
-        protocol,
-        platform_resolver: None,
-        connect_timeout: Some(std::time::Duration::from_secs(30)),
-        read_timeout: Some(std::time::Duration::from_secs(300)),
-        ..Default::default()
-    }));
-    let auth = match credentials_for(&image.registry)? {
-        Some(c) => RegistryAuth::Basic(c.username, c.password),
-        None => RegistryAuth::Anonymous,
-    };
+    let credentials = credentials_for(&image.registry)?;
+    let client = Arc::new(RegistryClient::new(image, credentials).map_err(|e| reg_err(image, e))?);
     let accepted = [
         MT_OCI_MANIFEST,
         MT_OCI_INDEX,
         MT_DOCKER_MANIFEST,
         MT_DOCKER_LIST,
     ];
-    let top_ref = oci_reference(image, image.digest.as_deref())?;
-    let (bytes, _) = client
-        .pull_manifest_raw(&top_ref, &auth, &accepted)
+    let top = image
+        .digest
+        .clone()
+        .unwrap_or_else(|| image.tag.clone().unwrap_or_else(|| "latest".into()));
+    let bytes = client
+        .manifest(&top, &accepted, MAX_JSON_BYTES)
         .await
         .map_err(|e| {
             let mut msg = format!("fetching manifest of {image}: {e}");
-            if matches!(
-                e,
-                oci_client::errors::OciDistributionError::UnauthorizedError { .. }
-            ) || msg.contains("uthoriz")
-            {
+            if msg.contains("uthoriz") {
                 let file = crate::auth::auth_file_path()
                     .map_or("~/.microagent/auth.json".into(), |p| {
                         p.display().to_string()
@@ -123,12 +112,6 @@ async fn pull_async(
             }
             reg_err(image, msg)
         })?;
-    if bytes.len() as u64 > MAX_JSON_BYTES {
-        return Err(RootfsError::limit(
-            format!("manifest of {image}"),
-            format!("{MAX_JSON_BYTES} bytes"),
-        ));
-    }
     let top_digest = sha256_digest(&bytes);
     if let Some(want) = &image.digest {
         verify_bytes(&bytes, want, None, &format!("manifest of {image}"))?;
@@ -139,9 +122,8 @@ async fn pull_async(
     if doc.is_index() {
         let chosen = doc.select(platform, &image.to_string())?;
         chosen.check(&format!("index entry of {image}"), MAX_JSON_BYTES)?;
-        let r = oci_reference(image, Some(&chosen.digest))?;
-        let (bytes, _) = client
-            .pull_manifest_raw(&r, &auth, &accepted)
+        let bytes = client
+            .manifest(&chosen.digest, &accepted, chosen.size as u64)
             .await
             .map_err(|e| reg_err(image, format!("fetching manifest {}: {e}", chosen.digest)))?;
         verify_bytes(
@@ -175,13 +157,15 @@ async fn pull_async(
     }
 
     // The config, checked against the platform asked for.
-    let config_ref = oci_reference(image, Some(&manifest_digest))?;
     if !store.has_blob(&config.digest, config.size as u64) {
-        let mut buf = Vec::new();
-        client
-            .pull_blob(&config_ref, config.digest.as_str(), &mut buf)
+        let what = format!("config {}", config.digest);
+        let resp = client
+            .blob(&config.digest)
             .await
-            .map_err(|e| reg_err(image, format!("fetching config {}: {e}", config.digest)))?;
+            .map_err(|e| reg_err(image, format!("fetching {what}: {e}")))?;
+        let buf = read_bounded(resp, config.size as u64, &what)
+            .await
+            .map_err(|e| reg_err(image, e))?;
         verify_bytes(
             &buf,
             &config.digest,
@@ -213,17 +197,16 @@ async fn pull_async(
             bar.inc(layer.size as u64);
             continue;
         }
-        let (client, sem, bar, store, r, image) = (
+        let (client, sem, bar, store, image) = (
             client.clone(),
             sem.clone(),
             bar.clone(),
             store.clone(),
-            config_ref.clone(),
             image.clone(),
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.map_err(|e| reg_err(&image, e))?;
-            download_blob(&client, &store, &r, &image, &layer, &bar).await
+            download_blob(&client, &store, &image, &layer, &bar).await
         });
     }
     while let Some(res) = tasks.join_next().await {
@@ -256,9 +239,8 @@ async fn pull_async(
 }
 
 async fn download_blob(
-    client: &Client,
+    client: &RegistryClient,
     store: &ImageStore,
-    r: &Reference,
     image: &RegistryRef,
     layer: &Descriptor,
     bar: &ProgressBar,
@@ -267,16 +249,12 @@ async fn download_blob(
     let tmp = store.tmp_dir()?;
     let file = tempfile::NamedTempFile::new_in(&tmp)
         .ctx(|| format!("creating a file in {}", tmp.display()))?;
-    let mut stream = client
-        .pull_blob_stream(r, layer.digest.as_str())
-        .await
-        .map_err(|e| reg_err(image, format!("fetching layer {}: {e}", layer.digest)))?;
+    let fetch_err = |e: String| reg_err(image, format!("fetching layer {}: {e}", layer.digest));
+    let mut resp = client.blob(&layer.digest).await.map_err(fetch_err)?;
     let mut hasher = Sha256::new();
     let mut got = 0u64;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| reg_err(image, format!("fetching layer {}: {e}", layer.digest)))?;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
         got += chunk.len() as u64;
         if got > size {
             return Err(RootfsError::DigestMismatch {

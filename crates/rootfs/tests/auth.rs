@@ -44,7 +44,7 @@ fn basic_auth_comes_from_the_auth_file() {
         .build(&image, &BuildOptions::default())
         .unwrap_err();
     assert!(matches!(err, RootfsError::Registry { .. }), "{err:?}");
-    assert!(err.to_string().contains("Not authorized"), "{err}");
+    assert!(err.to_string().contains("not authorized"), "{err}");
 
     write_auth("alice:s3cret");
     let built = RootfsBuilder::new(tmp.path().join("s3"))

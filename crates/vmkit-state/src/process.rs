@@ -1,5 +1,3 @@
-use std::fs;
-
 use serde::{Deserialize, Serialize};
 
 /// A host process we started (a VMM, a vsock bridge), recorded with its start
@@ -44,14 +42,27 @@ fn start_time(pid: i32) -> Option<u64> {
 
 /// Reads the state letter and start time from `/proc/<pid>/stat`. The command
 /// name (field 2) may hold spaces and parentheses, so parse from the last ')'.
+#[cfg(target_os = "linux")]
 fn read_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     // After the state (field 3), start time is field 22: 19 fields further.
     let start = fields.nth(18)?.parse().ok()?;
     Some((state, start))
+}
+
+/// Without /proc (macOS, the apple-vf backend): a pid that exists is taken
+/// at its word, with start time 0, so a recycled pid is not told apart there.
+#[cfg(not(target_os = "linux"))]
+fn read_stat(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    // Signal 0: only whether the pid exists.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok()?;
+    Some(('S', 0))
 }
 
 #[cfg(test)]

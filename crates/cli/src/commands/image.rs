@@ -14,7 +14,10 @@ pub enum ImageCommand {
     /// `host:port/repo:tag` and `repo@sha256:...` work too. Registries on
     /// loopback are spoken to over plain HTTP. Credentials come from
     /// $REGISTRY_AUTH_FILE or ~/.microagent/auth.json (docker's config.json
-    /// shape). Every blob is checked against its digest and size.
+    /// shape); they go only to the registry's own host, over TLS (or on
+    /// loopback). Every body is bounded while read and every blob checked
+    /// against its digest and size; the whole pull must end within
+    /// $MICROAGENT_PULL_TIMEOUT seconds (default 1800).
     Pull {
         /// The image reference.
         #[arg(value_name = "REF")]

@@ -68,6 +68,12 @@ public struct Supervisor {
             return .success(event: Event(identity: identity, state: record.state, detail: "inspected"))
         case .halt, .stop, .kill:
             return .success(event: try shutDown(request.command, identity, store))
+        case .pause, .resume:
+            return .success(event: try pauseOrResume(request.command, identity, store))
+        case .snapshot:
+            _ = try load(store)
+            throw ProtocolError(.unsupported,
+                "snapshots are not implemented on apple-vf yet (Virtualization.framework's saveMachineStateTo needs macOS 14)")
         case .delete:
             var record = try load(store)
             try reconcile(&record, store)
@@ -134,6 +140,9 @@ public struct Supervisor {
 
     func start(_ request: Request, _ identity: Identity, _ store: StateStore) throws -> Event {
         try available()
+        if request.fromSnapshot != nil {
+            throw ProtocolError(.unsupported, "starting from a snapshot is not implemented on apple-vf yet")
+        }
         var record = try load(store)
         try reconcile(&record, store)
         guard record.state.canStart else {
@@ -211,6 +220,28 @@ public struct Supervisor {
         let detail = answer?.detail ?? "the VM process did not answer; it was killed"
         if answer == nil, let pid = record.vmm?.pid { kill(pid, SIGKILL) }
         return try store.transition(&record, to: state == .halted ? .halted : .stopped, identity: identity, detail: detail)
+    }
+}
+
+extension Supervisor {
+    /// `pause` (running -> paused) and `resume` (paused -> running), done by
+    /// the per-VM process (VZVirtualMachine.pause/resume).
+    func pauseOrResume(_ command: Command, _ identity: Identity, _ store: StateStore) throws -> Event {
+        var record = try load(store)
+        try reconcile(&record, store)
+        let (from, to): (State, State) = command == .pause ? (.running, .paused) : (.paused, .running)
+        if record.state == to {
+            return Event(identity: identity, state: to, detail: "already \(to.rawValue)")
+        }
+        guard record.state == from else {
+            throw ProtocolError(.invalidState,
+                "cannot \(command.rawValue) \(quoted(record.name)): it is \(record.state.rawValue)")
+        }
+        let answer = try controlCall(store.layout.control, ControlRequest(verb: command == .pause ? .pause : .resume))
+        guard answer.ok else {
+            throw answer.error ?? ProtocolError(.internal, "the VM's process could not \(command.rawValue) it")
+        }
+        return try store.transition(&record, to: to, identity: identity, detail: command == .pause ? "vCPUs paused" : "vCPUs running")
     }
 }
 

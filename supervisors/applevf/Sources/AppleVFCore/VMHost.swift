@@ -145,6 +145,12 @@ public final class VMHost: @unchecked Sendable {
         asked = true
         stopCondition.unlock()
         var clean = false
+        if let vm, vm.runState == .paused {
+            // A paused guest cannot answer: let it run to shut down.
+            let resumed = DispatchSemaphore(value: 0)
+            vm.resume { _ in resumed.signal() }
+            _ = resumed.wait(timeout: .now() + 10)
+        }
         if grace > 0, let vm {
             let acked = DispatchSemaphore(value: 0)
             vm.vsock.connect(toGuestPort: defaultExecPort) { result in

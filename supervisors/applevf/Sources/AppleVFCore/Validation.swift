@@ -111,7 +111,53 @@ public func validate(_ request: Request) -> ProtocolError? {
     if request.command == .run, let c = request.config, c.workload == nil {
         return .invalid("command run needs config.workload")
     }
+    switch (request.snapshot, request.command) {
+    case (nil, .snapshot):
+        return .invalid("command snapshot needs snapshot")
+    case (let s?, .snapshot):
+        if let e = validate(s) { return e }
+    case (.some, _):
+        return .invalid("snapshot is only for command snapshot")
+    default:
+        break
+    }
+    if let from = request.fromSnapshot {
+        if request.command != .start && request.command != .prepare {
+            return .invalid("fromSnapshot is only for commands start and prepare")
+        }
+        if let e = validateRuntimeID(from.runtimeID) { return .invalid("fromSnapshot.\(e.message)") }
+        if let e = validateTag(from.tag) { return e }
+    }
     return nil
+}
+
+func validate(_ s: SnapshotRequest) -> ProtocolError? {
+    switch (s.tag, s.action) {
+    case (nil, .create), (nil, .delete):
+        return .invalid("snapshot.tag is required for create and delete")
+    case (let tag?, _):
+        if let e = validateTag(tag) { return e }
+    default:
+        break
+    }
+    if s.diskOnly && s.action != .create {
+        return .invalid("snapshot.diskOnly applies to create only")
+    }
+    return nil
+}
+
+/// A snapshot tag: 1-64 letters, digits, `-`, `_` or `.`, starting alphanumeric.
+func validateTag(_ tag: String) -> ProtocolError? {
+    if isFolderName(tag, max: 64) { return nil }
+    return .invalid(
+        "snapshot tag must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit; got \(quoted(tag))")
+}
+
+/// 1-`max` letters, digits, `-`, `_` or `.`, starting with a letter or digit.
+func isFolderName(_ name: String, max: Int) -> Bool {
+    let bytes = Array(name.utf8)
+    return !bytes.isEmpty && bytes.count <= max && isAlnum(bytes[0])
+        && bytes.allSatisfy { isAlnum($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") }
 }
 
 func validate(_ identity: Identity) -> ProtocolError? {
@@ -128,10 +174,7 @@ func validate(_ identity: Identity) -> ProtocolError? {
 /// A workspace name: 1-63 of `[A-Za-z0-9-_.]`, starting alphanumeric, so it
 /// is safe as a folder name and a hostname.
 public func validateRuntimeID(_ id: String) -> ProtocolError? {
-    let bytes = Array(id.utf8)
-    let ok = !bytes.isEmpty && bytes.count <= 63 && isAlnum(bytes[0])
-        && bytes.allSatisfy { isAlnum($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") }
-    if ok { return nil }
+    if isFolderName(id, max: 63) { return nil }
     return .invalid(
         "identity.runtimeID must be 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit; got \(quoted(id))")
 }

@@ -12,7 +12,7 @@ public enum BackendKind: String, Codable, Sendable {
 
 /// The commands of the protocol.
 public enum Command: String, Codable, CaseIterable, Sendable {
-    case host, check, prepare, start, run, inspect, halt, stop, kill, delete
+    case host, check, prepare, start, run, inspect, halt, stop, kill, delete, pause, resume, snapshot
 
     /// Whether the command needs the full machine config.
     public var needsConfig: Bool {
@@ -141,6 +141,50 @@ public struct MachineConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// What a `snapshot` request does.
+public struct SnapshotRequest: Codable, Equatable, Sendable {
+    public enum Action: String, Codable, CaseIterable, Sendable { case create, list, delete }
+    public var action: Action
+    public var tag: String?
+    /// Only the disk, no memory.
+    public var diskOnly: Bool
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case action, tag, diskOnly }
+
+    public init(from decoder: Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        action = try decodeEnum(c, .action)
+        tag = try c.decodeIfPresent(String.self, forKey: .tag)
+        diskOnly = try c.decodeIfPresent(Bool.self, forKey: .diskOnly) ?? false
+    }
+}
+
+/// Where a `start` resumes from.
+public struct SnapshotRef: Codable, Equatable, Sendable {
+    public var runtimeID: String
+    public var tag: String
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case runtimeID, tag }
+
+    public init(from decoder: Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        runtimeID = try c.decode(String.self, forKey: .runtimeID)
+        tag = try c.decode(String.self, forKey: .tag)
+    }
+}
+
+/// One snapshot, as `snapshot` reports it.
+public struct SnapshotInfo: Codable, Equatable, Sendable {
+    public var runtimeID: String
+    public var tag: String
+    public var createdAt: String
+    public var diskOnly: Bool
+    public var memoryMiB: UInt32
+    public var sizeBytes: UInt64
+}
+
 /// One command for a backend. `identity` is absent only for `host`.
 public struct Request: Codable, Equatable, Sendable {
     public var command: Command
@@ -149,8 +193,14 @@ public struct Request: Codable, Equatable, Sendable {
     public var stateDir: String?
     /// The image reference the root disk was built from, recorded for listings.
     public var image: String?
+    /// For `snapshot`: what to do.
+    public var snapshot: SnapshotRequest?
+    /// For `start` (and `prepare` of a fork): continue from this snapshot.
+    public var fromSnapshot: SnapshotRef?
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case command, identity, config, stateDir, image }
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case command, identity, config, stateDir, image, snapshot, fromSnapshot
+    }
 
     public init(command: Command, identity: Identity?, config: MachineConfig? = nil, stateDir: String? = nil, image: String? = nil) {
         self.command = command
@@ -168,6 +218,8 @@ public struct Request: Codable, Equatable, Sendable {
         config = try c.decodeIfPresent(MachineConfig.self, forKey: .config)
         stateDir = try c.decodeIfPresent(String.self, forKey: .stateDir)
         image = try c.decodeIfPresent(String.self, forKey: .image)
+        snapshot = try c.decodeIfPresent(SnapshotRequest.self, forKey: .snapshot)
+        fromSnapshot = try c.decodeIfPresent(SnapshotRef.self, forKey: .fromSnapshot)
     }
 
     /// The state folder, from `stateDir` or `config.stateDir`.
@@ -296,14 +348,16 @@ public struct Response: Codable, Equatable, Sendable {
     public var event: Event?
     public var host: HostInfo?
     public var result: RunResult?
+    /// Snapshots made or listed.
+    public var snapshots: [SnapshotInfo]?
     public var error: ProtocolError?
 
     public static func success(event: Event? = nil, host: HostInfo? = nil) -> Response {
-        Response(ok: true, backend: .appleVf, event: event, host: host, result: nil, error: nil)
+        Response(ok: true, backend: .appleVf, event: event, host: host, result: nil, snapshots: nil, error: nil)
     }
 
     public static func failure(_ error: ProtocolError) -> Response {
-        Response(ok: false, backend: .appleVf, event: nil, host: nil, result: nil, error: error)
+        Response(ok: false, backend: .appleVf, event: nil, host: nil, result: nil, snapshots: nil, error: error)
     }
 }
 

@@ -75,6 +75,25 @@ final class ProtocolTests: XCTestCase {
         rejects(edit("request-run.json") { $0["image"] = "a\nb" }, "image must not contain control characters")
     }
 
+    func testSnapshotRequestsAreCheckedLikeTheRustOnes() {
+        rejects(edit("request-halt.json") { $0["command"] = "snapshot" }, "command snapshot needs snapshot")
+        rejects(edit("request-halt.json") { $0["command"] = "snapshot"; $0["snapshot"] = ["action": "create"] },
+                "snapshot.tag is required for create and delete")
+        rejects(edit("request-halt.json") { $0["command"] = "snapshot"; $0["snapshot"] = ["action": "list", "tag": "../x"] },
+                "snapshot tag must be")
+        rejects(edit("request-halt.json") { $0["command"] = "snapshot"; $0["snapshot"] = ["action": "list", "diskOnly": true] },
+                "snapshot.diskOnly applies to create only")
+        rejects(edit("request-halt.json") { $0["command"] = "snapshot"; $0["snapshot"] = ["action": "explode"] },
+                "snapshot.action")
+        rejects(edit("request-halt.json") { $0["snapshot"] = ["action": "list"] }, "snapshot is only for command snapshot")
+        rejects(edit("request-halt.json") { $0["fromSnapshot"] = ["runtimeID": "a", "tag": "t"] },
+                "fromSnapshot is only for commands start and prepare")
+        rejects(edit("request-start.json") { var i = $0["identity"] as! [String: Any]; i["backend"] = "apple-vf"; $0["identity"] = i
+                                             $0["fromSnapshot"] = ["runtimeID": "../a", "tag": "t"] }, "fromSnapshot.identity.runtimeID")
+        let ok = edit("request-halt.json") { $0["command"] = "snapshot"; $0["snapshot"] = ["action": "create", "tag": "t1", "diskOnly": true] }
+        XCTAssertEqual(try parseRequest(ok).get().snapshot?.action, .create)
+    }
+
     func testGarbageTruncatedAndOversizedInputIsAnErrorNotACrash() {
         rejects([], "malformed request")
         rejects(Array("not json".utf8), "malformed request")

@@ -68,6 +68,20 @@ final class VMHostTests: XCTestCase {
             .answer(Array(#"{"command":"inspect","identity":{"requestID":"r2","runtimeID":"ws","role":"workspace","backend":"apple-vf"},"stateDir":"\#(state)"}"#.utf8))
         XCTAssertEqual(inspect.event?.state, .running, "\(inspect)")
 
+        func ask(_ command: String) -> Response {
+            Supervisor(driver: driver, executable: "/nonexistent").answer(Array(
+                #"{"command":"\#(command)","identity":{"requestID":"r","runtimeID":"ws","role":"workspace","backend":"apple-vf"},"stateDir":"\#(state)"}"#.utf8))
+        }
+        XCTAssertEqual(ask("resume").event?.detail, "already running")
+        let paused = ask("pause")
+        XCTAssertEqual(paused.event?.state, .paused, "\(paused)")
+        XCTAssertEqual(driver.booted?.runState, .paused, "the VM itself was paused")
+        XCTAssertEqual(ask("pause").event?.detail, "already paused")
+        XCTAssertEqual(ask("resume").event?.state, .running)
+        XCTAssertEqual(driver.booted?.runState, .running)
+        XCTAssertEqual(ask("pause").event?.state, .paused)
+        // halt of a paused VM lets it run first, so the guest can power off.
+
         let halt = Supervisor(driver: driver, executable: "/nonexistent")
             .answer(Array(#"{"command":"halt","identity":{"requestID":"r3","runtimeID":"ws","role":"workspace","backend":"apple-vf"},"stateDir":"\#(state)"}"#.utf8))
         XCTAssertTrue(halt.ok, "\(halt)")
@@ -76,7 +90,7 @@ final class VMHostTests: XCTestCase {
         XCTAssertEqual(finished.wait(timeout: .now() + 10), .success)
         XCTAssertEqual(stopReason.value, "guest powered off")
         XCTAssertEqual(try StateStore(layout).load()?.state, .halted)
-        XCTAssertEqual(StateStore(layout).events().map(\.state), [.stopping, .halted])
+        XCTAssertEqual(StateStore(layout).events().map(\.state), [.paused, .running, .paused, .stopping, .halted])
         XCTAssertFalse(FileManager.default.fileExists(atPath: layout.control), "control socket removed")
         XCTAssertFalse(FileManager.default.fileExists(atPath: layout.vsock), "vsock socket removed")
     }

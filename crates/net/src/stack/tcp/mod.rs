@@ -249,6 +249,9 @@ impl Stack {
                         );
                         flow.host = Some(host);
                         flow.verdict = Some(verdict);
+                        // Loopback and nearby hosts often accept before
+                        // connect() returns: look at once, not after a poll.
+                        flow.connect_ready = true;
                         self.tcp.insert(key, flow);
                     }
                     Err(e) => {
@@ -438,7 +441,7 @@ impl Stack {
                 flow.verdict = Some(verdict);
                 flow.phase = Phase::Dialing;
                 flow.deadline = now + CONNECT_TIMEOUT;
-                flow.connect_ready = false;
+                flow.connect_ready = true;
             }
             Err(e) => {
                 let verdict = verdict.failed(&format!("connect failed: {e}"));

@@ -8,9 +8,10 @@
 //!   the Unix socket `<uds_path>_<P>`, which the host must already listen on
 //!   ([`HostListener`]).
 //!
-//! On top of that: [`Control`], the host end of the connection the guest
-//! init opens at boot (run results, workspace `ready`), and [`ExecClient`],
-//! the client of the guest's exec service. Every wait takes a timeout, and
+//! On top of that: [`Control`] (in `control.rs`), the host end of the
+//! connection the guest init opens at boot (run results, workspace
+//! `ready`), and [`ExecClient`] (in `exec.rs`), the client of the guest's
+//! exec service. Every wait takes a timeout, and
 //! everything the guest sends goes through the bounded reader of
 //! [`crate::frame`].
 
@@ -23,7 +24,13 @@ use std::time::{Duration, Instant};
 use vmkit_protocol::RunResult;
 
 use crate::frame::{read_message, write_message, FrameError};
-use crate::message::{ExecRequest, Message, Ready, SetupStep, CHUNK_SIZE};
+use crate::message::Message;
+
+mod control;
+mod exec;
+
+pub use control::{Control, RunOutcome, RunReport};
+pub use exec::{exec_over, shutdown_over, ExecClient};
 
 /// Why a host-side channel operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +81,7 @@ pub enum ChannelError {
     },
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ChannelError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ChannelError {
     let context = context.into();
     move |source| ChannelError::Io { context, source }
 }
@@ -87,7 +94,7 @@ pub fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-fn remaining(deadline: Instant) -> Option<Duration> {
+pub(crate) fn remaining(deadline: Instant) -> Option<Duration> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
@@ -311,7 +318,11 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
-fn recv(stream: &UnixStream, deadline: Instant, what: &str) -> Result<Message, ChannelError> {
+pub(crate) fn recv(
+    stream: &UnixStream,
+    deadline: Instant,
+    what: &str,
+) -> Result<Message, ChannelError> {
     let mut r = DeadlineReader { stream, deadline };
     match read_message(&mut r) {
         Ok(Some(Message::Error { mut message })) => {
@@ -327,7 +338,11 @@ fn recv(stream: &UnixStream, deadline: Instant, what: &str) -> Result<Message, C
     }
 }
 
-fn send(stream: &UnixStream, msg: &Message, timeout: Duration) -> Result<(), ChannelError> {
+pub(crate) fn send(
+    stream: &UnixStream,
+    msg: &Message,
+    timeout: Duration,
+) -> Result<(), ChannelError> {
     stream
         .set_write_timeout(Some(timeout))
         .map_err(io_err("setting a write timeout"))?;
@@ -341,328 +356,10 @@ fn send(stream: &UnixStream, msg: &Message, timeout: Duration) -> Result<(), Cha
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// Setup succeeded and the exec command ran (or could not start: see `error`).
-    Completed(RunResult),
-    /// A setup command failed; exec did not run.
-    SetupFailed(SetupStep),
-}
-
-/// Everything a run reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunReport {
-    /// The setup commands that succeeded, in order.
-    pub setup: Vec<SetupStep>,
-    /// How it ended.
-    pub outcome: RunOutcome,
-}
-
-/// The host end of the connection the guest init opens at boot to the
-/// control port (see [`crate::BootSpec::control_port`]).
-#[derive(Debug)]
-pub struct Control {
-    stream: UnixStream,
-}
-
-impl Control {
-    /// Waits up to `timeout` for the guest init to connect to `listener`.
-    pub fn accept(listener: &HostListener, timeout: Duration) -> Result<Self, ChannelError> {
-        Ok(Control {
-            stream: listener.accept(timeout)?,
-        })
-    }
-
-    /// Wraps an already connected stream (tests, other transports).
-    pub fn from_stream(stream: UnixStream) -> Self {
-        Control { stream }
-    }
-
-    /// Workspace boots: waits for the guest's `ready`.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, ChannelError> {
-        let deadline = deadline_after(timeout);
-        match recv(&self.stream, deadline, "waiting for the guest to be ready")? {
-            Message::Ready(r) => Ok(r),
-            other => Err(ChannelError::Protocol(format!(
-                "expected ready, got {}",
-                other.kind()
-            ))),
-        }
-    }
-
-    /// Run boots: copies the guest's stdout and stderr to the sinks as they
-    /// arrive (flushing each chunk) and returns how the run ended. Output is
-    /// never buffered here beyond one frame. `setup` is the list of setup
-    /// commands the host sent: the guest may report on exactly those, in
-    /// order, and the report carries the host's copy of each command, so a
-    /// hostile guest cannot make the host hold more than one frame plus a
-    /// bounded result per command. `timeout` bounds the whole run; make it
-    /// longer than the run's own `timeoutMs`, which the guest enforces.
-    ///
-    /// On success the guest is acknowledged, and it then powers off.
-    pub fn receive_run(
-        &mut self,
-        setup: &[String],
-        stdout: &mut dyn Write,
-        stderr: &mut dyn Write,
-        timeout: Duration,
-    ) -> Result<RunReport, ChannelError> {
-        let deadline = deadline_after(timeout);
-        let mut done = Vec::new();
-        let outcome = loop {
-            match recv(&self.stream, deadline, "waiting for the run to finish")? {
-                Message::Stdout(b) => sink(stdout, &b)?,
-                Message::Stderr(b) => sink(stderr, &b)?,
-                Message::SetupStarted { index, .. } => {
-                    expect_setup_index(index, done.len(), setup.len(), "setupStarted")?;
-                }
-                Message::SetupResult(step) => {
-                    done.push(checked_step(step, done.len(), setup, "setupResult")?);
-                }
-                Message::SetupFailed(step) => {
-                    break RunOutcome::SetupFailed(checked_step(
-                        step,
-                        done.len(),
-                        setup,
-                        "setupFailed",
-                    )?)
-                }
-                Message::Result(r) => break RunOutcome::Completed(checked_result(r)?),
-                Message::Ping => {
-                    send(&self.stream, &Message::Pong, Duration::from_secs(5)).map_err(|e| {
-                        // A guest that stops reading is a broken channel, not
-                        // a command that ran out of time.
-                        ChannelError::Protocol(format!("answering the guest's ping: {e}"))
-                    })?
-                }
-                other => {
-                    return Err(ChannelError::Protocol(format!(
-                        "unexpected {} during a run",
-                        other.kind()
-                    )))
-                }
-            }
-        };
-        // Best effort: without the ack the guest powers off after its own timeout.
-        let _ = send(&self.stream, &Message::Ack, Duration::from_secs(2));
-        Ok(RunReport {
-            setup: done,
-            outcome,
-        })
-    }
-
-    /// The underlying stream.
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-}
-
-/// The guest may only speak of the next setup command the host sent.
-fn expect_setup_index(
-    index: u32,
-    next: usize,
-    sent: usize,
-    what: &str,
-) -> Result<(), ChannelError> {
-    if usize::try_from(index).ok() == Some(next) && next < sent {
-        Ok(())
-    } else {
-        Err(ChannelError::Protocol(format!(
-            "{what} for setup command {index}, but the host sent {sent} and expected {}",
-            if next < sent {
-                format!("command {next}")
-            } else {
-                "no more".to_owned()
-            }
-        )))
-    }
-}
-
-/// A setup report checked against what the host sent, with the host's copy
-/// of the command in place of the guest's.
-fn checked_step(
-    step: SetupStep,
-    next: usize,
-    setup: &[String],
-    what: &str,
-) -> Result<SetupStep, ChannelError> {
-    expect_setup_index(step.index, next, setup.len(), what)?;
-    Ok(SetupStep {
-        index: step.index,
-        command: setup[next].clone(),
-        result: checked_result(step.result)?,
-    })
-}
-
-/// A guest's result, refused if it is inconsistent, its `error` bounded.
-fn checked_result(mut result: RunResult) -> Result<RunResult, ChannelError> {
-    result
-        .validate()
-        .map_err(|e| ChannelError::Protocol(e.message))?;
-    result.truncate_error();
-    Ok(result)
-}
-
-fn sink(w: &mut dyn Write, bytes: &[u8]) -> Result<(), ChannelError> {
+pub(crate) fn sink(w: &mut dyn Write, bytes: &[u8]) -> Result<(), ChannelError> {
     w.write_all(bytes)
         .and_then(|()| w.flush())
         .map_err(ChannelError::Sink)
-}
-
-/// Client of the guest's exec service, reached through the VMM's hybrid
-/// vsock socket. Each call opens its own connection, so one client can run
-/// several execs at once from several threads.
-#[derive(Debug, Clone)]
-pub struct ExecClient {
-    uds_path: PathBuf,
-    port: u32,
-    connect_timeout: Duration,
-}
-
-impl ExecClient {
-    /// A client for the exec service on guest `port` behind `uds_path`.
-    pub fn new(uds_path: impl Into<PathBuf>, port: u32) -> Self {
-        ExecClient {
-            uds_path: uds_path.into(),
-            port,
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// How long to keep trying to connect (default 10 s).
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Runs `req` in the guest, copying its output to the sinks as it
-    /// arrives. `stdin`, if given, is streamed to the command from a helper
-    /// thread (so a command that prints before reading cannot deadlock).
-    /// `timeout` is the host's backstop for the whole exec: make it longer
-    /// than `req.timeout_ms`, which the guest enforces by killing the command.
-    pub fn exec(
-        &self,
-        req: &ExecRequest,
-        stdin: Option<Box<dyn Read + Send>>,
-        stdout: &mut dyn Write,
-        stderr: &mut dyn Write,
-        timeout: Duration,
-    ) -> Result<RunResult, ChannelError> {
-        let stream = connect(&self.uds_path, self.port, self.connect_timeout)?;
-        exec_over(stream, req, stdin, stdout, stderr, timeout)
-    }
-
-    /// Asks the guest to sync and power off; returns once it acknowledged.
-    pub fn shutdown(&self, timeout: Duration) -> Result<(), ChannelError> {
-        let stream = connect(&self.uds_path, self.port, self.connect_timeout)?;
-        shutdown_over(&stream, timeout)
-    }
-
-    /// Checks that the exec service answers.
-    pub fn ping(&self, timeout: Duration) -> Result<(), ChannelError> {
-        let stream = connect(&self.uds_path, self.port, self.connect_timeout)?;
-        let deadline = deadline_after(timeout);
-        send(&stream, &Message::Ping, timeout)?;
-        match recv(&stream, deadline, "waiting for pong")? {
-            Message::Pong => Ok(()),
-            other => Err(ChannelError::Protocol(format!(
-                "expected pong, got {}",
-                other.kind()
-            ))),
-        }
-    }
-}
-
-/// [`ExecClient::shutdown`] over an already connected stream.
-pub fn shutdown_over(stream: &UnixStream, timeout: Duration) -> Result<(), ChannelError> {
-    let deadline = deadline_after(timeout);
-    send(stream, &Message::Shutdown, timeout)?;
-    match recv(
-        stream,
-        deadline,
-        "waiting for the guest to acknowledge shutdown",
-    )? {
-        Message::Ack => Ok(()),
-        other => Err(ChannelError::Protocol(format!(
-            "expected ack, got {}",
-            other.kind()
-        ))),
-    }
-}
-
-/// [`ExecClient::exec`] over an already connected stream (tests, other
-/// transports). Consumes the stream: one exec per connection.
-pub fn exec_over(
-    stream: UnixStream,
-    req: &ExecRequest,
-    stdin: Option<Box<dyn Read + Send>>,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
-    timeout: Duration,
-) -> Result<RunResult, ChannelError> {
-    let deadline = deadline_after(timeout);
-    let mut req = req.clone();
-    req.stdin = stdin.is_some();
-    req.validate().map_err(ChannelError::Invalid)?;
-    send(&stream, &Message::Exec(req), timeout)?;
-    // No write timeout for stdin: backpressure from a slow command is normal,
-    // and the thread ends when the connection is shut down below.
-    stream
-        .set_write_timeout(None)
-        .map_err(io_err("clearing the write timeout"))?;
-    let feeder = match stdin {
-        Some(mut input) => {
-            let mut w = stream.try_clone().map_err(io_err("cloning the stream"))?;
-            Some(std::thread::spawn(move || {
-                let mut buf = vec![0u8; CHUNK_SIZE];
-                loop {
-                    let n = match input.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if write_message(&mut w, &Message::Stdin(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-                let _ = write_message(&mut w, &Message::StdinEof);
-            }))
-        }
-        None => None,
-    };
-    let result = loop {
-        match recv(&stream, deadline, "waiting for the command to finish") {
-            Ok(Message::Stdout(b)) => {
-                if let Err(e) = sink(stdout, &b) {
-                    break Err(e);
-                }
-            }
-            Ok(Message::Stderr(b)) => {
-                if let Err(e) = sink(stderr, &b) {
-                    break Err(e);
-                }
-            }
-            Ok(Message::Result(r)) => break checked_result(r),
-            Ok(other) => {
-                break Err(ChannelError::Protocol(format!(
-                    "unexpected {} during an exec",
-                    other.kind()
-                )))
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    // Closing tells the guest to kill the command if it is still running
-    // (timeouts, sink errors) and unblocks the stdin thread's writes.
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    if let Some(f) = feeder {
-        // The thread may sit in a read of the caller's stdin: do not wait for it
-        // unless it has already finished.
-        if f.is_finished() {
-            let _ = f.join();
-        }
-    }
-    result
 }
 
 #[cfg(test)]
@@ -740,88 +437,5 @@ mod tests {
         let _a = HostListener::bind(&uds, 7).unwrap();
         std::mem::forget(_a);
         let _b = HostListener::bind(&uds, 7).unwrap();
-    }
-
-    #[test]
-    fn run_receiver_streams_and_acks() {
-        let (host, guest) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || {
-            let mut g = &guest;
-            let step = SetupStep {
-                index: 0,
-                command: "true".into(),
-                result: RunResult {
-                    exit_code: Some(0),
-                    ..Default::default()
-                },
-            };
-            for m in [
-                Message::SetupStarted {
-                    index: 0,
-                    command: "true".into(),
-                },
-                Message::Stdout(b"a".to_vec()),
-                Message::SetupResult(step),
-                Message::Stderr(b"b".to_vec()),
-                Message::Stdout(b"c".to_vec()),
-                Message::Result(RunResult {
-                    exit_code: Some(4),
-                    ..Default::default()
-                }),
-            ] {
-                write_message(&mut g, &m).unwrap();
-            }
-            read_message(&mut g).unwrap()
-        });
-        let mut c = Control::from_stream(host);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let report = c
-            .receive_run(&["true".into()], &mut out, &mut err, Duration::from_secs(5))
-            .unwrap();
-        assert_eq!(out, b"ac");
-        assert_eq!(err, b"b");
-        assert_eq!(report.setup.len(), 1);
-        assert!(matches!(
-            report.outcome,
-            RunOutcome::Completed(RunResult {
-                exit_code: Some(4),
-                ..
-            })
-        ));
-        assert_eq!(t.join().unwrap(), Some(Message::Ack));
-    }
-
-    #[test]
-    fn run_receiver_times_out_on_a_silent_guest() {
-        let (host, _guest) = UnixStream::pair().unwrap();
-        let mut c = Control::from_stream(host);
-        let err = c
-            .receive_run(
-                &[],
-                &mut io::sink(),
-                &mut io::sink(),
-                Duration::from_millis(100),
-            )
-            .unwrap_err();
-        assert!(matches!(err, ChannelError::Timeout(_)), "{err}");
-    }
-
-    #[test]
-    fn run_receiver_rejects_garbage() {
-        let (host, mut guest) = UnixStream::pair().unwrap();
-        guest.write_all(&u32::MAX.to_be_bytes()).unwrap();
-        let mut c = Control::from_stream(host);
-        let err = c
-            .receive_run(
-                &[],
-                &mut io::sink(),
-                &mut io::sink(),
-                Duration::from_secs(5),
-            )
-            .unwrap_err();
-        assert!(
-            matches!(err, ChannelError::Frame(FrameError::Oversized { .. })),
-            "{err}"
-        );
     }
 }
