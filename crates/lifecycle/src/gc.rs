@@ -70,6 +70,7 @@ mod tests {
             helpers: vec![],
             owner: Some(owner_rec),
             last_result: None,
+            labels: Default::default(),
         };
         {
             let lock = store.lock("orphan", LockWait::NoWait).unwrap();

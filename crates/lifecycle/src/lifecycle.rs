@@ -251,6 +251,7 @@ impl Lifecycle {
                 helpers: Vec::new(),
                 owner: None,
                 last_result: None,
+                labels: Default::default(),
             };
             store.create(lock, &record).map_err(state_err)?;
             Ok(record)

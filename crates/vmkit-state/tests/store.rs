@@ -33,6 +33,7 @@ fn record(name: &str) -> WorkspaceRecord {
         helpers: vec![],
         owner: None,
         last_result: None,
+        labels: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::cli::Global;
 pub fn run(global: &Global) -> anyhow::Result<u8> {
     let report = vmkit::doctor::doctor(&global.state_dir);
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::print_typed("doctor", &report)?;
     } else {
         for c in &report.checks {
             let mark = match c.status {

@@ -41,7 +41,11 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
             if global.json {
                 println!(
                     "{}",
-                    serde_json::json!({"version": env!("CARGO_PKG_VERSION")})
+                    serde_json::json!({
+                        "type": "version",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "jsonOutputVersion": crate::output::JSON_OUTPUT_VERSION,
+                    })
                 );
             } else {
                 println!("microagent {}", env!("CARGO_PKG_VERSION"));

@@ -384,7 +384,7 @@ pub fn list(global: &Global) -> anyhow::Result<u8> {
     let records = store(global)?.list()?;
     if global.json {
         for r in &records {
-            println!("{}", serde_json::to_string(r)?);
+            crate::output::print_typed("workspace", r)?;
         }
     } else {
         println!("{:<24} {:<10} {:<12} IMAGE", "NAME", "STATE", "BACKEND");
@@ -404,7 +404,7 @@ pub fn status(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
         .peek(&args.name)?
         .with_context(|| format!("workspace {:?} does not exist", args.name))?;
     if global.json {
-        println!("{}", serde_json::to_string(&record)?);
+        crate::output::print_typed("workspace", &record)?;
     } else {
         println!("name:     {}", record.name);
         println!("state:    {}", record.state);
@@ -428,7 +428,11 @@ pub fn events(args: EventsArgs, global: &Global) -> anyhow::Result<u8> {
     let log = store.events(&args.name)?;
     let print = |line: &str| -> anyhow::Result<()> {
         if global.json {
-            println!("{line}");
+            // The log's lines are events; --json shows them as `run` does.
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(event) => crate::output::print_typed("event", event)?,
+                Err(e) => tracing::warn!("skipping a damaged event line: {e}"),
+            }
         } else if let Ok(e) = serde_json::from_str::<vmkit_protocol::Event>(line) {
             println!(
                 "{}  {:<9} {}",
