@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod image;
 pub mod kernel;
+pub mod mcp;
 pub mod rootfs;
 pub mod run;
 pub mod workspace;
@@ -36,6 +37,7 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Kernel(cmd) => kernel::run(cmd, global),
         Command::Image(cmd) => image::run(cmd, global),
         Command::Rootfs(cmd) => rootfs::run(cmd, global),
+        Command::Mcp(args) => mcp::run(args, global),
         Command::Doctor => doctor::run(global),
         Command::Version => {
             if global.json {
