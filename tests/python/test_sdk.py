@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -135,15 +135,19 @@ def test_the_sandbox_is_deleted_when_the_block_raises(image: str, microagent_bin
 
 def test_keyboard_interrupt_during_run_stops_and_removes_the_vm(image: str, microagent_bin: str,
                                                                 state_dir: str) -> None:
+    main = threading.main_thread().ident
+    assert main is not None
+
     def interrupt_once_running() -> None:
-        # Waits for the run's workspace to reach `running`, then Ctrl-C.
+        # Waits for the run's workspace to reach `running`, then delivers
+        # SIGINT to the main thread, as Ctrl-C would (the SDK passes it on).
         import json
         import subprocess
 
         while True:
             out = subprocess.run([microagent_bin, "--json", "list"], capture_output=True).stdout
             if any(json.loads(l).get("state") == "running" for l in out.splitlines() if l.strip()):
-                _thread.interrupt_main()
+                signal.pthread_kill(main, signal.SIGINT)
                 return
             time.sleep(0.1)
 

@@ -118,6 +118,36 @@ impl McpServer {
         .await
     }
 
+    /// A lifecycle call on a workspace this server owns, as a tool result.
+    async fn transition(
+        &self,
+        name: String,
+        progress: Option<Progress>,
+        call: fn(&vmkit::Runtime, &str) -> Result<vmkit::protocol::Event, vmkit::VmkitError>,
+    ) -> ToolResult {
+        let record = match self.policy.workspace(&name) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let policy = self.policy.clone();
+        let outcome = blocking(move || {
+            let rt = Self::runtime(&policy, Some(record.backend), progress.as_ref())?;
+            call(&rt, &name).map_err(|e| e.to_string())
+        })
+        .await;
+        match outcome {
+            Ok(e) => {
+                let o = StateOutput {
+                    name: e.identity.runtime_id,
+                    state: e.state.to_string(),
+                    detail: e.detail,
+                };
+                done(format!("workspace {} is {}", o.name, o.state), o)
+            }
+            Err(e) => failed(e),
+        }
+    }
+
     fn shell(script: &str, args: &[&str]) -> Vec<String> {
         let mut argv = vec![
             "/bin/sh".to_owned(),
@@ -244,28 +274,9 @@ impl McpServer {
         Parameters(p): Parameters<NameInput>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let record = match self.policy.workspace(&p.name) {
-            Ok(r) => r,
-            Err(e) => return failed(e),
-        };
         let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
-        let policy = self.policy.clone();
-        let outcome = blocking(move || {
-            let rt = Self::runtime(&policy, Some(record.backend), Some(&progress))?;
-            rt.start(&p.name).map_err(|e| e.to_string())
-        })
-        .await;
-        match outcome {
-            Ok(e) => {
-                let o = StateOutput {
-                    name: e.identity.runtime_id,
-                    state: e.state.to_string(),
-                    detail: e.detail,
-                };
-                done(format!("workspace {} is {}", o.name, o.state), o)
-            }
-            Err(e) => failed(e),
-        }
+        self.transition(p.name, Some(progress), |rt, name| rt.start(name))
+            .await
     }
 
     /// Run a command in a running workspace: argv (no shell) or command
@@ -443,27 +454,8 @@ impl McpServer {
     /// Shut a workspace down cleanly; its disk is kept for workspace_start.
     #[tool(output_schema = schema_for_output::<StateOutput>())]
     async fn workspace_halt(&self, Parameters(p): Parameters<NameInput>) -> ToolResult {
-        let record = match self.policy.workspace(&p.name) {
-            Ok(r) => r,
-            Err(e) => return failed(e),
-        };
-        let policy = self.policy.clone();
-        let outcome = blocking(move || {
-            let rt = Self::runtime(&policy, Some(record.backend), None)?;
-            rt.halt(&p.name).map_err(|e| e.to_string())
-        })
-        .await;
-        match outcome {
-            Ok(e) => {
-                let o = StateOutput {
-                    name: e.identity.runtime_id,
-                    state: e.state.to_string(),
-                    detail: e.detail,
-                };
-                done(format!("workspace {} is {}", o.name, o.state), o)
-            }
-            Err(e) => failed(e),
-        }
+        self.transition(p.name, None, |rt, name| rt.halt(name))
+            .await
     }
 
     /// Delete a workspace and its disk (its VM is killed first unless force is false).

@@ -39,6 +39,22 @@ UNTAR_SCRIPT = 'mkdir -p -- "$1" && tar -x -f - -C "$1"'
 TAR_SCRIPT = 'tar -c -f - -C "$1" "$2"'
 
 
+class SandboxBase:
+    """What the sync and asyncio sandboxes share: a workspace name, whether
+    it outlives the ``with`` block, and how to reach microagent."""
+
+    def __init__(self, name: str, *, keep: bool = False, binary: Optional[str] = None,
+                 state_dir: Optional[str] = None) -> None:
+        self.name = name
+        self.keep = keep
+        self._deleted = False
+        self._binary = find_binary(binary)
+        self._state_dir = state_dir
+
+    def __repr__(self) -> str:
+        return f"{type(self).__module__}.{type(self).__name__}({self.name!r})"
+
+
 def find_binary(binary: Optional[str] = None) -> str:
     """``binary``, else ``$MICROAGENT_BIN``, else ``microagent`` on ``PATH``."""
     candidate = binary or os.environ.get("MICROAGENT_BIN")

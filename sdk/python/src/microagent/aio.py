@@ -151,16 +151,8 @@ class _Creating:
         await self._sandbox.__aexit__(*exc)
 
 
-class Sandbox:
+class Sandbox(p.SandboxBase):
     """:class:`microagent.Sandbox`, with awaitable methods."""
-
-    def __init__(self, name: str, *, keep: bool = False, binary: Optional[str] = None,
-                 state_dir: Optional[str] = None) -> None:
-        self.name = name
-        self.keep = keep
-        self._deleted = False
-        self._binary = p.find_binary(binary)
-        self._state_dir = state_dir
 
     @classmethod
     def create(cls, image: str, *, name: Optional[str] = None, memory_mib: Optional[int] = None,
@@ -263,6 +255,3 @@ class Sandbox:
         if not self.keep and not self._deleted:
             # Shielded so a cancelled task still deletes its sandbox.
             await asyncio.shield(self.delete())
-
-    def __repr__(self) -> str:
-        return f"aio.Sandbox({self.name!r})"

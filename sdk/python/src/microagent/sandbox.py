@@ -133,19 +133,11 @@ def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Ma
     return _Invocation(p.find_binary(binary), state_dir, args).complete(check)
 
 
-class Sandbox:
+class Sandbox(p.SandboxBase):
     """A workspace: a microVM with a disk that persists between commands.
 
     ``with Sandbox.create(image) as sb:`` deletes it (VM and disk) when the
     block ends, however it ends, unless ``keep=True``."""
-
-    def __init__(self, name: str, *, keep: bool = False, binary: Optional[str] = None,
-                 state_dir: Optional[str] = None) -> None:
-        self.name = name
-        self.keep = keep
-        self._deleted = False
-        self._binary = p.find_binary(binary)
-        self._state_dir = state_dir
 
     # -- creation and lookup -------------------------------------------------
 
@@ -265,6 +257,3 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         if not self.keep and not self._deleted:
             self.delete()
-
-    def __repr__(self) -> str:
-        return f"Sandbox({self.name!r})"
