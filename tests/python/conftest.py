@@ -80,3 +80,30 @@ def clean(microagent_bin: str, state_dir: str) -> Iterator[None]:
     yield
     assert workspaces(microagent_bin, state_dir) == []
     assert vm_processes(state_dir) == []
+
+
+@pytest.fixture(autouse=True)
+def schema_checked_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[dict]]:
+    """Every JSON line the SDK reads is checked against the published
+    schema (docs/json-output.schema.json) on the way in."""
+    import json
+
+    import jsonschema
+
+    from microagent import _protocol
+
+    schema = json.loads((ROOT / "docs/json-output.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    seen: List[dict] = []
+    original = _protocol.parse_line
+
+    def checked(raw: bytes) -> "dict | None":
+        line = original(raw)
+        if line is not None:
+            errors = [f"{e.message} at {list(e.absolute_path)}" for e in validator.iter_errors(line)]
+            assert not errors, f"line breaks docs/json-output.schema.json: {line}: {errors}"
+            seen.append(line)
+        return line
+
+    monkeypatch.setattr(_protocol, "parse_line", checked)
+    yield seen

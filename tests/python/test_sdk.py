@@ -19,10 +19,12 @@ from conftest import vm_processes, workspaces
 pytestmark = pytest.mark.usefixtures("clean")
 
 
-def test_run_returns_exit_code_and_both_streams(image: str) -> None:
+def test_run_returns_exit_code_and_both_streams(image: str, schema_checked_lines: list) -> None:
     r = microagent.run(image, "cat /tmp/s; echo err >&2; exit 3", setup=["echo set > /tmp/s"],
                        env={"X": "1"})
     assert (r.exit_code, r.stdout, r.stderr, r.timed_out) == (3, "set\n", "err\n", False)
+    kinds = {line["type"] for line in schema_checked_lines}
+    assert {"event", "stdout", "stderr", "result"} <= kinds, kinds
     with pytest.raises(microagent.CommandFailed) as failed:
         microagent.run(image, "echo $X; exit 4", env={"X": "y"}, check=True)
     assert failed.value.result.exit_code == 4

@@ -118,6 +118,7 @@ pub enum Command {
     #[command(subcommand)]
     Rootfs(commands::rootfs::RootfsCommand),
     /// Serve MCP over stdio: runs and workspaces as tools for a model.
+    #[command(long_about = commands::mcp::LONG_ABOUT)]
     Mcp(commands::mcp::McpArgs),
     /// Check this host: KVM, QEMU, e2fsprogs, vsock, kernel; and which backend `run` would use.
     Doctor,

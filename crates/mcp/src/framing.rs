@@ -175,6 +175,80 @@ mod tests {
         assert_eq!(v["id"], "abc");
     }
 
+    /// Hands out its bytes in pieces of pseudo-random size.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        seed: u64,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            let n = (1 + self.seed % 700) as usize;
+            let end = (self.at + n)
+                .min(self.data.len())
+                .min(self.at + buf.remaining());
+            let piece = self.data[self.at..end].to_vec();
+            buf.put_slice(&piece);
+            self.at = end;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn random_streams_keep_every_small_line_and_answer_every_big_request() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for round in 0..200 {
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let limit = 64 + (next() % 2000) as usize;
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for id in 0..(1 + next() % 12) {
+                let pad = "x\\\"{}".repeat((next() % 900) as usize);
+                let line = if next() % 4 == 0 {
+                    format!("{{\"method\":\"n\",\"params\":\"{pad}\"}}")
+                } else {
+                    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"params\":\"{pad}\"}}")
+                };
+                input.extend_from_slice(line.as_bytes());
+                input.push(b'\n');
+                expected.push((id, line.len() + 1 <= limit, line.contains("\"id\"")));
+            }
+            let trickle = Trickle {
+                data: input.clone(),
+                at: 0,
+                seed: next() | 1,
+            };
+            let mut out = Vec::new();
+            filter_lines(trickle, &mut out, limit).await.unwrap();
+            let out = String::from_utf8(out).unwrap();
+            let mut lines = out.lines();
+            let originals: Vec<&str> = std::str::from_utf8(&input).unwrap().lines().collect();
+            for (i, (id, fits, has_id)) in expected.into_iter().enumerate() {
+                if fits {
+                    assert_eq!(lines.next(), Some(originals[i]), "round {round}");
+                } else if has_id {
+                    let v: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+                    assert_eq!(v["id"], id, "round {round}");
+                    assert_eq!(v["method"], TOO_LARGE_METHOD);
+                }
+            }
+            assert_eq!(lines.next(), None, "round {round}");
+        }
+    }
+
     #[tokio::test]
     async fn an_oversized_notification_is_dropped() {
         let big = format!(

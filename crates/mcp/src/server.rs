@@ -466,7 +466,7 @@ impl McpServer {
             Err(e) => return failed(e),
         };
         let policy = self.policy.clone();
-        let force = p.force.unwrap_or(true) && record.state.to_string() != "prepared";
+        let force = p.force.unwrap_or(true);
         let name = p.name.clone();
         let outcome = blocking(move || {
             let rt = Self::runtime(&policy, Some(record.backend), None)?;

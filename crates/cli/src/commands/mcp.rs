@@ -4,7 +4,7 @@ use clap::Args;
 
 use crate::cli::Global;
 
-const LONG_ABOUT: &str = "\
+pub const LONG_ABOUT: &str = "\
 Serve the Model Context Protocol over stdin/stdout, for an agent host (Claude
 Desktop, an IDE, the `mcp` Python client) to drive microVMs.
 
@@ -24,7 +24,6 @@ Client configuration (e.g. claude_desktop_config.json):
   {\"mcpServers\": {\"microagent\": {\"command\": \"microagent\", \"args\": [\"mcp\"]}}}";
 
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT)]
 pub struct McpArgs {
     /// Name written to the label of workspaces this server creates; only
     /// workspaces with this owner are visible to clients.
