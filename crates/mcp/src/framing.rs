@@ -224,7 +224,7 @@ mod tests {
                 };
                 input.extend_from_slice(line.as_bytes());
                 input.push(b'\n');
-                expected.push((id, line.len() + 1 <= limit, line.contains("\"id\"")));
+                expected.push((id, line.len() < limit, line.contains("\"id\"")));
             }
             let trickle = Trickle {
                 data: input.clone(),
