@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import Iterator, List, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The SDK under test is the working tree's (scripts/setup also installs it).
+sys.path.insert(0, str(ROOT / "sdk/python/src"))
 
 
-def _kernel() -> Path:
+def kernel_path() -> Path:
     explicit = os.environ.get("MICROAGENT_TEST_KERNEL")
     path = Path(explicit) if explicit else Path.home() / ".microagent/kernels/x86_64/vmlinux"
     assert path.is_file(), f"no guest kernel at {path}: run scripts/setup (or set MICROAGENT_TEST_KERNEL)"
@@ -44,7 +47,7 @@ def state_dir(microagent_bin: str) -> Iterator[str]:
     the kernel installed; MICROAGENT_STATE_DIR points at it. Short path:
     socket paths live under it."""
     d = tempfile.mkdtemp(prefix="mapy", dir="/tmp")
-    subprocess.run([microagent_bin, "--state-dir", d, "kernel", "install", "--from", str(_kernel())],
+    subprocess.run([microagent_bin, "--state-dir", d, "kernel", "install", "--from", str(kernel_path())],
                    check=True, capture_output=True)
     os.environ["MICROAGENT_STATE_DIR"] = d
     yield d

@@ -116,10 +116,17 @@ def test_errors_are_the_documented_exceptions(image: str, tmp_path: Path) -> Non
         microagent.Sandbox.get("no-such-sandbox")
 
 
-def test_a_failed_boot_raises_boot_error_and_leaves_nothing(image: str) -> None:
-    # 40 MiB is too little for the guest kernel to reach its init.
+def test_a_failed_boot_raises_boot_error_and_leaves_nothing(image: str, tmp_path: Path) -> None:
+    # A kernel cut short: the VMM cannot load it, so the VM never boots.
+    from conftest import kernel_path
+
+    broken = tmp_path / "vmlinux"
+    broken.write_bytes(kernel_path().read_bytes()[:2_000_000])
+    with pytest.raises(microagent.BootError) as boot:
+        microagent.Sandbox.create(image, kernel=str(broken))
+    assert boot.value.exit_code == 127 and "boot" in boot.value.message
     with pytest.raises(microagent.BootError):
-        microagent.Sandbox.create(image, memory_mib=40)
+        microagent.run(image, "true", kernel=str(broken))
 
 
 def test_the_sandbox_is_deleted_when_the_block_raises(image: str, microagent_bin: str,

@@ -94,8 +94,11 @@ def env_flags(env: Optional[Mapping[str, str]]) -> List[str]:
     return flags
 
 
-def machine_flags(memory_mib: Optional[int], cpus: Optional[int], env: Optional[Mapping[str, str]]) -> List[str]:
+def machine_flags(memory_mib: Optional[int], cpus: Optional[int], env: Optional[Mapping[str, str]],
+                  kernel: Optional[str] = None) -> List[str]:
     flags = env_flags(env)
+    if kernel is not None:
+        flags += ["--kernel", str(kernel)]
     if memory_mib is not None:
         flags += ["--memory", str(int(memory_mib))]
     if cpus is not None:
@@ -105,7 +108,7 @@ def machine_flags(memory_mib: Optional[int], cpus: Optional[int], env: Optional[
 
 def run_args(image: str, command: str, setup: Sequence[str], env: Optional[Mapping[str, str]],
              timeout: Optional[float], memory_mib: Optional[int], cpus: Optional[int],
-             name: Optional[str]) -> List[str]:
+             name: Optional[str], kernel: Optional[str] = None) -> List[str]:
     args = ["run", "--image", image, "--exec", command]
     for step in setup:
         args += ["--setup", step]
@@ -113,7 +116,7 @@ def run_args(image: str, command: str, setup: Sequence[str], env: Optional[Mappi
         args += ["--timeout", str(max(1, int(timeout)))]
     if name:
         args += ["--name", name]
-    return args + machine_flags(memory_mib, cpus, env)
+    return args + machine_flags(memory_mib, cpus, env, kernel)
 
 
 def exec_args(name: str, command: Command, cwd: Optional[str], env: Optional[Mapping[str, str]],

@@ -125,9 +125,10 @@ class _Invocation:
 
 async def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
               timeout: Optional[float] = None, memory_mib: Optional[int] = None, cpus: Optional[int] = None,
-              check: bool = False, binary: Optional[str] = None, state_dir: Optional[str] = None) -> Result:
+              check: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
+        state_dir: Optional[str] = None) -> Result:
     """:func:`microagent.run`, awaitable."""
-    args = p.run_args(image, command, setup, env, timeout, memory_mib, cpus, None)
+    args = p.run_args(image, command, setup, env, timeout, memory_mib, cpus, None, kernel)
     return await _Invocation(p.find_binary(binary), state_dir, args).complete(check)
 
 
@@ -157,13 +158,13 @@ class Sandbox(p.SandboxBase):
     @classmethod
     def create(cls, image: str, *, name: Optional[str] = None, memory_mib: Optional[int] = None,
                cpus: Optional[int] = None, env: Optional[Mapping[str, str]] = None,
-               keep: bool = False, binary: Optional[str] = None,
+               keep: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
                state_dir: Optional[str] = None) -> _Creating:
         """Creates and boots a workspace; ``await`` it or ``async with`` it."""
 
         async def make() -> Sandbox:
             sb = cls(name or p.new_name(), keep=keep, binary=binary, state_dir=state_dir)
-            await sb._call(["create", sb.name, "--image", image] + p.machine_flags(memory_mib, cpus, env))
+            await sb._call(["create", sb.name, "--image", image] + p.machine_flags(memory_mib, cpus, env, kernel))
             try:
                 await sb.start()
             except BaseException:

@@ -120,7 +120,8 @@ class _Invocation:
 
 def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None, memory_mib: Optional[int] = None, cpus: Optional[int] = None,
-        check: bool = False, binary: Optional[str] = None, state_dir: Optional[str] = None) -> Result:
+        check: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
+        state_dir: Optional[str] = None) -> Result:
     """Runs ``command`` (a shell command) in a fresh microVM from ``image``,
     after the ``setup`` commands, and deletes the VM.
 
@@ -129,7 +130,7 @@ def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Ma
     with ``check=True``. An interrupt (KeyboardInterrupt) stops the VM and
     removes it before the exception propagates.
     """
-    args = p.run_args(image, command, setup, env, timeout, memory_mib, cpus, None)
+    args = p.run_args(image, command, setup, env, timeout, memory_mib, cpus, None, kernel)
     return _Invocation(p.find_binary(binary), state_dir, args).complete(check)
 
 
@@ -144,12 +145,12 @@ class Sandbox(p.SandboxBase):
     @classmethod
     def create(cls, image: str, *, name: Optional[str] = None, memory_mib: Optional[int] = None,
                cpus: Optional[int] = None, env: Optional[Mapping[str, str]] = None,
-               keep: bool = False, binary: Optional[str] = None,
+               keep: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
                state_dir: Optional[str] = None) -> "Sandbox":
         """Creates a workspace from ``image`` and boots it. If booting fails,
         the workspace is deleted before the exception propagates."""
         sb = cls(name or p.new_name(), keep=keep, binary=binary, state_dir=state_dir)
-        args = ["create", sb.name, "--image", image] + p.machine_flags(memory_mib, cpus, env)
+        args = ["create", sb.name, "--image", image] + p.machine_flags(memory_mib, cpus, env, kernel)
         sb._call(args)
         try:
             sb.start()
