@@ -14,7 +14,7 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
-use vmkit::protocol::{BackendKind, RunResult};
+use vmkit::protocol::{BackendKind, GuestArch, RunResult};
 
 use crate::capture::{decode_base64, encode_content, Capture};
 use crate::files;
@@ -65,10 +65,14 @@ impl McpServer {
         rt.preflight().map_err(|e| e.to_string())?;
         progress.say("checking the kernel");
         let kernel = rt
-            .kernel(None, &mut |ev| progress.say(format!("kernel: {ev}")))
+            .kernel(GuestArch::host(), None, &mut |ev| {
+                progress.say(format!("kernel: {ev}"))
+            })
             .map_err(|e| e.to_string())?;
         progress.say(format!("building the root disk of {image}"));
-        let rootfs = rt.rootfs(image, false).map_err(|e| e.to_string())?;
+        let rootfs = rt
+            .rootfs(image, GuestArch::host(), false)
+            .map_err(|e| e.to_string())?;
         Ok((kernel, rootfs.path))
     }
 
@@ -89,6 +93,8 @@ impl McpServer {
             user: None,
             kernel: None,
             kernel_args: None,
+            // The host's own architecture: the fast path, and no choice for the model.
+            arch: None,
         })
     }
 
