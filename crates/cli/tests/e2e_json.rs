@@ -4,29 +4,7 @@
 
 mod common;
 
-use base64::Engine as _;
-use common::{describe, json_line, json_lines, Env};
-use serde_json::Value;
-
-/// The bytes of one stream, decoded from its chunk lines.
-fn stream(lines: &[Value], kind: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for l in lines.iter().filter(|l| l["type"] == kind) {
-        let data = l["data"].as_str().unwrap();
-        match l.get("encoding") {
-            Some(e) => {
-                assert_eq!(e, "base64");
-                out.extend(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(data)
-                        .unwrap(),
-                );
-            }
-            None => out.extend_from_slice(data.as_bytes()),
-        }
-    }
-    out
-}
+use common::{describe, json_line, json_lines, stream_bytes as stream, Env};
 
 #[test]
 fn workspace_commands_print_schema_lines_and_exec_output_is_faithful() {

@@ -167,13 +167,32 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// The `data` of every `--json` line of `kind` (`stdout`, `stderr`), joined.
+/// The `data` of every `--json` line of `kind` (`stdout`, `stderr`), joined
+/// as text.
 pub fn stream(lines: &[Value], kind: &str) -> String {
-    lines
-        .iter()
-        .filter(|l| l["type"] == kind)
-        .map(|l| l["data"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    String::from_utf8_lossy(&stream_bytes(lines, kind)).into_owned()
+}
+
+/// The bytes of one stream, decoded from its `--json` lines (text, or
+/// base64 with `"encoding":"base64"`; docs/json-output.md).
+pub fn stream_bytes(lines: &[Value], kind: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for l in lines.iter().filter(|l| l["type"] == kind) {
+        let data = l["data"].as_str().unwrap_or_default();
+        match l.get("encoding") {
+            Some(e) => {
+                assert_eq!(e, "base64", "unknown encoding: {l}");
+                out.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .unwrap_or_else(|err| panic!("bad base64 in {l}: {err}")),
+                );
+            }
+            None => out.extend_from_slice(data.as_bytes()),
+        }
+    }
+    out
 }
 
 /// The states of the `--json` event lines, in order.
