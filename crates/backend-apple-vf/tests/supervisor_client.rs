@@ -97,3 +97,48 @@ fn a_hanging_supervisor_times_out_and_a_missing_one_is_unavailable() {
     let c = AppleVfBackend::with_supervisor("/nonexistent/supervisor", Duration::from_secs(1));
     assert_eq!(c.halt(&halt()).unwrap_err().code, ErrorCode::Unavailable);
 }
+
+/// A small deterministic generator, so a failure can be replayed.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn mutated_supervisor_answers_are_errors_or_well_formed_never_panics() {
+    // What a supervisor prints is untrusted: the client parses it with the
+    // protocol's types and cross-checks ok/error/backend. Mutations of a
+    // real answer go through the same parsing the client does.
+    let good = br#"{"ok":true,"backend":"apple-vf","event":{"identity":{"requestID":"r1","runtimeID":"ws","role":"workspace","backend":"apple-vf"},"state":"halted","detail":"","observedAt":"2026-11-24T00:00:00.000Z"}}"#;
+    let mut state = 15u64;
+    let mut rejected = 0;
+    for _ in 0..20_000 {
+        let mut bytes = good.to_vec();
+        for _ in 0..=(next(&mut state) % 4) {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = (next(&mut state) as usize) % bytes.len();
+            match next(&mut state) % 3 {
+                0 => bytes[at] = next(&mut state) as u8,
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at),
+            }
+        }
+        match serde_json::from_slice::<vmkit_protocol::Response>(&bytes) {
+            // Whatever parses is a response that survives a round trip.
+            Ok(r) => {
+                let back: vmkit_protocol::Response =
+                    serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+                assert_eq!(back, r);
+            }
+            Err(_) => rejected += 1,
+        }
+    }
+    assert!(rejected > 10_000, "the mutations do produce bad input");
+}

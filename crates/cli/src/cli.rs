@@ -124,6 +124,9 @@ pub enum Command {
     /// Build ext4 root disks from images.
     #[command(subcommand)]
     Rootfs(commands::rootfs::RootfsCommand),
+    /// Serve MCP over stdio: runs and workspaces as tools for a model.
+    #[command(long_about = commands::mcp::LONG_ABOUT)]
+    Mcp(commands::mcp::McpArgs),
     /// Check this host: KVM, QEMU, e2fsprogs, vsock, kernel; and which backend `run` would use.
     Doctor(commands::doctor::DoctorArgs),
     /// Print version information.

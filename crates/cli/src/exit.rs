@@ -82,12 +82,13 @@ pub fn code_of(result: &RunResult, setup_failed: bool) -> (u8, Source) {
     }
 }
 
-/// "exit code 3", "killed by signal 9", or the error.
+/// "exit code 3", "killed by signal 9", or the error (the guest's text,
+/// made safe for a terminal).
 pub fn describe(result: &RunResult) -> String {
     match (result.exit_code, result.signal, &result.error) {
         (Some(c), _, _) => format!("exit code {c}"),
         (None, Some(s), _) => format!("killed by signal {s}"),
-        (None, None, Some(e)) => e.clone(),
+        (None, None, Some(e)) => vmkit::protocol::terminal_safe(e),
         (None, None, None) => "no result".into(),
     }
 }
@@ -131,5 +132,15 @@ mod tests {
             code_of(&RunResult::default(), false),
             (INTERNAL, Source::Microagent)
         );
+    }
+
+    #[test]
+    fn a_guest_error_text_is_described_without_terminal_escapes() {
+        let result = RunResult {
+            error: Some("could not start \x1b]52;c;cHduZWQ=\x07x".into()),
+            ..RunResult::default()
+        };
+        let text = describe(&result);
+        assert_eq!(text, "could not start \\x1b]52;c;cHduZWQ=\\x07x");
     }
 }

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
                 });
                 println!("{line}");
             } else {
+                // Errors can quote the guest (its error texts): no escapes
+                // may reach the terminal.
+                let message = vmkit::protocol::terminal_safe(&message);
                 eprintln!("microagent: error: {message}");
             }
             ExitCode::from(code)

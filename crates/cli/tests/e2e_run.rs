@@ -132,7 +132,7 @@ fn killing_the_cli_mid_run_then_gc_leaves_no_process_and_marks_failed() {
         processes_mentioning(&state)
     );
     let status = env.ok(&["--json", "status", "victim"]);
-    let record: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let record: serde_json::Value = common::json_line(&status);
     assert_eq!(record["state"], "failed");
 }
 

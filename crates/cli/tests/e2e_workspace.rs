@@ -41,8 +41,7 @@ fn workspace_lifecycle_keeps_state_across_execs_and_halts() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
     env.ok(&["halt", "ws"]);
-    let status: serde_json::Value =
-        serde_json::from_slice(&env.ok(&["--json", "status", "ws"]).stdout).unwrap();
+    let status: serde_json::Value = common::json_line(&env.ok(&["--json", "status", "ws"]));
     assert_eq!(status["state"], "halted");
     assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
 
@@ -134,8 +133,7 @@ fn concurrent_lifecycle_commands_are_serialised_by_the_lock() {
     );
     follow.kill().unwrap();
     follow.wait().unwrap();
-    let record: serde_json::Value =
-        serde_json::from_slice(&env.ok(&["--json", "status", "shared"]).stdout).unwrap();
+    let record: serde_json::Value = common::json_line(&env.ok(&["--json", "status", "shared"]));
     assert_eq!(record["state"], "running");
 
     // Two creates of one name: exactly one wins.

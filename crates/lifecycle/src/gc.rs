@@ -85,6 +85,7 @@ mod tests {
             owner: Some(owner_rec),
             exec_port: None,
             last_result: None,
+            labels: Default::default(),
         };
         {
             let lock = store.lock("orphan", LockWait::NoWait).unwrap();

@@ -68,6 +68,7 @@ impl<'l> Locked<'l> {
                 owner: None,
                 exec_port: None,
                 last_result: None,
+                labels: Default::default(),
             };
             self.store.create(&self.lock, &record).map_err(state_err)?;
             Ok(record)

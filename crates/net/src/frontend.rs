@@ -116,8 +116,10 @@ pub enum ReadOutcome {
 #[derive(Debug)]
 pub struct FrameLink {
     io: Io,
-    rx: Vec<u8>,
-    rx_start: usize,
+    /// Bytes read from a stream and not yet handed out (a partial frame at
+    /// most between calls); `rx_len` of them are valid.
+    rx: Box<[u8]>,
+    rx_len: usize,
     tx: TxQueue,
 }
 
@@ -170,8 +172,12 @@ impl FrameLink {
         let tap = !matches!(io, Io::Stream(_));
         FrameLink {
             io,
-            rx: Vec::with_capacity(RX_CHUNK),
-            rx_start: 0,
+            rx: if tap {
+                Box::default()
+            } else {
+                vec![0; RX_CHUNK + 4 + MAX_FRAME].into_boxed_slice()
+            },
+            rx_len: 0,
             tx: TxQueue {
                 tap,
                 buf: Vec::with_capacity(TX_HIGH_WATER),
@@ -250,48 +256,41 @@ impl FrameLink {
             }
             Io::Stream(stream) => {
                 while budget > 0 {
-                    if self.rx_start > 0 {
-                        self.rx.drain(..self.rx_start);
-                        self.rx_start = 0;
-                    }
-                    let have = self.rx.len();
-                    self.rx
-                        .resize(have + RX_CHUNK.min(budget).max(4 + MAX_FRAME), 0);
-                    let read = stream.read(&mut self.rx[have..]);
-                    let n = match read {
+                    let space = self.rx.len() - self.rx_len;
+                    let n = match stream.read(&mut self.rx[self.rx_len..]) {
+                        Ok(0) => return Ok(ReadOutcome::Closed),
                         Ok(n) => n,
-                        Err(e) => {
-                            self.rx.truncate(have);
-                            match e.kind() {
-                                io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Drained),
-                                io::ErrorKind::Interrupted => continue,
-                                _ => return Err(e),
-                            }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(ReadOutcome::Drained)
                         }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
                     };
-                    self.rx.truncate(have + n);
-                    if n == 0 {
-                        return Ok(ReadOutcome::Closed);
-                    }
+                    self.rx_len += n;
                     budget = budget.saturating_sub(n);
-                    // Hand out every complete frame.
-                    loop {
-                        let rest = &self.rx[self.rx_start..];
-                        if rest.len() < 4 {
-                            break;
-                        }
-                        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                    // Hand out every complete frame, keep the partial one.
+                    let mut at = 0;
+                    while self.rx_len - at >= 4 {
+                        let head = &self.rx[at..at + 4];
+                        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
                         if len > MAX_FRAME {
                             return Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 format!("frontend sent a {len}-byte frame (limit {MAX_FRAME})"),
                             ));
                         }
-                        if rest.len() < 4 + len {
+                        if self.rx_len - at < 4 + len {
                             break;
                         }
-                        frame(&rest[4..4 + len], &mut self.tx);
-                        self.rx_start += 4 + len;
+                        frame(&self.rx[at + 4..at + 4 + len], &mut self.tx);
+                        at += 4 + len;
+                    }
+                    self.rx.copy_within(at..self.rx_len, 0);
+                    self.rx_len -= at;
+                    if n < space {
+                        // A short read: the socket is empty now (poll is
+                        // level-triggered, so nothing is missed).
+                        return Ok(ReadOutcome::Drained);
                     }
                 }
                 Ok(ReadOutcome::More)

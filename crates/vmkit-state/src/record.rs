@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vmkit_protocol::{BackendKind, MachineConfig, RunResult, State};
@@ -41,4 +43,8 @@ pub struct WorkspaceRecord {
     /// The last workload's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<RunResult>,
+    /// Free-form labels set by whoever created it; the MCP server marks the
+    /// workspaces it created here and shows its clients only those.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }

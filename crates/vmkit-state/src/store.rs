@@ -98,6 +98,17 @@ impl StateStore {
         crate::write_atomic(&dir.join(RECORD), &json)
     }
 
+    /// Sets one label on an existing workspace's record (under its lock).
+    pub fn set_label(&self, name: &str, key: &str, value: &str) -> Result<(), StateError> {
+        let lock = self.lock(name, LockWait::Block)?;
+        let mut record = self.load(&lock)?.ok_or_else(|| StateError::NotFound {
+            name: name.to_owned(),
+        })?;
+        record.labels.insert(key.to_owned(), value.to_owned());
+        record.updated_at = chrono::Utc::now();
+        self.save(&lock, &record)
+    }
+
     /// Removes a workspace and everything in its folder.
     pub fn remove(&self, lock: &WorkspaceLock) -> Result<(), StateError> {
         let dir = self.workspace_dir(lock.name())?;

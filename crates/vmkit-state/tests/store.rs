@@ -34,6 +34,7 @@ fn record(name: &str) -> WorkspaceRecord {
         owner: None,
         exec_port: None,
         last_result: None,
+        labels: Default::default(),
     }
 }
 

@@ -16,7 +16,7 @@ pub struct DoctorArgs {
 pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<u8> {
     let report = vmkit::doctor::doctor_for(&global.state_dir, args.backend);
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::print_typed("doctor", &report)?;
     } else {
         for c in &report.checks {
             let mark = match c.status {

@@ -89,7 +89,7 @@ pub fn run(cmd: KernelCommand, global: &Global) -> anyhow::Result<u8> {
         KernelCommand::Check { arch } => {
             let report = store_for(global, arch.as_deref()).check()?;
             if global.json {
-                println!("{}", serde_json::to_string(&report)?);
+                crate::output::print_typed("kernelCheck", &report)?;
             } else if report.ok {
                 let m = report
                     .manifest
@@ -118,7 +118,7 @@ pub fn run(cmd: KernelCommand, global: &Global) -> anyhow::Result<u8> {
             let kernels = KernelStore::new(&global.state_dir).list()?;
             if global.json {
                 for k in &kernels {
-                    println!("{}", serde_json::to_string(k)?);
+                    crate::output::print_typed("kernel", k)?;
                 }
             } else if kernels.is_empty() {
                 println!("no kernels installed (run `microagent kernel build`)");

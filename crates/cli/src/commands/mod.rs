@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod image;
 pub mod kernel;
+pub mod mcp;
 pub mod rootfs;
 pub mod run;
 pub mod workspace;
@@ -36,12 +37,17 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Kernel(cmd) => kernel::run(cmd, global),
         Command::Image(cmd) => image::run(cmd, global),
         Command::Rootfs(cmd) => rootfs::run(cmd, global),
+        Command::Mcp(args) => mcp::run(args, global),
         Command::Doctor(args) => doctor::run(args, global),
         Command::Version => {
             if global.json {
                 println!(
                     "{}",
-                    serde_json::json!({"version": env!("CARGO_PKG_VERSION")})
+                    serde_json::json!({
+                        "type": "version",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "jsonOutputVersion": crate::output::JSON_OUTPUT_VERSION,
+                    })
                 );
             } else {
                 println!("microagent {}", env!("CARGO_PKG_VERSION"));

@@ -362,7 +362,7 @@ pub fn list(global: &Global) -> anyhow::Result<u8> {
         .map_err(exit::classify)?;
     if global.json {
         for r in &records {
-            println!("{}", serde_json::to_string(r)?);
+            crate::output::print_typed("workspace", r)?;
         }
     } else {
         println!("{:<24} {:<10} {:<12} IMAGE", "NAME", "STATE", "BACKEND");
@@ -381,7 +381,7 @@ pub fn status(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
         .workspace(&args.name)
         .map_err(exit::classify)?;
     if global.json {
-        println!("{}", serde_json::to_string(&record)?);
+        crate::output::print_typed("workspace", &record)?;
     } else {
         println!("name:     {}", record.name);
         println!("state:    {}", record.state);
@@ -402,7 +402,15 @@ pub fn events(args: EventsArgs, global: &Global) -> anyhow::Result<u8> {
     let mut print = |line: &str| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if global.json {
-            writeln!(out, "{line}")?;
+            // The log's lines are events; --json shows them as `run` does.
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(mut event) if event.is_object() => {
+                    event["type"] = "event".into();
+                    writeln!(out, "{event}")?;
+                }
+                Ok(_) => tracing::warn!("skipping an event line that is not an object"),
+                Err(e) => tracing::warn!("skipping a damaged event line: {e}"),
+            }
         } else if let Ok(e) = serde_json::from_str::<vmkit::protocol::Event>(line) {
             writeln!(
                 out,

@@ -106,11 +106,46 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// The `--json` lines of a command's stdout, each checked against the
+/// published schema (docs/json-output.schema.json).
 pub fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .map(|l| {
+            let v = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+            check_schema(&v);
+            v
+        })
         .collect()
+}
+
+/// The one `--json` line a command printed, checked against the schema.
+pub fn json_line(out: &Output) -> Value {
+    let mut lines = json_lines(out);
+    assert_eq!(lines.len(), 1, "expected one JSON line: {}", describe(out));
+    lines.remove(0)
+}
+
+/// Panics, naming the rule, when `line` breaks docs/json-output.schema.json.
+pub fn check_schema(line: &Value) {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/json-output.schema.json"
+        );
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+    });
+    let errors: Vec<String> = validator
+        .iter_errors(line)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "line breaks docs/json-output.schema.json: {line}\n{}",
+        errors.join("\n")
+    );
 }
 
 /// Every process whose command line mentions `needle` (e.g. a state dir).
@@ -132,13 +167,32 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// The `data` of every `--json` line of `kind` (`stdout`, `stderr`), joined.
+/// The `data` of every `--json` line of `kind` (`stdout`, `stderr`), joined
+/// as text.
 pub fn stream(lines: &[Value], kind: &str) -> String {
-    lines
-        .iter()
-        .filter(|l| l["type"] == kind)
-        .map(|l| l["data"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    String::from_utf8_lossy(&stream_bytes(lines, kind)).into_owned()
+}
+
+/// The bytes of one stream, decoded from its `--json` lines (text, or
+/// base64 with `"encoding":"base64"`; docs/json-output.md).
+pub fn stream_bytes(lines: &[Value], kind: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for l in lines.iter().filter(|l| l["type"] == kind) {
+        let data = l["data"].as_str().unwrap_or_default();
+        match l.get("encoding") {
+            Some(e) => {
+                assert_eq!(e, "base64", "unknown encoding: {l}");
+                out.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .unwrap_or_else(|err| panic!("bad base64 in {l}: {err}")),
+                );
+            }
+            None => out.extend_from_slice(data.as_bytes()),
+        }
+    }
+    out
 }
 
 /// The states of the `--json` event lines, in order.

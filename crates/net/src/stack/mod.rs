@@ -121,6 +121,8 @@ pub struct Stack {
     memory: DnsMemory,
     resolver: Resolver,
     pending_dns: HashMap<u64, PendingQuery>,
+    /// The resolver's wake-up pipe was readable: finished lookups wait.
+    resolver_woke: bool,
     next_token: u64,
     reporter: Reporter,
     redirect: Option<Redirect>,
@@ -179,6 +181,7 @@ impl Stack {
             memory: DnsMemory::new(DNS_MEMORY),
             resolver: options.resolver,
             pending_dns: HashMap::new(),
+            resolver_woke: false,
             next_token: 1,
             reporter,
             redirect: options.redirect,
@@ -364,7 +367,7 @@ impl Stack {
     /// Records what poll said about a token's fd.
     pub fn mark_ready(&mut self, token: Token, revents: i16) {
         match token {
-            Token::Resolver => {}
+            Token::Resolver => self.resolver_woke = true,
             Token::Tcp(key) => {
                 if let Some(flow) = self.tcp.get_mut(&key) {
                     flow.mark(revents);

@@ -252,6 +252,10 @@ impl Stack {
 
     /// Answers the queries whose lookups finished.
     pub(super) fn deliver_dns<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        // Only when the wake-up pipe said so: no syscall per loop round.
+        if !std::mem::take(&mut self.resolver_woke) {
+            return;
+        }
         for done in self.resolver.take_done(now) {
             if let Some(pending) = self.pending_dns.remove(&done.token) {
                 self.answer_query(pending, done.answer, sink);

@@ -77,7 +77,8 @@ public final class ControlServer: @unchecked Sendable {
                 }
                 guard let line = readLine(fd, limit: maxControlLine) else { return }
                 let response: ControlResponse
-                if let request = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) {
+                if isWellFormedJSON(Data(line)),
+                   let request = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) {
                     response = self.handler(request)
                 } else {
                     response = ControlResponse(ok: false, error: .invalid("not a control request"))
@@ -105,7 +106,7 @@ public func controlCall(_ path: String, _ request: ControlRequest) throws -> Con
     }
     defer { closeDescriptor(fd) }
     try writeAll(fd, Array((encodeLine(request) + "\n").utf8))
-    guard let line = readLine(fd, limit: maxControlLine),
+    guard let line = readLine(fd, limit: maxControlLine), isWellFormedJSON(Data(line)),
           let response = try? JSONDecoder().decode(ControlResponse.self, from: Data(line))
     else {
         throw ProtocolError(.internal, "the VM's process sent no control response on \(path)")

@@ -18,9 +18,13 @@ public func parseRequest(_ bytes: [UInt8]) -> Result<Request, ProtocolError> {
     if bytes.count > maxRequestBytes {
         return .failure(.invalid("request exceeds the \(maxRequestBytes)-byte limit"))
     }
+    let data = Data(bytes)
+    guard isWellFormedJSON(data) else {
+        return .failure(.invalid("malformed request: not valid JSON"))
+    }
     let request: Request
     do {
-        request = try JSONDecoder().decode(Request.self, from: Data(bytes))
+        request = try JSONDecoder().decode(Request.self, from: data)
     } catch let error as DecodingError {
         return .failure(describe(error))
     } catch {
@@ -28,6 +32,16 @@ public func parseRequest(_ bytes: [UInt8]) -> Result<Request, ProtocolError> {
     }
     if let error = validate(request) { return .failure(error) }
     return .success(request)
+}
+
+/// Whether `data` is one well-formed JSON text. Untrusted JSON is checked
+/// with this before JSONDecoder sees it: Foundation's JSONDecoder
+/// (swift-foundation 6.0) traps on some malformed strings (an unescaped
+/// control character reached through a keyed container) instead of
+/// throwing, while JSONSerialization rejects them cleanly. Found by
+/// MutationTests.
+public func isWellFormedJSON(_ data: Data) -> Bool {
+    (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil
 }
 
 /// `config.disks[1].mode`, as serde_path_to_error spells a path.

@@ -235,27 +235,32 @@ final class BoundedConsole: @unchecked Sendable {
 
     init(path: String, limit: UInt64) throws {
         input = pipe.fileHandleForWriting
+        guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+            throw ProtocolError(.internal, "creating the console log \(path)")
+        }
         let reader = pipe.fileHandleForReading
-        guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]),
-              var out = FileHandle(forWritingAtPath: path)
-        else { throw ProtocolError(.internal, "creating the console log \(path)") }
-        Thread.detachNewThread {
-            var written: UInt64 = 0
-            while true {
-                let chunk = reader.availableData
-                if chunk.isEmpty { return }
-                if written + UInt64(chunk.count) > limit {
-                    try? out.close()
-                    try? FileManager.default.removeItem(atPath: path + ".1")
-                    try? FileManager.default.moveItem(atPath: path, toPath: path + ".1")
-                    FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
-                    guard let fresh = FileHandle(forWritingAtPath: path) else { return }
-                    out = fresh
-                    written = 0
-                }
-                out.write(chunk.prefix(Int(limit)))
-                written += UInt64(min(chunk.count, Int(limit)))
+        Thread.detachNewThread { BoundedConsole.copy(reader, to: path, limit: limit) }
+    }
+
+    /// Copies the console into `path` until the VM closes it, rotating to
+    /// `path.1` whenever `limit` bytes are written.
+    static func copy(_ reader: FileHandle, to path: String, limit: UInt64) {
+        guard var out = FileHandle(forWritingAtPath: path) else { return }
+        var written: UInt64 = 0
+        while true {
+            let chunk = reader.availableData
+            if chunk.isEmpty { return }
+            if written + UInt64(chunk.count) > limit {
+                try? out.close()
+                try? FileManager.default.removeItem(atPath: path + ".1")
+                try? FileManager.default.moveItem(atPath: path, toPath: path + ".1")
+                _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+                guard let fresh = FileHandle(forWritingAtPath: path) else { return }
+                out = fresh
+                written = 0
             }
+            out.write(chunk.prefix(Int(limit)))
+            written += UInt64(min(chunk.count, Int(limit)))
         }
     }
 }

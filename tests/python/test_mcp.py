@@ -1,0 +1,189 @@
+"""`microagent mcp` driven by the official Python MCP client (`mcp` from
+PyPI) over stdio, against real microVMs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Dict, List
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
+
+from conftest import vm_processes, workspaces
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+TOOLS = {
+    "run", "workspace_create", "workspace_start", "workspace_exec", "workspace_write_file",
+    "workspace_read_file", "workspace_list", "workspace_status", "workspace_halt", "workspace_delete",
+}
+
+
+def server(microagent_bin: str, state_dir: str, *flags: str) -> StdioServerParameters:
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "MICROAGENT_INIT") if k in os.environ}
+    env["MICROAGENT_STATE_DIR"] = state_dir
+    return StdioServerParameters(command=microagent_bin, args=["mcp", "--allow-local-images", *flags], env=env)
+
+
+@asynccontextmanager
+async def session(microagent_bin: str, state_dir: str, *flags: str) -> AsyncIterator[ClientSession]:
+    async with stdio_client(server(microagent_bin, state_dir, *flags)) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            yield s
+
+
+async def call(s: ClientSession, tool: str, **arguments: Any) -> Dict[str, Any]:
+    """Calls a tool that must succeed; returns its structured content."""
+    r = await s.call_tool(tool, arguments)
+    assert not r.is_error, f"{tool} failed: {r.content}"
+    assert r.content and r.content[0].type == "text" and r.content[0].text
+    assert isinstance(r.structured_content, dict)
+    return r.structured_content
+
+
+async def tool_error(s: ClientSession, tool: str, **arguments: Any) -> str:
+    """Calls a tool that must fail; returns the error text the model sees."""
+    try:
+        r = await s.call_tool(tool, arguments)
+    except MCPError as e:
+        return str(e.error.message)
+    assert r.is_error, f"{tool} should have failed: {r.structured_content}"
+    return " ".join(getattr(c, "text", "") for c in r.content)
+
+
+def test_the_client_lists_the_tools_and_runs_a_one_shot_command(microagent_bin: str, state_dir: str,
+                                                               image: str) -> None:
+    async def main() -> None:
+        async with session(microagent_bin, state_dir) as s:
+            tools = (await s.list_tools()).tools
+            assert {t.name for t in tools} == TOOLS
+            for t in tools:
+                assert t.description and t.input_schema["type"] == "object"
+                assert t.output_schema and t.output_schema["type"] == "object", t.name
+            messages: List[str] = []
+
+            async def on_progress(progress: float, total: Any, message: Any) -> None:
+                messages.append(str(message))
+
+            r = await s.call_tool("run", {"image": image, "setup": ["echo pre > /tmp/p"],
+                                          "command": "cat /tmp/p; echo $V; echo oops >&2; exit 3",
+                                          "env": {"V": "v"}},
+                                  progress_callback=on_progress)
+            assert not r.is_error, r.content
+            out = r.structured_content
+            assert out is not None
+            assert (out["exitCode"], out["stdout"], out["stderr"], out["timedOut"]) == (3, "pre\nv\n", "oops\n", False)
+            assert not out["stdoutTruncated"]
+            assert "exit code 3" in r.content[0].text
+            assert any("running" in m for m in messages), messages
+
+            # Output is bounded and the truncation said.
+            big = await call(s, "run", image=image, command="yes 0123456789 | head -c 200000")
+            assert big["stdoutTruncated"] and big["stdoutBytes"] == 200000
+            assert len(big["stdout"].encode()) == 64 * 1024
+            timed = await call(s, "run", image=image, command="sleep 60", timeoutSeconds=2)
+            assert timed["timedOut"]
+
+    asyncio.run(main())
+
+
+def test_a_workspace_round_trip_and_bad_calls_keep_the_server_serving(microagent_bin: str, state_dir: str,
+                                                                      image: str) -> None:
+    async def main() -> None:
+        async with session(microagent_bin, state_dir, "--max-file-bytes", "1048576") as s:
+            created = await call(s, "workspace_create", name="mcp-ws", image=image)
+            assert created["state"] == "running"
+            wrote = await call(s, "workspace_write_file", name="mcp-ws", path="/root/in.txt",
+                               content="hello from mcp\n")
+            assert wrote["bytes"] == 15
+            ran = await call(s, "workspace_exec", name="mcp-ws",
+                             command="tr a-z A-Z < /root/in.txt > /root/out.txt; cat /root/out.txt")
+            assert (ran["exitCode"], ran["stdout"]) == (0, "HELLO FROM MCP\n")
+            argv = await call(s, "workspace_exec", name="mcp-ws", argv=["cat"], stdin="piped")
+            assert argv["stdout"] == "piped"
+            read = await call(s, "workspace_read_file", name="mcp-ws", path="/root/out.txt")
+            assert (read["content"], read["encoding"], read["size"], read["truncated"]) == \
+                ("HELLO FROM MCP\n", "utf-8", 15, False)
+            part = await call(s, "workspace_read_file", name="mcp-ws", path="/root/out.txt", offset=6, maxBytes=4)
+            assert (part["content"], part["truncated"]) == ("FROM", True)
+            await call(s, "workspace_write_file", name="mcp-ws", path="/root/b.bin", contentBase64="/wABAg==")
+            binary = await call(s, "workspace_read_file", name="mcp-ws", path="/root/b.bin")
+            assert (binary["encoding"], binary["content"]) == ("base64", "/wABAg==")
+            listed = await call(s, "workspace_list")
+            assert [w["name"] for w in listed["workspaces"]] == ["mcp-ws"]
+            assert (await call(s, "workspace_status", name="mcp-ws"))["state"] == "running"
+
+            # Bad calls: each gets an error, and the next call still works.
+            msg = await tool_error(s, "no_such_tool")
+            assert "no_such_tool" in msg or "not found" in msg.lower()
+            assert (await call(s, "workspace_list"))["workspaces"]
+            msg = await tool_error(s, "workspace_exec", name=5, command="true")
+            assert "name" in msg or "invalid" in msg.lower()
+            msg = await tool_error(s, "workspace_write_file", name="mcp-ws", path="/root/huge",
+                                   content="x" * (100 * 1024 * 1024))
+            assert "larger than" in msg, msg
+            msg = await tool_error(s, "workspace_write_file", name="mcp-ws", path="/root/big",
+                                   content="x" * (2 * 1024 * 1024))
+            assert "limit" in msg, msg
+            msg = await tool_error(s, "run", image="oci-layout:/etc", command="true", memoryMib=1 << 20)
+            assert "--max-memory" in msg, msg
+            msg = await tool_error(s, "workspace_read_file", name="mcp-ws", path="/root/missing")
+            assert "no such" in msg, msg
+            assert (await call(s, "workspace_exec", name="mcp-ws", command="echo alive"))["stdout"] == "alive\n"
+
+            # A workspace this server did not create is not there for it.
+            subprocess.run([microagent_bin, "--state-dir", state_dir, "create", "foreign", "--image", image],
+                           check=True, capture_output=True)
+            for tool, args in [("workspace_status", {}), ("workspace_exec", {"command": "true"}),
+                               ("workspace_delete", {})]:
+                msg = await tool_error(s, tool, name="foreign", **args)
+                assert "no workspace named" in msg, msg
+            assert [w["name"] for w in (await call(s, "workspace_list"))["workspaces"]] == ["mcp-ws"]
+            subprocess.run([microagent_bin, "--state-dir", state_dir, "delete", "foreign"], check=True)
+
+            halted = await call(s, "workspace_halt", name="mcp-ws")
+            assert halted["state"] == "halted"
+            assert (await call(s, "workspace_start", name="mcp-ws"))["state"] == "running"
+            assert (await call(s, "workspace_read_file", name="mcp-ws", path="/root/out.txt"))["content"] \
+                == "HELLO FROM MCP\n"
+            assert (await call(s, "workspace_delete", name="mcp-ws"))["state"] == "deleted"
+
+        # Local images are refused unless the operator allows them.
+        async with stdio_client(StdioServerParameters(
+                command=microagent_bin, args=["mcp"],
+                env={"PATH": os.environ["PATH"], "MICROAGENT_STATE_DIR": state_dir})) as (read, write):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                msg = await tool_error(s, "run", image=image, command="true")
+                assert "--allow-local-images" in msg, msg
+
+    asyncio.run(main())
+
+
+def test_a_client_that_disconnects_mid_run_leaves_no_vm(microagent_bin: str, state_dir: str,
+                                                        image: str) -> None:
+    async def main() -> None:
+        async with session(microagent_bin, state_dir) as s:
+            running = asyncio.Event()
+
+            async def on_progress(progress: float, total: Any, message: Any) -> None:
+                if "running" in str(message):
+                    running.set()
+
+            call_task = asyncio.ensure_future(
+                s.call_tool("run", {"image": image, "command": "sleep 300"}, progress_callback=on_progress))
+            await asyncio.wait_for(running.wait(), 120)
+            assert [n for n in workspaces(microagent_bin, state_dir) if n.startswith("run-")]
+            call_task.cancel()
+        # Leaving the blocks closed the server's stdin: it stops the VM,
+        # the run cleans up, and the server exits.
+
+    asyncio.run(main())
+    assert workspaces(microagent_bin, state_dir) == []
+    assert vm_processes(state_dir) == []
