@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
-    clone_log, kill_child, open_log, rotate_console, spawn_console_relay,
+    clone_log, kill_child, rotate_console, spawn_console_relay, spawn_log_relay,
 };
 use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
 use vmkit_protocol::{
@@ -226,7 +226,8 @@ impl Machine for QemuMachine {
             Supervision::DiesWithParent
         };
         rotate_console(&plan.paths.console_log);
-        let log = open_log(&plan.paths.vmm_log)?;
+        // QEMU's warnings are the guest's to provoke: the log is capped.
+        let (mut log_relay, log) = spawn_log_relay(&plan.paths.vmm_log, supervision)?;
         let vhost_socket = plan.paths.dir.join("vhost.sock");
         let _ = std::fs::remove_file(&vhost_socket);
 
@@ -243,9 +244,13 @@ impl Machine for QemuMachine {
                 .stderr(clone_log(&log)?),
             supervision,
         )
-        .map_err(|e| internal(format!("starting vhost-device-vsock: {e}")))?;
+        .map_err(|e| {
+            kill_child(&mut log_relay);
+            internal(format!("starting vhost-device-vsock: {e}"))
+        })?;
         if let Err(e) = wait_for_socket(&vhost_socket, &mut vhost_child) {
             kill_child(&mut vhost_child);
+            kill_child(&mut log_relay);
             return Err(e);
         }
 
@@ -259,6 +264,7 @@ impl Machine for QemuMachine {
             Ok(r) => r,
             Err(e) => {
                 kill_child(&mut vhost_child);
+                kill_child(&mut log_relay);
                 return Err(e);
             }
         };
@@ -270,14 +276,18 @@ impl Machine for QemuMachine {
                 .stderr(clone_log(&log)?),
             supervision,
         );
+        // Only the children hold the log's write end now: the relay ends
+        // when they do.
+        drop(log);
         match spawned {
             Ok(vmm) => Ok(Launched {
                 vmm,
-                helpers: vec![vhost_child],
+                helpers: vec![vhost_child, log_relay],
                 relay: Some(relay),
             }),
             Err(e) => {
                 kill_child(&mut vhost_child);
+                kill_child(&mut log_relay);
                 kill_child(&mut relay);
                 Err(internal(format!("starting {}: {e}", qemu.display())))
             }
