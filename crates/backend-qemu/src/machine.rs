@@ -5,7 +5,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
-use vmkit_lifecycle::vmm_files::{clone_log, open_log, rotate_console, spawn_console_relay};
+use vmkit_lifecycle::vmm_files::{clone_log, rotate_console, spawn_console_relay, spawn_log_relay};
 use vmkit_lifecycle::{spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision};
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
@@ -235,12 +235,15 @@ impl Machine for QemuMachine {
             Supervision::DiesWithParent
         };
         rotate_console(&plan.paths.console_log);
-        let log = open_log(&plan.paths.vmm_log)?;
         let vhost_socket = plan.paths.dir.join("vhost.sock");
         let _ = std::fs::remove_file(&vhost_socket);
         // From here on, every early return kills what was started.
         let mut guard = LaunchGuard::new().failing_at(self.fail_at);
         guard.remove_on_failure(&vhost_socket);
+        // QEMU's warnings are the guest's to provoke: the log is capped.
+        let (log_relay, log) = spawn_log_relay(&plan.paths.vmm_log, supervision)?;
+        guard.helper(log_relay);
+        guard.checkpoint("vmm log relay started")?;
 
         // Separate flags, not `--vm key=value,...`: a path may hold a comma.
         let vhost_child = spawn_supervised(
@@ -259,7 +262,7 @@ impl Machine for QemuMachine {
         .map_err(|e| internal(format!("starting vhost-device-vsock: {e}")))?;
         guard.helper(vhost_child);
         guard.checkpoint("vhost-device-vsock started")?;
-        let vhost_child = guard.helper_mut(0);
+        let vhost_child = guard.helper_mut(1);
         wait_for_socket(&vhost_socket, vhost_child)?;
         guard.checkpoint("vhost-device-vsock ready")?;
 
@@ -282,6 +285,9 @@ impl Machine for QemuMachine {
         )
         .map_err(|e| internal(format!("starting {}: {e}", qemu.display())))?;
         guard.vmm(vmm);
+        // Only the children hold the log's write end now: the relay ends
+        // when they do.
+        drop(log);
         guard.checkpoint("qemu started")?;
         guard.disarm()
     }

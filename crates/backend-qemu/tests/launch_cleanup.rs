@@ -60,6 +60,7 @@ fn a_launch_failing_after_any_step_leaves_no_process() {
             }
         }
     }
-    // vhost-device-vsock started, its socket ready, the relay, QEMU.
-    assert_eq!(step, 4);
+    // The log relay, vhost-device-vsock started, its socket ready, the
+    // console relay, QEMU.
+    assert_eq!(step, 5);
 }

@@ -54,6 +54,27 @@ pub fn spawn_console_relay(
     path: &Path,
     supervision: Supervision,
 ) -> Result<(Child, Stdio), ProtocolError> {
+    let (child, stdin) = spawn_rotatelogs(path, supervision)?;
+    Ok((child, Stdio::from(stdin)))
+}
+
+/// Like [`spawn_console_relay`], for a VMM log (`vmm.log`) that several
+/// processes share: what a guest makes its VMM warn about (bad virtio
+/// requests, say) is capped like the console. Returns the relay, to keep
+/// with the VM's helpers, and the write end to clone with [`clone_log`]
+/// for each child's stdout or stderr; the relay ends when all are closed.
+pub fn spawn_log_relay(
+    path: &Path,
+    supervision: Supervision,
+) -> Result<(Child, File), ProtocolError> {
+    let (child, stdin) = spawn_rotatelogs(path, supervision)?;
+    Ok((child, File::from(std::os::fd::OwnedFd::from(stdin))))
+}
+
+fn spawn_rotatelogs(
+    path: &Path,
+    supervision: Supervision,
+) -> Result<(Child, std::process::ChildStdin), ProtocolError> {
     let program = vmkit_host::find_in_path("rotatelogs").ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::Unavailable,
@@ -75,10 +96,14 @@ pub fn spawn_console_relay(
             Ok(())
         });
     }
-    let mut child = crate::spawn_supervised(&mut cmd, supervision)
-        .map_err(|e| internal(format!("starting the console relay: {e}")))?;
+    let mut child = crate::spawn_supervised(&mut cmd, supervision).map_err(|e| {
+        internal(format!(
+            "starting the log relay for {}: {e}",
+            path.display()
+        ))
+    })?;
     let stdin = child.stdin.take().expect("piped");
-    Ok((child, Stdio::from(stdin)))
+    Ok((child, stdin))
 }
 
 /// Waits (up to a second) for the console relay to end after its VMM
@@ -155,6 +180,36 @@ mod tests {
         assert!(remove_stale_socket(&file).is_err());
         assert!(file.exists());
         remove_stale_socket(&dir.path().join("absent")).unwrap();
+    }
+
+    #[test]
+    fn a_flooded_vmm_log_is_capped_like_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vmm.log");
+        let (mut relay, file) = spawn_log_relay(&log, Supervision::DiesWithParent).unwrap();
+        // Two writers share it, as vhost-device-vsock and QEMU do.
+        let mut writers: Vec<Child> = (0..2)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "head -c 3145728 /dev/zero | tr '\\0' w"])
+                    .stdout(clone_log(&file).unwrap())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        drop(file);
+        for w in &mut writers {
+            w.wait().unwrap();
+        }
+        relay.wait().unwrap();
+        let total: u64 = ["vmm.log", "vmm.log.1"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
+            .sum();
+        assert!(
+            total > 0 && total <= 2 * CONSOLE_FILE_CAP + 64 * 1024,
+            "{total} bytes kept"
+        );
     }
 
     #[test]
