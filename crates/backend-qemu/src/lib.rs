@@ -11,6 +11,7 @@
 
 mod accel;
 mod machine;
+pub mod qmp;
 
 pub use accel::choose_accelerator;
 pub use machine::QemuMachine;
