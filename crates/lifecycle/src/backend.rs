@@ -141,6 +141,16 @@ impl Backend for Lifecycle {
         ws.locked.store.remove(&ws.locked.lock).map_err(state_err)?;
         Ok(Outcome::default())
     }
+
+    fn pause(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        let mut ws = self.open_for(request)?;
+        ws.set_paused(true).map(event_outcome)
+    }
+
+    fn resume(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        let mut ws = self.open_for(request)?;
+        ws.set_paused(false).map(event_outcome)
+    }
 }
 
 /// The identity under which background work (gc) records its events.

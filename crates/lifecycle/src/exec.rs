@@ -31,7 +31,15 @@ impl Lifecycle {
                 backend: self.machine.kind(),
             };
             let ws = self.open(state_dir, &identity)?;
-            ws.require(State::Running, &format!("`microagent start {name}` first"))?;
+            let remedy = if ws.record.state == State::Paused {
+                "resume"
+            } else {
+                "start"
+            };
+            ws.require(
+                State::Running,
+                &format!("`microagent {remedy} {name}` first"),
+            )?;
             (ws.paths().vsock.clone(), ws.exec_port())
         };
         ExecClient::new(&vsock, port)

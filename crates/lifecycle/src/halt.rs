@@ -32,6 +32,8 @@ impl Workspace<'_> {
                 "no VM running",
             ));
         }
+        // A paused guest cannot shut itself down: let it run for that.
+        let grace = self.unpause_for_shutdown(grace);
         self.transition(State::Stopping, "shutting down")?;
         let vmm: Vec<_> = self.record.vmm.into_iter().collect();
         let mut clean = false;

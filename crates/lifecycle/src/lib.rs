@@ -25,6 +25,7 @@ mod halt;
 mod lifecycle;
 mod machine;
 mod paths;
+mod pause;
 mod prepare;
 mod process;
 mod run;

@@ -93,6 +93,10 @@ pub enum Command {
     Kill,
     /// Remove the workspace and its disks.
     Delete,
+    /// Stop the vCPUs of a running VM; memory, devices and connections kept.
+    Pause,
+    /// Let a paused VM's vCPUs run again.
+    Resume,
 }
 
 impl Command {
@@ -109,6 +113,8 @@ impl Command {
             Command::Stop => "stop",
             Command::Kill => "kill",
             Command::Delete => "delete",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
         }
     }
 

@@ -85,6 +85,8 @@ pub fn dispatch<B: Backend + ?Sized>(backend: &B, request: &Request) -> Response
         Command::Stop => backend.stop(request),
         Command::Kill => backend.kill(request),
         Command::Delete => backend.delete(request),
+        Command::Pause => backend.pause(request),
+        Command::Resume => backend.resume(request),
     };
     match outcome {
         Ok(o) => Response {

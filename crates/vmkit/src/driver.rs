@@ -156,6 +156,12 @@ impl Backend for Supervised {
     fn delete(&self, r: &Request) -> Result<Outcome, ProtocolError> {
         self.observed(self.client.delete(r))
     }
+    fn pause(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.observed(self.client.pause(r))
+    }
+    fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.observed(self.client.resume(r))
+    }
 }
 
 impl Driver for Supervised {

@@ -297,6 +297,16 @@ impl Runtime {
         self.call(&self.request(Command::Kill, name, "workspace", None, None))
     }
 
+    /// Stops a running workspace's vCPUs (state `paused`).
+    pub fn pause(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Pause, name, "workspace", None, None))
+    }
+
+    /// Lets a paused workspace run again.
+    pub fn resume(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Resume, name, "workspace", None, None))
+    }
+
     /// Removes a workspace; with `force`, kills its VM first.
     pub fn delete(&self, name: &str, force: bool) -> Result<(), VmkitError> {
         if force {

@@ -304,7 +304,7 @@ pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-fn simple(
+pub(crate) fn simple(
     name: &str,
     global: &Global,
     f: impl FnOnce(&vmkit::Runtime) -> Result<vmkit::protocol::Event, vmkit::VmkitError>,
