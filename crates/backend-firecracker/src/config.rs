@@ -318,6 +318,8 @@ mod tests {
                 hostname: None,
                 arch: None,
                 workload: None,
+                network: Default::default(),
+                publish: Vec::new(),
             },
             root_disk: paths.disk.clone(),
             paths,

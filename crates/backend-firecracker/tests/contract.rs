@@ -36,6 +36,8 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
             hostname: None,
             arch: None,
             workload: None,
+            network: Default::default(),
+            publish: Vec::new(),
         },
         root_disk: paths.disk.clone(),
         paths,

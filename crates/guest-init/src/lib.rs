@@ -4,6 +4,9 @@
 //! 1. [`system`] mounts the pseudo filesystems, sets the hostname, brings up
 //!    loopback, reads the boot spec from the config disk named on the kernel
 //!    command line, mounts the extra disks and places files.
+//!    [`network`] configures the NIC (address, route, MTU, resolv.conf,
+//!    hosts) when the boot spec has one, and [`forward`] serves published
+//!    ports over vsock.
 //! 2. It connects to the host (CID 2) on the control port. In run mode
 //!    ([`service::run_workload`]) it runs the setup commands then the exec
 //!    command, streaming output and results; in workspace mode it reports
@@ -31,7 +34,11 @@
 //! ```
 
 pub mod command;
+#[cfg(target_os = "linux")]
+pub mod forward;
 pub mod image;
+#[cfg(target_os = "linux")]
+pub mod network;
 pub mod reaper;
 pub mod service;
 #[cfg(target_os = "linux")]

@@ -11,7 +11,8 @@ use vmkit_guest_init::image::{Defaults, ImageConfig, IMAGE_CONFIG_PATH};
 use vmkit_guest_init::reaper::Reaper;
 use vmkit_guest_init::service::{run_workload, Connection, Service};
 use vmkit_guest_init::vsock::{VsockListener, VsockStream, HOST_CID};
-use vmkit_guest_init::{log, system};
+use vmkit_guest_init::forward::Forwarder;
+use vmkit_guest_init::{log, network, system};
 
 /// How long to keep trying to reach the host's control port: the host binds
 /// it before starting the VM, so this only covers a slow VMM.
@@ -73,6 +74,12 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     if let Some(h) = &spec.hostname {
         system::set_hostname(h);
     }
+    if let Some(net) = &spec.network {
+        if let Err(e) = network::configure(net) {
+            errors.push(e);
+        }
+        stage(debug, "network configured");
+    }
     if errors.is_empty() {
         match system::mount_disks(&spec.disks) {
             Ok(()) => *mounted = spec.disks.clone(),
@@ -101,6 +108,19 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             Err(e) => errors.push(format!(
                 "exec service on vsock port {}: {e}",
                 spec.exec_port
+            )),
+        }
+    }
+
+    if let Some(publish) = &spec.publish {
+        match VsockListener::bind(publish.port) {
+            Ok(listener) => {
+                let forwarder = Forwarder::new(publish.guest_ports.clone());
+                std::thread::spawn(move || forwarder.serve(|| listener.accept()));
+            }
+            Err(e) => errors.push(format!(
+                "published ports on vsock port {}: {e}",
+                publish.port
             )),
         }
     }

@@ -76,6 +76,8 @@ mod tests {
                 hostname: None,
                 arch: None,
                 workload: None,
+                network: Default::default(),
+                publish: Vec::new(),
             },
             created_at: Utc::now(),
             updated_at: Utc::now(),

@@ -19,6 +19,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::guestnet::{GuestNetwork, PublishSpec};
+
 /// First bytes of a config disk.
 pub const CONFIG_MAGIC: &[u8; 8] = b"MAGTCFG1";
 /// Largest JSON accepted on a config disk (4 MiB, mostly for placed files).
@@ -61,6 +63,12 @@ pub struct BootSpec {
     /// Port the guest's exec service listens on.
     #[serde(default = "default_exec_port")]
     pub exec_port: u32,
+    /// How to configure the network device; absent: no NIC, only `lo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GuestNetwork>,
+    /// Published ports: absent, the guest accepts no forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishSpec>,
 }
 
 fn default_control_port() -> u32 {
@@ -83,6 +91,8 @@ impl Default for BootSpec {
             mode: Mode::Workspace,
             control_port: crate::DEFAULT_CONTROL_PORT,
             exec_port: crate::DEFAULT_EXEC_PORT,
+            network: None,
+            publish: None,
         }
     }
 }
@@ -196,6 +206,15 @@ impl BootSpec {
         }
         if self.control_port == 0 || self.exec_port == 0 || self.control_port == self.exec_port {
             return bad("controlPort and execPort must be distinct and non-zero".into());
+        }
+        if let Some(n) = &self.network {
+            n.validate()?;
+        }
+        if let Some(p) = &self.publish {
+            p.validate()?;
+            if [self.control_port, self.exec_port].contains(&p.port) {
+                return bad("publish.port must differ from controlPort and execPort".into());
+            }
         }
         if let Mode::Run(r) = &self.mode {
             if r.exec.trim().is_empty() {
@@ -329,6 +348,16 @@ mod tests {
             }),
             control_port: 7,
             exec_port: 8,
+            network: Some(GuestNetwork::behind_gateway(
+                "10.0.2.15".parse().unwrap(),
+                24,
+                "10.0.2.2".parse().unwrap(),
+                1500,
+            )),
+            publish: Some(PublishSpec {
+                port: 9,
+                guest_ports: vec![80],
+            }),
         }
     }
 

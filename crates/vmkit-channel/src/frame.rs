@@ -97,6 +97,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
         Message::SetupResult(s) => Header::SetupResult(s.clone()),
         Message::SetupFailed(s) => Header::SetupFailed(s.clone()),
         Message::Result(r) => Header::Result(r.clone()),
+        Message::Forward { port } => Header::Forward { port: *port },
         Message::Error { message } => Header::Error {
             message: message.clone(),
         },
@@ -164,6 +165,7 @@ pub fn read_message<R: Read + ?Sized>(r: &mut R) -> Result<Option<Message>, Fram
         Header::SetupResult(s) => Message::SetupResult(s),
         Header::SetupFailed(s) => Message::SetupFailed(s),
         Header::Result(r) => Message::Result(r),
+        Header::Forward { port } => Message::Forward { port },
         Header::Error { message } => Message::Error { message },
     }))
 }
@@ -247,6 +249,7 @@ mod tests {
                 result: result.clone(),
             }),
             Message::Result(result),
+            Message::Forward { port: 8080 },
             Message::Error {
                 message: "no".into(),
             },

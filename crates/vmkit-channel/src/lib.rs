@@ -31,6 +31,7 @@
 
 pub mod bootspec;
 pub mod frame;
+pub mod guestnet;
 #[cfg(unix)]
 pub mod host;
 pub mod message;
@@ -44,6 +45,7 @@ pub use bootspec::{
     BootSpec, ConfigError, DiskMount, FileSpec, Mode, RunSpec, CMDLINE_CONFIG_KEY,
     CMDLINE_EXIT_BY_REBOOT, CONFIG_MAGIC,
 };
+pub use guestnet::{GuestNetwork, HostEntry, PublishSpec, DEFAULT_FORWARD_PORT, HOST_ALIAS};
 pub use frame::{read_message, write_message, FrameError, MAX_CHUNK_LEN, MAX_HEADER_LEN};
 #[cfg(unix)]
 pub use host::ChannelError;

@@ -16,6 +16,10 @@
 //!   exec command; host answers `ack`, then the guest powers off.
 //! - **workspace** (same control connection): guest sends `ready` once its exec
 //!   service listens.
+//! - **forward** (host connects to the guest's forward port): host sends
+//!   `forward` with a published guest port; guest answers `ack` once it is
+//!   connected to `127.0.0.1:<port>` (or `error`), then both sides copy raw
+//!   bytes until either closes.
 //! - Either side may send `error` before closing a connection it refuses.
 
 use std::collections::BTreeMap;
@@ -69,6 +73,13 @@ pub enum Message {
     SetupFailed(SetupStep),
     /// guest -> host: the final result of an exec (or of the run's exec command).
     Result(RunResult),
+    /// host -> guest (forward port): connect this connection to the
+    /// guest's `127.0.0.1:<port>`; after the guest's `ack` the connection
+    /// carries raw TCP bytes both ways.
+    Forward {
+        /// The guest TCP port, one of the boot spec's `publish.guestPorts`.
+        port: u16,
+    },
     /// Either way: the sender refuses or cannot go on; it closes the connection next.
     Error {
         /// What went wrong, for a human.
@@ -95,6 +106,7 @@ impl Message {
             Message::SetupResult(_) => "setupResult",
             Message::SetupFailed(_) => "setupFailed",
             Message::Result(_) => "result",
+            Message::Forward { .. } => "forward",
             Message::Error { .. } => "error",
         }
     }
@@ -220,5 +232,6 @@ pub(crate) enum Header {
     SetupResult(SetupStep),
     SetupFailed(SetupStep),
     Result(RunResult),
+    Forward { port: u16 },
     Error { message: String },
 }

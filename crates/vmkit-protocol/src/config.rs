@@ -2,6 +2,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{validate_published, Network, PublishedPort};
 use crate::ProtocolError;
 
 /// Smallest guest memory we accept; below this a standard kernel cannot boot.
@@ -48,6 +49,13 @@ pub struct MachineConfig {
     /// Commands for `run`; absent for plain workspace commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// The guest's network: mode and egress rules (default: `public`).
+    #[serde(default, skip_serializing_if = "Network::is_default")]
+    pub network: Network,
+    /// Host TCP ports forwarded to guest ports (over vsock, so they work
+    /// with mode `none` too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PublishedPort>,
 }
 
 /// A guest CPU architecture.
@@ -209,6 +217,8 @@ impl MachineConfig {
         if let Some(w) = &self.workload {
             w.validate()?;
         }
+        self.network.validate()?;
+        validate_published(&self.publish)?;
         Ok(())
     }
 }

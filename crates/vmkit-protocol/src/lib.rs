@@ -20,6 +20,7 @@ mod config;
 mod error;
 mod event;
 mod hostname;
+mod network;
 mod request;
 mod response;
 mod state;
@@ -30,6 +31,9 @@ pub use config::{Disk, DiskMode, GuestArch, MachineConfig, Workload, MAX_TIMEOUT
 pub use error::{ErrorCode, ProtocolError};
 pub use event::Event;
 pub use hostname::{hostname_for, validate_hostname, MAX_HOSTNAME_BYTES};
+pub use network::{
+    validate_published, Network, NetworkMode, PublishedPort, MAX_PUBLISHED, MAX_RULES, MAX_RULE_LEN,
+};
 pub use request::{
     validate_runtime_id, Command, Identity, Request, MAX_IMAGE_REF_BYTES, MAX_REQUEST_BYTES,
 };

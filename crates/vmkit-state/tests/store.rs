@@ -25,6 +25,8 @@ fn record(name: &str) -> WorkspaceRecord {
             hostname: None,
             arch: None,
             workload: None,
+            network: Default::default(),
+            publish: Vec::new(),
         },
         created_at: Utc::now(),
         updated_at: Utc::now(),
