@@ -4,12 +4,13 @@
 //! both reachable), answers `ack`, and copies bytes both ways. It needs no
 //! network device, so published ports work with `--network none`.
 
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use vmkit_channel::forward::{relay, Duplex};
 use vmkit_channel::{read_message, write_message, Message};
 
 use crate::service::Connection;
@@ -38,7 +39,7 @@ impl Forwarder {
     }
 
     /// Accepts connections until `accept` fails, each on its own thread.
-    pub fn serve<C: Connection>(self, mut accept: impl FnMut() -> io::Result<C>) {
+    pub fn serve<C: Connection + Duplex>(self, mut accept: impl FnMut() -> io::Result<C>) {
         let this = Arc::new(self);
         loop {
             let conn = match accept() {
@@ -54,7 +55,7 @@ impl Forwarder {
     }
 
     /// One forward: read the request, connect, acknowledge, copy.
-    pub fn handle<C: Connection>(&self, mut conn: C) {
+    pub fn handle<C: Connection + Duplex>(&self, mut conn: C) {
         let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
         let _slot = Slot(self.active.clone());
         let refuse = |conn: &mut C, message: String| {
@@ -85,7 +86,7 @@ impl Forwarder {
         }
         let _ = conn.set_read_timeout(None);
         let _ = tcp.set_nodelay(true);
-        splice(conn, tcp);
+        relay(conn, tcp);
     }
 }
 
@@ -98,50 +99,10 @@ impl Drop for Slot {
     }
 }
 
-/// Copies both ways until both directions have ended; an end of one
-/// direction is passed on as a half-close, so request/response protocols
-/// that close their sending side still get their answer.
-fn splice<C: Connection>(conn: C, tcp: TcpStream) {
-    let (Ok(mut conn_in), Ok(mut tcp_out)) = (conn.try_clone(), tcp.try_clone()) else {
-        return;
-    };
-    let upstream = std::thread::spawn(move || {
-        let _ = copy(&mut conn_in, &mut tcp_out);
-        let _ = tcp_out.shutdown(Shutdown::Write);
-    });
-    let (mut tcp_in, mut conn_out) = (tcp, conn);
-    let _ = copy(&mut tcp_in, &mut conn_out);
-    half_close(&conn_out);
-    let _ = upstream.join();
-    conn_out.shutdown();
-}
-
-fn half_close<C: Connection>(conn: &C) {
-    use std::os::fd::AsRawFd;
-    let _ = nix::sys::socket::shutdown(
-        conn.as_fd().as_raw_fd(),
-        nix::sys::socket::Shutdown::Write,
-    );
-}
-
-fn copy(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::os::unix::net::UnixStream;
 

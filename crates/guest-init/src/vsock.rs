@@ -77,6 +77,18 @@ impl Connection for VsockStream {
     }
 }
 
+impl vmkit_channel::forward::Duplex for VsockStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(VsockStream(self.0.try_clone()?))
+    }
+    fn shutdown_write(&self) {
+        let _ = nix::sys::socket::shutdown(self.0.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    }
+    fn shutdown_both(&self) {
+        let _ = nix::sys::socket::shutdown(self.0.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+}
+
 /// A listening vsock socket.
 #[derive(Debug)]
 pub struct VsockListener(OwnedFd);

@@ -50,10 +50,6 @@ pub struct NetConfig {
     /// `policy` count too.
     #[serde(default)]
     pub host_services: Vec<u16>,
-    /// Published ports: host listeners forwarded to guest ports over the
-    /// VM's vsock (served by the same helper process).
-    #[serde(default)]
-    pub publish: Vec<PublishedPort>,
 }
 
 /// Where the guest's frames travel.
@@ -85,20 +81,6 @@ pub enum Frontend {
         /// The socket's path.
         path: PathBuf,
     },
-}
-
-/// One published port: the host listens on `hostIp:hostPort` and forwards
-/// each connection to the guest's `127.0.0.1:guestPort`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PublishedPort {
-    /// The host address to listen on (default `127.0.0.1`).
-    #[serde(default = "default_publish_ip")]
-    pub host_ip: IpAddr,
-    /// The host TCP port to listen on.
-    pub host_port: u16,
-    /// The guest TCP port connections are forwarded to.
-    pub guest_port: u16,
 }
 
 /// A MAC address, written `52:54:00:12:34:56` in JSON.
@@ -180,7 +162,6 @@ impl NetConfig {
             policy: Policy::default(),
             audit_path: None,
             host_services: Vec::new(),
-            publish: Vec::new(),
         }
     }
 
@@ -227,14 +208,6 @@ impl NetConfig {
         }
         if self.host_services.contains(&0) {
             return invalid("hostServices contains port 0".to_string());
-        }
-        for p in &self.publish {
-            if p.host_port == 0 || p.guest_port == 0 {
-                return invalid(format!(
-                    "publish {}:{}:{} uses port 0",
-                    p.host_ip, p.host_port, p.guest_port
-                ));
-            }
         }
         if let Frontend::Tap { name } = &self.frontend {
             if name.is_empty() || name.len() >= libc::IFNAMSIZ {
@@ -298,9 +271,6 @@ fn default_prefix_len() -> u8 {
 fn default_mtu() -> u16 {
     1500
 }
-fn default_publish_ip() -> IpAddr {
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
-}
 
 #[cfg(test)]
 mod tests {
@@ -327,13 +297,11 @@ mod tests {
             "policy": {"mode": "allowlist", "allow": ["pkg.test", ".example.com:443", "host:8080"],
                        "deny": ["10.0.0.0/8"], "limits": {"maxConnections": 10}},
             "auditPath": "/tmp/x/egress.jsonl",
-            "hostServices": [9000],
-            "publish": [{"hostPort": 8080, "guestPort": 80}]
+            "hostServices": [9000]
         }"#;
         let config: NetConfig = serde_json::from_str(json).unwrap();
         config.validate().unwrap();
         assert_eq!(config.allowed_host_ports(), vec![8080, 9000]);
-        assert_eq!(config.publish[0].host_ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         let again: NetConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);

@@ -37,11 +37,13 @@ pub mod config;
 pub mod dns;
 pub mod frontend;
 pub mod policy;
+pub mod publish;
 pub mod resolver;
 mod serve;
 pub mod sniff;
 pub mod stack;
 
-pub use config::{ConfigError, Frontend, MacAddr, NetConfig, PublishedPort};
+pub use config::{ConfigError, Frontend, MacAddr, NetConfig};
+pub use publish::{PublishConfig, PublishedPort, Publisher};
 pub use policy::{Limits, Mode, Policy, Rule, RuleError};
 pub use serve::{run, serve, NetError};

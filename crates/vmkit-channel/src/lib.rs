@@ -30,6 +30,8 @@
 //! ```
 
 pub mod bootspec;
+#[cfg(unix)]
+pub mod forward;
 pub mod frame;
 pub mod guestnet;
 #[cfg(unix)]

@@ -1,9 +1,11 @@
-//! `microagent-net --config FILE`: the network helper of one VM.
+//! `microagent-net [--config FILE] [--publish FILE]`: the network helper
+//! of one VM.
 //!
 //! It creates the frontend (listens on the stream socket, binds the datagram
-//! socket, or opens the TAP device), prints exactly `ready\n` on stdout,
-//! then serves the VM's network until the VMM closes the link or SIGTERM
-//! arrives.
+//! socket, or opens the TAP device) and the published ports' listeners,
+//! prints exactly `ready\n` on stdout, then serves the VM's network until
+//! the VMM closes the link or SIGTERM arrives. With `--publish` only (a VM
+//! with `--network none`), it forwards published ports until SIGTERM.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -14,7 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmkit_net::frontend::Listener;
-use vmkit_net::NetConfig;
+use vmkit_net::{NetConfig, PublishConfig, Publisher};
 
 /// The host-side network stack of one microagent VM.
 ///
@@ -25,6 +27,10 @@ use vmkit_net::NetConfig;
 /// terminates the guest's TCP and UDP, and opens host sockets only for
 /// flows the egress policy allows, logging each decision to the audit file.
 ///
+/// With --publish it also listens on the published host ports and carries
+/// each connection over the VM's vsock to the guest init; with --publish
+/// alone (no NIC) it does only that, until SIGTERM.
+///
 /// It exits 0 when the VMM closes the link or on SIGTERM (writing the audit
 /// records of open flows first), and 125 with a message on stderr when the
 /// configuration or the frontend is unusable. Whether it dies with its
@@ -34,8 +40,12 @@ use vmkit_net::NetConfig;
 #[command(name = "microagent-net", version, verbatim_doc_comment)]
 struct Args {
     /// The NetConfig JSON file.
+    #[arg(long, value_name = "FILE", required_unless_present = "publish")]
+    config: Option<PathBuf>,
+
+    /// A vmkit_net::PublishConfig JSON file: published ports to forward.
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    publish: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -57,12 +67,36 @@ fn run(args: &Args) -> anyhow::Result<()> {
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, stop_tx)
         .context("SIGINT handler")?;
 
-    let config = NetConfig::load(&args.config)?;
-    let listener = Listener::bind(&config.frontend).context("cannot create the frontend")?;
+    let publisher = match &args.publish {
+        Some(path) => Some(Publisher::bind(&PublishConfig::load(path)?)?),
+        None => None,
+    };
+    let network = match &args.config {
+        Some(path) => {
+            let config = NetConfig::load(path)?;
+            let listener =
+                Listener::bind(&config.frontend).context("cannot create the frontend")?;
+            Some((config, listener))
+        }
+        None => None,
+    };
+    if let Some(publisher) = publisher {
+        publisher.spawn();
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(b"ready\n").context("stdout")?;
     stdout.flush().context("stdout")?;
     drop(stdout);
+
+    let Some((config, listener)) = network else {
+        // Published ports only: serve until SIGTERM.
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&stop_rx),
+            PollFlags::POLLIN,
+        )];
+        while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+        return Ok(());
+    };
 
     // Wait for the VMM, or for SIGTERM before it came.
     let mut fds = [
