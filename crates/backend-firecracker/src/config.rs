@@ -68,6 +68,18 @@ pub struct Vsock {
     pub uds_path: String,
 }
 
+/// `NetworkInterface`: the guest NIC on a TAP device, whose other end the
+/// VM's network helper reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkInterface {
+    /// The interface's id; also the last segment of its API path.
+    pub iface_id: String,
+    /// The host TAP device.
+    pub host_dev_name: String,
+    /// The guest NIC's MAC address.
+    pub guest_mac: String,
+}
+
 /// `InstanceActionInfo.action_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ActionType {
@@ -175,7 +187,7 @@ pub fn validate(config: &vmkit_protocol::MachineConfig) -> Result<(), ProtocolEr
 
 /// The configuring calls for `plan`, in the order they must be made:
 /// machine, kernel, drives (root, the extra disks in request order, the
-/// config disk), vsock. Drive order is device order: Firecracker lays out
+/// config disk), vsock, the NIC if any. Drive order is device order: Firecracker lays out
 /// its virtio-mmio devices in the order the drives were added, with the
 /// root device moved first, so the guest sees `/dev/vda` root, `/dev/vdb`
 /// on for the extra disks, and the config disk last, as the shared
@@ -246,6 +258,23 @@ pub fn configuration(plan: &BootPlan) -> Result<Vec<ApiCall>, ProtocolError> {
         },
         CONFIGURE_TIMEOUT,
     ));
+    match &plan.nic {
+        Some(vmkit_lifecycle::Nic::Tap { name, mac }) => calls.push(ApiCall::new(
+            "/network-interfaces/eth0",
+            NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: name.clone(),
+                guest_mac: mac.clone(),
+            },
+            CONFIGURE_TIMEOUT,
+        )),
+        Some(other) => {
+            return Err(ProtocolError::invalid(format!(
+                "firecracker attaches a NIC only through a TAP device, not {other:?}"
+            )))
+        }
+        None => {}
+    }
     Ok(calls)
 }
 
@@ -325,6 +354,7 @@ mod tests {
             paths,
             kernel_args: "root=/dev/vda rw init=/sbin/microagent-init".into(),
             detached: false,
+            nic: None,
         }
     }
 

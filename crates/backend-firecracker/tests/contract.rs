@@ -43,15 +43,23 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
         paths,
         kernel_args: "root=/dev/vda rw".into(),
         detached: false,
+        nic: None,
     }
 }
 
 #[test]
 fn every_body_the_backend_builds_follows_the_contract() {
     let spec = Spec::load();
-    for (disks, cpus) in [(0, 1), (2, 2), (5, 32)] {
-        let calls = config::configuration(&plan(disks, cpus)).unwrap();
-        assert_eq!(calls.len(), 5 + disks);
+    for (disks, cpus, tap) in [(0, 1, false), (2, 2, true), (5, 32, false)] {
+        let mut plan = plan(disks, cpus);
+        if tap {
+            plan.nic = Some(vmkit_lifecycle::Nic::Tap {
+                name: "ma0123abcd".into(),
+                mac: "52:54:00:12:34:56".into(),
+            });
+        }
+        let calls = config::configuration(&plan).unwrap();
+        assert_eq!(calls.len(), 5 + disks + usize::from(tap));
         for call in calls.iter().chain([&config::instance_start()]) {
             let body = serde_json::to_vec(&call.body).unwrap();
             assert_eq!(call.method, "PUT");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{clone_log, rotate_console, spawn_console_relay, spawn_log_relay};
 use vmkit_lifecycle::{
-    spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision, WorkspacePaths,
+    spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Nic, Supervision, WorkspacePaths,
 };
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
@@ -192,7 +192,32 @@ impl QemuMachine {
             "-device".into(),
             format!("{vsock},chardev=vsock"),
         ]);
+        args.extend(nic_args(plan.nic.as_ref()));
         args
+    }
+}
+
+/// The guest NIC: virtio-net on a stream socket the network helper listens
+/// on (QEMU connects as the client; frames travel length-prefixed). No TAP,
+/// no root. No NIC at all without a plan for one.
+fn nic_args(nic: Option<&Nic>) -> Vec<String> {
+    match nic {
+        Some(Nic::Stream { socket, mac }) => vec![
+            "-netdev".into(),
+            format!(
+                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                qemu_escape(socket)
+            ),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={mac}"),
+        ],
+        Some(Nic::Tap { name, mac }) => vec![
+            "-netdev".into(),
+            format!("tap,id=net0,ifname={name},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={mac}"),
+        ],
+        None => Vec::new(),
     }
 }
 

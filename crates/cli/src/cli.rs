@@ -118,6 +118,13 @@ pub enum Command {
     /// Print a workspace's serial console log (control characters escaped
     /// unless --raw).
     Logs(commands::workspace::LogsArgs),
+    /// Print a workspace's egress decisions (egress.jsonl), one per line.
+    ///
+    /// Every connection, UDP flow and DNS query the guest's network policy
+    /// decided on: allow or deny, protocol, destination IP:port, the name
+    /// and how it was known (dns, sni, host), the rule, why, and bytes each
+    /// way. With --json the records are printed as JSON lines, unchanged.
+    Egress(commands::network::EgressArgs),
     /// Clean up VMs left behind by killed microagent commands.
     Gc,
     /// Serve one protocol request: JSON on stdin, JSON on stdout (exit 0 iff ok).

@@ -62,7 +62,10 @@ impl Forwarder {
             let _ = write_message(conn, &Message::Error { message });
         };
         if active > MAX_FORWARDS {
-            return refuse(&mut conn, format!("more than {MAX_FORWARDS} forwards at once"));
+            return refuse(
+                &mut conn,
+                format!("more than {MAX_FORWARDS} forwards at once"),
+            );
         }
         let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
         let port = match read_message(&mut conn) {

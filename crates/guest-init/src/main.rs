@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use vmkit_channel::{write_message, BootSpec, Message, Mode, Ready, PROTOCOL_VERSION};
 use vmkit_guest_init::command::DEFAULT_KILL_GRACE;
+use vmkit_guest_init::forward::Forwarder;
 use vmkit_guest_init::image::{Defaults, ImageConfig, IMAGE_CONFIG_PATH};
 use vmkit_guest_init::reaper::Reaper;
 use vmkit_guest_init::service::{run_workload, Connection, Service};
 use vmkit_guest_init::vsock::{VsockListener, VsockStream, HOST_CID};
-use vmkit_guest_init::forward::Forwarder;
 use vmkit_guest_init::{log, network, system};
 
 /// How long to keep trying to reach the host's control port: the host binds

@@ -60,7 +60,13 @@ impl IoctlSocket {
         self.ioctl("SIOCSIFFLAGS", libc::SIOCSIFFLAGS, &mut req)
     }
 
-    fn set_addr(&self, interface: &str, what: &str, op: libc::c_ulong, ip: Ipv4Addr) -> io::Result<()> {
+    fn set_addr(
+        &self,
+        interface: &str,
+        what: &str,
+        op: libc::c_ulong,
+        ip: Ipv4Addr,
+    ) -> io::Result<()> {
         let mut req = Self::request(interface);
         req.ifr_ifru.ifru_addr = sockaddr(ip);
         self.ioctl(what, op, &mut req)
@@ -123,8 +129,13 @@ pub fn configure(net: &GuestNetwork) -> Result<(), String> {
     sock.set_mtu(ifname, net.mtu).map_err(fail)?;
     sock.set_addr(ifname, "SIOCSIFADDR", libc::SIOCSIFADDR, net.address)
         .map_err(fail)?;
-    sock.set_addr(ifname, "SIOCSIFNETMASK", libc::SIOCSIFNETMASK, net.netmask())
-        .map_err(fail)?;
+    sock.set_addr(
+        ifname,
+        "SIOCSIFNETMASK",
+        libc::SIOCSIFNETMASK,
+        net.netmask(),
+    )
+    .map_err(fail)?;
     sock.set_up(ifname).map_err(fail)?;
     sock.add_default_route(ifname, net.gateway).map_err(fail)?;
     write_resolv_conf(Path::new("/etc/resolv.conf"), net)
@@ -155,7 +166,10 @@ pub fn write_hosts(path: &Path, net: &GuestNetwork) -> io::Result<()> {
         .filter(|l| !l.ends_with(HOSTS_MARKER))
         .flat_map(|l| [l, "\n"])
         .collect();
-    if !text.lines().any(|l| l.split_whitespace().nth(1) == Some("localhost")) {
+    if !text
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("localhost"))
+    {
         text.push_str("127.0.0.1\tlocalhost\n");
     }
     for h in &net.hosts {
@@ -224,6 +238,9 @@ mod tests {
     fn sockaddr_is_network_order() {
         let sa = sockaddr(Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
-        assert_eq!(&sa.sa_data[2..6], &[10, 0, 2, 15].map(|b: u8| b as libc::c_char));
+        assert_eq!(
+            &sa.sa_data[2..6],
+            &[10, 0, 2, 15].map(|b: u8| b as libc::c_char)
+        );
     }
 }

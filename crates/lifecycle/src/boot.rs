@@ -25,21 +25,34 @@ impl Workspace<'_> {
     pub(crate) fn boot(&mut self, mode: Mode, detached: bool) -> Result<Booted, ProtocolError> {
         self.transition(State::Starting, "launching VMM")?;
         let started = Instant::now();
-        let (spec, plan) = match self.plan(mode, detached) {
+        let (spec, plan, mut net_helpers) = match self.plan(mode, detached) {
             Ok(p) => p,
             Err(e) => return Err(self.fail_boot(None, e)),
+        };
+        // The network helper runs before the VMM (QEMU connects to it); a
+        // failure before the launch ends it here.
+        let mut end_helpers = |e: ProtocolError| {
+            for h in &mut net_helpers {
+                crate::vmm_files::kill_child(h);
+            }
+            e
         };
         remove_sockets(self.paths());
         let listener = match HostListener::bind(&self.paths().vsock, spec.control_port) {
             Ok(l) => l,
             Err(e) => {
-                return Err(self.fail_boot(None, guest_err(format!("listening for the guest: {e}"))))
+                let e = end_helpers(guest_err(format!("listening for the guest: {e}")));
+                return Err(self.fail_boot(None, e));
             }
         };
         let mut launched = match self.locked.lifecycle.machine.launch(&plan) {
             Ok(l) => l,
-            Err(e) => return Err(self.fail_boot(None, e)),
+            Err(e) => {
+                let e = end_helpers(e);
+                return Err(self.fail_boot(None, e));
+            }
         };
+        launched.helpers.append(&mut net_helpers);
         tracing::debug!("VMM launched");
         let connected = self.adopt(&launched, detached).and_then(|()| {
             let mut control = accept(&listener, &mut launched, &self.peers())?;
@@ -62,8 +75,13 @@ impl Workspace<'_> {
         Ok(Booted { launched, control })
     }
 
-    /// The boot spec (written to the config disk) and the backend's plan.
-    fn plan(&self, mode: Mode, detached: bool) -> Result<(BootSpec, BootPlan), ProtocolError> {
+    /// The boot spec (written to the config disk), the backend's plan, and
+    /// the network helper started for it (with its log relay).
+    fn plan(
+        &self,
+        mode: Mode,
+        detached: bool,
+    ) -> Result<(BootSpec, BootPlan, Vec<std::process::Child>), ProtocolError> {
         let config = &self.record.config;
         // Extra disks are /dev/vdb... in request order; the config disk
         // follows. The disk count is bounded by validation, the letters too.
@@ -89,6 +107,17 @@ impl Workspace<'_> {
             })
             .collect::<Result<_, ProtocolError>>()?;
         let workload = config.workload.clone().unwrap_or_default();
+        let supervision = if detached {
+            crate::Supervision::Detached
+        } else {
+            crate::Supervision::DiesWithParent
+        };
+        let mut net = crate::network::start(
+            config,
+            self.paths(),
+            self.locked.lifecycle.machine.kind(),
+            supervision,
+        )?;
         let spec = BootSpec {
             hostname: Some(
                 config
@@ -101,12 +130,20 @@ impl Workspace<'_> {
             cwd: workload.cwd,
             user: workload.user,
             mode,
+            network: net.guest.take(),
+            publish: net.publish.take(),
             ..BootSpec::default()
         };
         let paths = self.paths();
-        vmkit_channel::write_config_disk(&paths.config_disk, &spec).map_err(|e| {
-            ProtocolError::new(ErrorCode::Internal, format!("writing the config disk: {e}"))
-        })?;
+        if let Err(e) = vmkit_channel::write_config_disk(&paths.config_disk, &spec) {
+            for h in &mut net.helpers {
+                crate::vmm_files::kill_child(h);
+            }
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                format!("writing the config disk: {e}"),
+            ));
+        }
         let plan = BootPlan {
             config: config.clone(),
             paths: paths.clone(),
@@ -116,8 +153,9 @@ impl Workspace<'_> {
                 vmkit_channel::kernel_args(&device(config.disks.len())?)
             ),
             detached,
+            nic: net.nic.take(),
         };
-        Ok((spec, plan))
+        Ok((spec, plan, net.helpers))
     }
 
     /// The processes allowed to forward the guest's connection: the VMM

@@ -24,6 +24,7 @@ mod gc;
 mod halt;
 mod lifecycle;
 mod machine;
+pub mod network;
 mod paths;
 mod pause;
 mod prepare;
@@ -39,5 +40,6 @@ mod tests;
 
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
 pub use machine::{check_config_files, BootPlan, LaunchGuard, Launched, Machine, INJECTED_FAILURE};
+pub use network::Nic;
 pub use paths::WorkspacePaths;
 pub use process::{spawn_supervised, terminate, Supervision};

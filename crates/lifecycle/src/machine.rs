@@ -4,7 +4,7 @@ use std::process::Child;
 use vmkit_protocol::{BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
 use vmkit_state::ProcessRecord;
 
-use crate::WorkspacePaths;
+use crate::{Nic, WorkspacePaths};
 
 /// Everything a VMM needs for one boot, decided by [`crate::Lifecycle`].
 #[derive(Debug, Clone)]
@@ -22,6 +22,9 @@ pub struct BootPlan {
     /// Whether the VM outlives the command that launches it (a workspace
     /// `start`) or dies with it (a one-shot `run`).
     pub detached: bool,
+    /// The network device to attach, already served by the VM's network
+    /// helper; `None`: no NIC (network mode `none`).
+    pub nic: Option<Nic>,
 }
 
 /// The processes a launch started.

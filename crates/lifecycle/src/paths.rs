@@ -19,6 +19,14 @@ pub struct WorkspacePaths {
     pub console_log: PathBuf,
     /// The VMM's own stdout/stderr.
     pub vmm_log: PathBuf,
+    /// The network helper's frontend socket (QEMU connects to it).
+    pub net_socket: PathBuf,
+    /// The network helper's `NetConfig`, rewritten at every start.
+    pub net_config: PathBuf,
+    /// The published-port forwarder's config, rewritten at every start.
+    pub publish_config: PathBuf,
+    /// The egress audit log (one JSON line per decision, rotated to `.1`).
+    pub egress_log: PathBuf,
 }
 
 /// Longest path `sockaddr_un` holds, less the `_<port>` suffix we append.
@@ -45,6 +53,10 @@ impl WorkspacePaths {
             vsock,
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
+            net_socket: dir.join("n.sock"),
+            net_config: dir.join("net.json"),
+            publish_config: dir.join("publish.json"),
+            egress_log: dir.join("egress.jsonl"),
         })
     }
 }

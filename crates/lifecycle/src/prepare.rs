@@ -30,6 +30,7 @@ impl<'l> Locked<'l> {
         }
         let machine = &self.lifecycle.machine;
         machine.check(config)?;
+        crate::network::validate(&config.network, &config.publish)?;
         let source = Path::new(&config.rootfs_path);
         if !source.is_file() {
             return Err(ProtocolError::invalid(format!(

@@ -44,6 +44,6 @@ pub mod sniff;
 pub mod stack;
 
 pub use config::{ConfigError, Frontend, MacAddr, NetConfig};
-pub use publish::{PublishConfig, PublishedPort, Publisher};
 pub use policy::{Limits, Mode, Policy, Rule, RuleError};
+pub use publish::{PublishConfig, PublishedPort, Publisher};
 pub use serve::{run, serve, NetError};

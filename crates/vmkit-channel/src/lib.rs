@@ -47,8 +47,8 @@ pub use bootspec::{
     BootSpec, ConfigError, DiskMount, FileSpec, Mode, RunSpec, CMDLINE_CONFIG_KEY,
     CMDLINE_EXIT_BY_REBOOT, CONFIG_MAGIC,
 };
-pub use guestnet::{GuestNetwork, HostEntry, PublishSpec, DEFAULT_FORWARD_PORT, HOST_ALIAS};
 pub use frame::{read_message, write_message, FrameError, MAX_CHUNK_LEN, MAX_HEADER_LEN};
+pub use guestnet::{GuestNetwork, HostEntry, PublishSpec, DEFAULT_FORWARD_PORT, HOST_ALIAS};
 #[cfg(unix)]
 pub use host::ChannelError;
 pub use message::{ExecRequest, Message, Ready, SetupStep, CHUNK_SIZE};

@@ -216,7 +216,10 @@ mod tests {
         assert_eq!(p.host_ip.to_string(), "0.0.0.0");
         let p: PublishedPort = "[::1]:8080:80".parse().unwrap();
         assert_eq!(p.to_string(), "[::1]:8080:80");
-        assert!("80".parse::<PublishedPort>().unwrap_err().contains("HOSTPORT"));
+        assert!("80"
+            .parse::<PublishedPort>()
+            .unwrap_err()
+            .contains("HOSTPORT"));
         assert!("70000:80"
             .parse::<PublishedPort>()
             .unwrap_err()
@@ -252,8 +255,8 @@ mod tests {
 
     #[test]
     fn wire_shape() {
-        let n: Network = serde_json::from_str(r#"{"mode":"allowlist","allow":["pkg.test"]}"#)
-            .unwrap();
+        let n: Network =
+            serde_json::from_str(r#"{"mode":"allowlist","allow":["pkg.test"]}"#).unwrap();
         assert_eq!(n.mode, NetworkMode::Allowlist);
         let p: PublishedPort = serde_json::from_str(r#"{"hostPort":1,"guestPort":2}"#).unwrap();
         assert_eq!(p.host_ip, loopback());

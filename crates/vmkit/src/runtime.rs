@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use vmkit_kernel::{BuildEvent, KernelStore};
 use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 use vmkit_protocol::{
-    BackendKind, Command, Disk, ErrorCode, Event, GuestArch, Identity, MachineConfig,
-    ProtocolError, Request, RunResult, Workload,
+    BackendKind, Command, Disk, ErrorCode, Event, GuestArch, Identity, MachineConfig, Network,
+    ProtocolError, PublishedPort, Request, RunResult, Workload,
 };
 use vmkit_rootfs::{BuildOptions, BuiltRootfs, ImageRef, RootfsBuilder};
 
@@ -36,6 +36,10 @@ pub struct MachineParams {
     pub kernel_args: Option<String>,
     /// The guest architecture (`None`: the host's).
     pub arch: Option<GuestArch>,
+    /// Network mode and egress rules.
+    pub network: Network,
+    /// Host ports forwarded to guest ports.
+    pub publish: Vec<PublishedPort>,
 }
 
 /// A one-shot run.
@@ -84,6 +88,31 @@ impl Runtime {
     /// host: better than finding out after a five-minute kernel build.
     pub fn preflight(&self) -> Result<(), VmkitError> {
         Ok(self.driver.preflight()?)
+    }
+
+    /// Checks a machine's network rules and published ports (the ports
+    /// must be free now), so bad input is refused before any kernel build
+    /// or image pull. Errors name the flag and the value.
+    pub fn check_network(&self, machine: &MachineParams) -> Result<(), VmkitError> {
+        Ok(vmkit_lifecycle::network::validate(
+            &machine.network,
+            &machine.publish,
+        )?)
+    }
+
+    /// The egress audit log of workspace `name` (`egress.jsonl`; the
+    /// previous one, once rotated, is beside it as `egress.jsonl.1`).
+    pub fn egress_log(&self, name: &str) -> Result<PathBuf, VmkitError> {
+        let store = vmkit_state::StateStore::open(&self.state_dir)?;
+        if store.peek(name)?.is_none() {
+            return Err(ProtocolError::new(
+                ErrorCode::NotFound,
+                format!("workspace {name:?} does not exist"),
+            )
+            .into());
+        }
+        let paths = vmkit_lifecycle::WorkspacePaths::new(&store.workspace_dir(name)?)?;
+        Ok(paths.egress_log)
     }
 
     /// The state folder.
@@ -174,6 +203,8 @@ impl Runtime {
             kernel_args: m.kernel_args.clone(),
             hostname: None,
             arch: m.arch,
+            network: m.network.clone(),
+            publish: m.publish.clone(),
             workload: workload.or_else(|| {
                 // A workspace keeps its env/cwd/user for every boot.
                 (!m.env.is_empty() || m.cwd.is_some() || m.user.is_some()).then(|| Workload {
@@ -199,15 +230,16 @@ impl Runtime {
             &params.machine,
             Some(workload_of(params)),
         );
-        Ok(config.validate()?)
+        config.validate()?;
+        self.check_network(&params.machine)
     }
 
     /// [`Runtime::check_run`] for a workspace's machine.
     pub fn check_machine(&self, machine: &MachineParams) -> Result<(), VmkitError> {
         let placeholder = Path::new("/");
-        Ok(self
-            .config(placeholder, placeholder, machine, None)
-            .validate()?)
+        self.config(placeholder, placeholder, machine, None)
+            .validate()?;
+        self.check_network(machine)
     }
 
     /// Runs `params` once in a fresh VM, streaming the guest's stdout and

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod image;
 pub mod kernel;
 pub mod mcp;
+pub mod network;
 pub mod rootfs;
 pub mod run;
 pub mod snapshot;
@@ -31,6 +32,7 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Status(args) => workspace::status(args, global),
         Command::Events(args) => workspace::events(args, global),
         Command::Logs(args) => workspace::logs(args, global),
+        Command::Egress(args) => network::egress(args, global),
         Command::Gc => workspace::gc(global),
         Command::Supervisor => {
             let code =

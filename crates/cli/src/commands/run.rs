@@ -56,7 +56,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<u8> {
         timeout_seconds: args.timeout,
         image: Some(args.image.clone()),
         keep: args.keep,
-        machine: machine_params(&args.machine),
+        machine: machine_params(&args.machine)?,
     };
     rt.check_run(&params).map_err(exit::classify)?;
     let (kernel, rootfs) = prepare_disks(&rt, &args.image, &args.machine, global)?;

@@ -55,6 +55,9 @@ pub struct MachineArgs {
     /// linux/arm64 platform and the aarch64 guest init.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<vmkit::protocol::GuestArch>,
+
+    #[command(flatten)]
+    pub net: crate::commands::network::NetworkArgs,
 }
 
 #[derive(Debug, Args)]
@@ -189,8 +192,11 @@ fn listing_runtime(global: &Global) -> anyhow::Result<vmkit::Runtime> {
     vmkit::Runtime::open(&global.state_dir, None, None).map_err(exit::classify)
 }
 
-pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
-    vmkit::MachineParams {
+/// The machine the flags describe; network values are parsed here and
+/// checked by the library (rules, free ports) before anything is built.
+pub fn machine_params(m: &MachineArgs) -> anyhow::Result<vmkit::MachineParams> {
+    let (network, publish) = m.net.parse()?;
+    Ok(vmkit::MachineParams {
         memory_mib: m.memory,
         cpus: m.cpus,
         disks: m.disk.clone(),
@@ -200,7 +206,9 @@ pub fn machine_params(m: &MachineArgs) -> vmkit::MachineParams {
         kernel: m.kernel.clone(),
         kernel_args: m.kernel_args.clone(),
         arch: m.arch,
-    }
+        network,
+        publish,
+    })
 }
 
 /// The kernel (built on first use, with progress) and the image's root disk.
@@ -239,7 +247,7 @@ fn report(event: &vmkit::protocol::Event, global: &Global) {
 
 pub fn create(args: CreateArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = runtime(global, args.machine.backend)?;
-    let params = machine_params(&args.machine);
+    let params = machine_params(&args.machine)?;
     rt.check_machine(&params).map_err(exit::classify)?;
     let (kernel, rootfs) = prepare_disks(&rt, &args.image, &args.machine, global)?;
     let event = rt
@@ -390,6 +398,11 @@ pub fn status(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
         println!("memory:   {} MiB", record.config.memory_mib);
         println!("cpus:     {}", record.config.cpu_count);
         println!("created:  {}", record.created_at);
+        for line in
+            crate::commands::network::describe(&record.config.network, &record.config.publish)
+        {
+            println!("{line}");
+        }
         if let Some(vmm) = record.vmm {
             println!("vmm pid:  {}", vmm.pid);
         }

@@ -1,0 +1,306 @@
+//! The guest's network, lifecycle side: checks a config's rules and
+//! published ports before anything is created, and at each boot starts the
+//! VM's `microagent-net` helper (the userspace stack behind the NIC, and
+//! the published-port forwarder), waits for its `ready` line, and tells
+//! the VMM (which NIC) and the guest init (which addresses, which
+//! forwards) what it needs. The helper is supervised like the VMM: its pid
+//! and start time are recorded with the other helpers, so every stop and
+//! failure path, and `gc`, end it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use vmkit_channel::{GuestNetwork, PublishSpec, DEFAULT_FORWARD_PORT};
+use vmkit_net::{Frontend, NetConfig, PublishConfig, Rule};
+use vmkit_protocol::{
+    BackendKind, ErrorCode, MachineConfig, Network, NetworkMode, ProtocolError, PublishedPort,
+};
+
+use crate::vmm_files::{clone_log, kill_child, open_log};
+use crate::{spawn_supervised, Supervision, WorkspacePaths};
+
+/// The helper binary's name.
+pub const HELPER: &str = "microagent-net";
+/// How long the helper may take to say `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the guest's NIC reaches the VM's stack; the backend turns it into
+/// its own device configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nic {
+    /// A Unix stream socket the helper listens on (QEMU `-netdev stream`).
+    Stream {
+        /// The socket.
+        socket: PathBuf,
+        /// The guest NIC's MAC address.
+        mac: String,
+    },
+    /// A TAP device whose frames the helper reads and writes (Firecracker).
+    Tap {
+        /// The TAP interface's name.
+        name: String,
+        /// The guest NIC's MAC address.
+        mac: String,
+    },
+}
+
+/// What a boot gets from the network setup.
+#[derive(Debug, Default)]
+pub(crate) struct NetworkBoot {
+    /// The NIC for the VMM; `None` with mode `none`.
+    pub nic: Option<Nic>,
+    /// eth0's configuration for the boot spec.
+    pub guest: Option<GuestNetwork>,
+    /// Published ports for the boot spec.
+    pub publish: Option<PublishSpec>,
+    /// The running helper, if one was needed.
+    pub helper: Option<Child>,
+}
+
+/// Checks every `allow`/`deny` rule with the stack's own parser and that
+/// every published host port can be listened on now, so bad input is
+/// refused before a workspace exists. Errors name the flag and value.
+pub fn validate(network: &Network, publish: &[PublishedPort]) -> Result<(), ProtocolError> {
+    network.validate()?;
+    vmkit_protocol::validate_published(publish)?;
+    policy(network)?;
+    vmkit_net::publish::check_available(publish).map_err(|e| ProtocolError::invalid(e.to_string()))
+}
+
+fn policy(net: &Network) -> Result<vmkit_net::Policy, ProtocolError> {
+    let parse = |flag: &str, rules: &[String]| -> Result<Vec<Rule>, ProtocolError> {
+        rules
+            .iter()
+            .map(|r| Rule::parse(r).map_err(|e| ProtocolError::invalid(format!("--{flag}: {e}"))))
+            .collect()
+    };
+    Ok(vmkit_net::Policy {
+        mode: match net.mode {
+            NetworkMode::Allowlist => vmkit_net::Mode::Allowlist,
+            NetworkMode::Public | NetworkMode::None => vmkit_net::Mode::Public,
+        },
+        allow: parse("allow", &net.allow)?,
+        deny: parse("deny", &net.deny)?,
+        limits: vmkit_net::Limits::default(),
+    })
+}
+
+/// Starts the helper for one boot of `config` (none is needed with mode
+/// `none` and nothing published) and returns what the VMM and the guest
+/// init need. On error nothing is left running.
+pub(crate) fn start(
+    config: &MachineConfig,
+    paths: &WorkspacePaths,
+    backend: BackendKind,
+    supervision: Supervision,
+) -> Result<NetworkBoot, ProtocolError> {
+    let with_nic = config.network.mode != NetworkMode::None;
+    if !with_nic && config.publish.is_empty() {
+        return Ok(NetworkBoot::default());
+    }
+    let mut command = Command::new(find_helper()?);
+    let mut boot = NetworkBoot::default();
+    if with_nic {
+        let frontend = match backend {
+            BackendKind::Firecracker => Frontend::Tap {
+                name: tap_name(&paths.dir),
+            },
+            _ => Frontend::Stream {
+                path: paths.net_socket.clone(),
+            },
+        };
+        let _ = std::fs::remove_file(&paths.net_socket);
+        let mut net = NetConfig::new(frontend.clone());
+        net.policy = policy(&config.network)?;
+        net.audit_path = Some(paths.egress_log.clone());
+        let mac = net.guest_mac.to_string();
+        boot.nic = Some(match frontend {
+            Frontend::Tap { name } => Nic::Tap { name, mac },
+            _ => Nic::Stream {
+                socket: paths.net_socket.clone(),
+                mac,
+            },
+        });
+        boot.guest = Some(GuestNetwork::behind_gateway(
+            net.guest_ip,
+            net.prefix_len,
+            net.gateway_ip,
+            u32::from(net.mtu),
+        ));
+        write_json(&paths.net_config, &net)?;
+        command.arg("--config").arg(&paths.net_config);
+    }
+    if !config.publish.is_empty() {
+        let publish = PublishConfig {
+            vsock_path: paths.vsock.clone(),
+            forward_port: DEFAULT_FORWARD_PORT,
+            ports: config.publish.clone(),
+        };
+        write_json(&paths.publish_config, &publish)?;
+        command.arg("--publish").arg(&paths.publish_config);
+        boot.publish = Some(PublishSpec {
+            port: DEFAULT_FORWARD_PORT,
+            guest_ports: config.publish.iter().map(|p| p.guest_port).collect(),
+        });
+    }
+    let log = open_log(&paths.vmm_log)?;
+    let mut child = spawn_supervised(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(clone_log(&log)?),
+        supervision,
+    )
+    .map_err(|e| internal(format!("starting {HELPER}: {e}")))?;
+    if let Err(e) = wait_ready(&mut child, &paths.vmm_log) {
+        kill_child(&mut child);
+        return Err(e);
+    }
+    boot.helper = Some(child);
+    Ok(boot)
+}
+
+/// Waits for the helper's `ready` line (it has created its socket and
+/// listeners by then), or its exit, or the timeout.
+fn wait_ready(child: &mut Child, log: &Path) -> Result<(), ProtocolError> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+        let _ = tx.send(read);
+    });
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(line)) if line == "ready\n" => Ok(()),
+        Ok(Ok(line)) if line.is_empty() => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            Err(refused(format!(
+                "{HELPER} exited before it was ready ({status}): {}",
+                last_line(log)
+            )))
+        }
+        Ok(Ok(line)) => Err(internal(format!("{HELPER} said {line:?} instead of ready"))),
+        Ok(Err(e)) => Err(internal(format!("reading {HELPER}'s stdout: {e}"))),
+        Err(_) => Err(internal(format!(
+            "{HELPER} was not ready within {}s",
+            READY_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The helper's own message (it writes one line to stderr, the VMM log,
+/// before exiting 125), so a port taken since `create` is named.
+fn last_line(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(2048)..]).into_owned();
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with(HELPER))
+        .unwrap_or("see vmm.log in the workspace")
+        .to_owned()
+}
+
+/// A TAP name unique to the workspace folder and at most 15 bytes.
+fn tap_name(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    format!("ma{:08x}", h.finish() as u32)
+}
+
+/// Finds `microagent-net`: `$MICROAGENT_NET`, else beside the running
+/// executable, else the install locations, else `PATH`.
+pub fn find_helper() -> Result<PathBuf, ProtocolError> {
+    if let Some(p) = std::env::var_os("MICROAGENT_NET") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(unavailable(format!(
+                "MICROAGENT_NET={} is not a file",
+                p.display()
+            )))
+        };
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(HELPER)));
+    let candidates = beside.into_iter().chain([
+        PathBuf::from("/usr/local/lib/microagent").join(HELPER),
+        PathBuf::from("/usr/lib/microagent").join(HELPER),
+    ]);
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    vmkit_host::find_in_path(HELPER).ok_or_else(|| {
+        unavailable(format!(
+            "{HELPER} (the VM network helper) was not found beside microagent or in PATH; build it with `cargo build --release -p vmkit-net` or set MICROAGENT_NET"
+        ))
+    })
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), ProtocolError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| internal(e.to_string()))?;
+    std::fs::write(path, json).map_err(|e| internal(format!("writing {}: {e}", path.display())))
+}
+
+fn internal(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, message)
+}
+
+fn unavailable(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Unavailable, message)
+}
+
+fn refused(message: String) -> ProtocolError {
+    ProtocolError::invalid(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MachineConfig {
+        serde_json::from_value(serde_json::json!({
+            "kernelPath": "/k", "rootfsPath": "/r", "stateDir": "/s",
+            "memoryMiB": 256, "cpuCount": 1,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_rules_are_refused_naming_flag_and_value() {
+        let mut c = config();
+        c.network.allow = vec!["pkg.test".into(), "10.0.0.0/33".into()];
+        let e = validate(&c.network, &c.publish).unwrap_err().message;
+        assert!(e.contains("--allow") && e.contains("10.0.0.0/33"), "{e}");
+        let mut c = config();
+        c.network.deny = vec!["host:0".into()];
+        let e = validate(&c.network, &c.publish).unwrap_err().message;
+        assert!(e.contains("--deny") && e.contains("host:0"), "{e}");
+    }
+
+    #[test]
+    fn a_published_port_in_use_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = config();
+        c.publish = vec![format!("{}:80", taken.local_addr().unwrap().port())
+            .parse()
+            .unwrap()];
+        let e = validate(&c.network, &c.publish).unwrap_err().message;
+        assert!(e.contains("--publish 127.0.0.1:"), "{e}");
+    }
+
+    #[test]
+    fn tap_names_fit_ifnamsiz() {
+        let n = tap_name(Path::new(
+            "/a/very/long/state/folder/workspaces/some-workspace",
+        ));
+        assert!(n.len() <= 15 && n.starts_with("ma"), "{n}");
+    }
+}
