@@ -7,5 +7,6 @@
 
 pub mod images;
 pub mod kernel;
+pub mod net;
 pub mod process;
 pub mod registry;

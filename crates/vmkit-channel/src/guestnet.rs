@@ -144,7 +144,7 @@ impl GuestNetwork {
 
 impl PublishSpec {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.port == 0 || self.guest_ports.iter().any(|p| *p == 0) {
+        if self.port == 0 || self.guest_ports.contains(&0) {
             return Err(ConfigError::Invalid(
                 "publish.port and publish.guestPorts must be non-zero".into(),
             ));

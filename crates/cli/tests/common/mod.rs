@@ -46,6 +46,7 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_microagent"));
         c.env("MICROAGENT_STATE_DIR", self.state.path())
+            .env("MICROAGENT_NET", vmkit_testkit::net::helper_binary())
             .env_remove("MICROAGENT_LOG")
             .stdin(Stdio::null());
         c
