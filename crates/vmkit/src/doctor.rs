@@ -165,6 +165,7 @@ fn linux_checks(checks: &mut Vec<CheckItem>, backend: BackendKind) {
             "install a firecracker release binary into PATH to use --backend firecracker",
         ),
     });
+    checks.push(tap_check());
 }
 
 /// Whether a kernel is installed (else `run` builds one first).
@@ -221,6 +222,29 @@ fn tool_check(tool: Tool, remedy: &str) -> CheckItem {
             CheckStatus::Fail,
             "not found in PATH".into(),
             remedy,
+        ),
+    }
+}
+
+/// Whether a TAP device can be made here (Firecracker's only NIC; the
+/// qemu backend needs none): a real one is opened and closed again, so it
+/// vanishes at once.
+fn tap_check() -> CheckItem {
+    let name = format!("madoc{}", std::process::id() % 1_000_000);
+    let frontend = vmkit_net::Frontend::Tap { name: name.clone() };
+    match vmkit_net::frontend::Listener::bind(&frontend) {
+        Ok(tap) => {
+            drop(tap);
+            ok(
+                "tap",
+                format!("TAP devices can be created here (tried {name}); the firecracker backend's NIC works"),
+            )
+        }
+        Err(e) => item(
+            "tap",
+            CheckStatus::Warn,
+            format!("cannot create a TAP device: {e} (only --backend firecracker needs one)"),
+            "run as root or with CAP_NET_ADMIN, or create a persistent TAP for your user (ip tuntap add NAME mode tap user $USER)",
         ),
     }
 }
