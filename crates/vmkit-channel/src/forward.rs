@@ -79,10 +79,14 @@ impl Duplex for UnixStream {
     }
 }
 
-/// Copies `a` -> `b` on a new thread and `b` -> `a` on this one, until
-/// both directions have ended. The end of one direction is passed on as a
-/// half-close, so a client that closes its sending side still gets its
-/// answer. Returns the bytes copied (`a` -> `b`, `b` -> `a`).
+/// Copies `a` (the side that connected) -> `b` (the side that answers)
+/// on a new thread and `b` -> `a` on this one. The end of `a`'s stream is
+/// passed on to `b` as a half-close, so a client that closes its sending
+/// side still gets its answer; the end of `b`'s stream ends the whole
+/// connection, because a half-close does not cross every vsock transport
+/// (vhost-device-vsock drops it), and a client waiting for end-of-file
+/// would otherwise wait for ever. Returns the bytes copied (`a` -> `b`,
+/// `b` -> `a`).
 pub fn relay<A: Duplex, B: Duplex>(a: A, b: B) -> (u64, u64) {
     let (Ok(mut a_in), Ok(mut b_out)) = (a.try_clone(), b.try_clone()) else {
         a.shutdown_both();
@@ -96,10 +100,9 @@ pub fn relay<A: Duplex, B: Duplex>(a: A, b: B) -> (u64, u64) {
     });
     let (mut b_in, mut a_out) = (b, a);
     let back = copy(&mut b_in, &mut a_out);
-    a_out.shutdown_write();
-    let forward = forward.join().unwrap_or(0);
     a_out.shutdown_both();
     b_in.shutdown_both();
+    let forward = forward.join().unwrap_or(0);
     (forward, back)
 }
 
