@@ -97,7 +97,11 @@ pub(crate) fn start(
     backend: BackendKind,
     supervision: Supervision,
 ) -> Result<NetworkBoot, ProtocolError> {
-    let with_nic = config.network.mode != NetworkMode::None;
+    // The apple-vf supervisor does not attach a NIC yet (its datagram
+    // frontend, VZFileHandleNetworkDeviceAttachment, is the Swift side's
+    // to build): a guest told to configure eth0 without one would fail
+    // its boot. Published ports work there all the same.
+    let with_nic = config.network.mode != NetworkMode::None && backend != BackendKind::AppleVf;
     if !with_nic && config.publish.is_empty() {
         return Ok(NetworkBoot::default());
     }
