@@ -95,6 +95,11 @@ impl McpServer {
             kernel_args: None,
             // The host's own architecture: the fast path, and no choice for the model.
             arch: None,
+            // The default egress policy (public: no host, private or
+            // metadata addresses) and no published ports: the model cannot
+            // widen what the guest reaches.
+            network: Default::default(),
+            publish: Vec::new(),
         })
     }
 
