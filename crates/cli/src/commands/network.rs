@@ -1,7 +1,6 @@
 //! The network flags of `run` and `create`, and `microagent egress`.
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -108,9 +107,9 @@ pub fn egress(args: EgressArgs, global: &Global) -> anyhow::Result<u8> {
             print_line(&line?, global.json);
         }
     }
-    let file = loop {
-        match std::fs::File::open(&path) {
-            Ok(f) => break f,
+    loop {
+        match std::fs::metadata(&path) {
+            Ok(_) => break,
             // No decision yet: nothing to print, unless we wait for one.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !args.follow => return Ok(0),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -121,52 +120,21 @@ pub fn egress(args: EgressArgs, global: &Global) -> anyhow::Result<u8> {
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         }
-    };
-    follow(file, &path, args.follow, global.json, || {
-        exists(&rt, &args.name)
-    })
+    }
+    crate::follow::lines(
+        &path,
+        args.follow,
+        || exists(&rt, &args.name),
+        |line| {
+            print_line(line, global.json);
+            Ok(())
+        },
+    )?;
+    Ok(0)
 }
 
 fn exists(rt: &vmkit::Runtime, name: &str) -> bool {
     rt.egress_log(name).is_ok()
-}
-
-fn follow(
-    file: std::fs::File,
-    path: &Path,
-    follow: bool,
-    json: bool,
-    alive: impl Fn() -> bool,
-) -> anyhow::Result<u8> {
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n > 0 && line.ends_with('\n') {
-            print_line(line.trim_end(), json);
-            continue;
-        }
-        if !follow || !alive() {
-            return Ok(0);
-        }
-        if n > 0 {
-            reader.seek(SeekFrom::Current(-(n as i64)))?;
-        }
-        // Rotated under us: start on the new file.
-        let rotated = match (std::fs::metadata(path), reader.get_ref().metadata()) {
-            (Ok(now), Ok(ours)) => {
-                use std::os::unix::fs::MetadataExt;
-                now.ino() != ours.ino()
-            }
-            _ => false,
-        };
-        if rotated {
-            reader = BufReader::new(std::fs::File::open(path)?);
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// One audit record: as is with --json, else one readable line. A line
