@@ -19,7 +19,7 @@ use vmkit_protocol::{
     BackendKind, ErrorCode, MachineConfig, Network, NetworkMode, ProtocolError, PublishedPort,
 };
 
-use crate::vmm_files::{clone_log, kill_child, open_log};
+use crate::vmm_files::{clone_log, kill_child, spawn_log_relay};
 use crate::{spawn_supervised, Supervision, WorkspacePaths};
 
 /// The helper binary's name.
@@ -56,8 +56,8 @@ pub(crate) struct NetworkBoot {
     pub guest: Option<GuestNetwork>,
     /// Published ports for the boot spec.
     pub publish: Option<PublishSpec>,
-    /// The running helper, if one was needed.
-    pub helper: Option<Child>,
+    /// The running helper and its log relay, if a helper was needed.
+    pub helpers: Vec<Child>,
 }
 
 /// Checks every `allow`/`deny` rule with the stack's own parser and that
@@ -150,20 +150,30 @@ pub(crate) fn start(
             guest_ports: config.publish.iter().map(|p| p.guest_port).collect(),
         });
     }
-    let log = open_log(&paths.vmm_log)?;
-    let mut child = spawn_supervised(
+    // Its warnings (denied flows) are the guest's to provoke: the log is
+    // capped like the VMM's.
+    let (mut relay, log) = spawn_log_relay(&paths.net_log, supervision)?;
+    let spawned = spawn_supervised(
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(clone_log(&log)?),
         supervision,
-    )
-    .map_err(|e| internal(format!("starting {HELPER}: {e}")))?;
-    if let Err(e) = wait_ready(&mut child, &paths.vmm_log) {
+    );
+    drop(log);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            kill_child(&mut relay);
+            return Err(internal(format!("starting {HELPER}: {e}")));
+        }
+    };
+    if let Err(e) = wait_ready(&mut child, &paths.net_log) {
         kill_child(&mut child);
+        kill_child(&mut relay);
         return Err(e);
     }
-    boot.helper = Some(child);
+    boot.helpers = vec![child, relay];
     Ok(boot)
 }
 
@@ -203,7 +213,7 @@ fn last_line(log: &Path) -> String {
     text.lines()
         .rev()
         .find(|l| l.starts_with(HELPER))
-        .unwrap_or("see vmm.log in the workspace")
+        .unwrap_or("see net.log in the workspace")
         .to_owned()
 }
 

@@ -25,6 +25,8 @@ pub struct WorkspacePaths {
     pub net_config: PathBuf,
     /// The published-port forwarder's config, rewritten at every start.
     pub publish_config: PathBuf,
+    /// The network helper's own messages (capped by a log relay).
+    pub net_log: PathBuf,
     /// The egress audit log (one JSON line per decision, rotated to `.1`).
     pub egress_log: PathBuf,
 }
@@ -56,6 +58,7 @@ impl WorkspacePaths {
             net_socket: dir.join("n.sock"),
             net_config: dir.join("net.json"),
             publish_config: dir.join("publish.json"),
+            net_log: dir.join("net.log"),
             egress_log: dir.join("egress.jsonl"),
         })
     }
