@@ -123,7 +123,7 @@ pub enum Command {
     /// Every connection, UDP flow and DNS query the guest's network policy
     /// decided on: allow or deny, protocol, destination IP:port, the name
     /// and how it was known (dns, sni, host), the rule, why, and bytes each
-    /// way. With --json the records are printed as JSON lines, unchanged.
+    /// way. With --json each record is one JSON line of type `egress`.
     Egress(commands::network::EgressArgs),
     /// Clean up VMs left behind by killed microagent commands.
     Gc,

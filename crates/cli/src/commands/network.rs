@@ -143,7 +143,15 @@ fn exists(rt: &vmkit::Runtime, name: &str) -> bool {
 /// headers: hostile text, escaped before it meets a terminal.
 fn print_line(line: &str, json: bool) {
     if json {
-        println!("{line}");
+        // Typed like every --json line (docs/json-output.md: `egress`).
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(record) => {
+                if let Err(e) = crate::output::print_typed("egress", record) {
+                    tracing::warn!("skipping an egress line: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("skipping a damaged egress line: {e}"),
+        }
         return;
     }
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
