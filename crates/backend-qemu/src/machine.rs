@@ -428,11 +428,14 @@ mod tests {
                 hostname: None,
                 arch: None,
                 workload: None,
+                network: Default::default(),
+                publish: Vec::new(),
             },
             paths: paths.clone(),
             root_disk: paths.disk.clone(),
             kernel_args: String::new(),
             detached: false,
+            nic: None,
         };
         let vhost = dir.join("vhost.sock");
         let args = QemuMachine::new().qemu_args(&plan, &vhost);

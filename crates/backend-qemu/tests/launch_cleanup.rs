@@ -26,11 +26,14 @@ fn plan(dir: &Path) -> BootPlan {
             hostname: None,
             arch: None,
             workload: None,
+            network: Default::default(),
+            publish: Vec::new(),
         },
         root_disk: paths.disk.clone(),
         paths,
         kernel_args: String::new(),
         detached: false,
+        nic: None,
     }
 }
 

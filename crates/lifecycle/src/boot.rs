@@ -33,7 +33,7 @@ impl Workspace<'_> {
         // failure before the launch ends it here.
         let mut end_helpers = |e: ProtocolError| {
             for h in &mut net_helpers {
-                crate::vmm_files::kill_child(h);
+                crate::network::kill_child(h);
             }
             e
         };
@@ -137,7 +137,7 @@ impl Workspace<'_> {
         let paths = self.paths();
         if let Err(e) = vmkit_channel::write_config_disk(&paths.config_disk, &spec) {
             for h in &mut net.helpers {
-                crate::vmm_files::kill_child(h);
+                crate::network::kill_child(h);
             }
             return Err(ProtocolError::new(
                 ErrorCode::Internal,

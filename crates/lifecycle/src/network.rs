@@ -19,7 +19,7 @@ use vmkit_protocol::{
     BackendKind, ErrorCode, MachineConfig, Network, NetworkMode, ProtocolError, PublishedPort,
 };
 
-use crate::vmm_files::{clone_log, kill_child, spawn_log_relay};
+use crate::vmm_files::{clone_log, spawn_log_relay};
 use crate::{spawn_supervised, Supervision, WorkspacePaths};
 
 /// The helper binary's name.
@@ -175,6 +175,13 @@ pub(crate) fn start(
     }
     boot.helpers = vec![child, relay];
     Ok(boot)
+}
+
+/// Kills and reaps a helper (or its relay) that must not outlive a failed
+/// start.
+pub(crate) fn kill_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Waits for the helper's `ready` line (it has created its socket and

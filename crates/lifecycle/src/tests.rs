@@ -39,6 +39,13 @@ impl Fixture {
             hostname: None,
             arch: None,
             workload,
+            // No NIC: these tests are about the lifecycle, and the fake
+            // machine has no network helper to talk to.
+            network: vmkit_protocol::Network {
+                mode: vmkit_protocol::NetworkMode::None,
+                ..Default::default()
+            },
+            publish: Vec::new(),
         }
     }
 

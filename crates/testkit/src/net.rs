@@ -167,7 +167,14 @@ fn in_ns(args: &[&str]) {
 fn setup() -> TestHost {
     // One test host per machine at a time: another test process waits.
     let lock = File::create("/tmp/microagent-testhost.lock").unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(
+        locked,
+        0,
+        "locking the test host: {}",
+        std::io::Error::last_os_error()
+    );
     tear_down_leftovers();
     ip(&["netns", "add", NETNS]);
     ip(&[

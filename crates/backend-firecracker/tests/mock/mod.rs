@@ -27,11 +27,14 @@ pub fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootP
             hostname: None,
             arch: None,
             workload: None,
+            network: Default::default(),
+            publish: Vec::new(),
         },
         root_disk: paths.disk.clone(),
         paths,
         kernel_args: "root=/dev/vda rw init=/sbin/microagent-init microagent.config=/dev/vdd"
             .into(),
         detached,
+        nic: None,
     }
 }
