@@ -13,7 +13,7 @@
 //! privileged xattrs; those are recorded as [`Fixup`]s and written into the
 //! ext4 afterwards with `debugfs` (see `ext4.rs`).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -248,38 +248,23 @@ impl Staging {
         }
     }
 
-    /// Splits an archive name into components, refusing absolute names and
-    /// `..`. An empty result names the root.
+    /// Splits an archive name into components with the checks every
+    /// archive gets ([`vmkit_archive::paths::split_name`]). An empty result
+    /// names the root.
     fn components(&self, raw: &[u8]) -> Result<Vec<OsString>, RootfsError> {
-        if raw.len() > self.limits.max_path_bytes {
-            return Err(self.refuse(
-                &raw[..64.min(raw.len())],
-                format!("name longer than {} bytes", self.limits.max_path_bytes),
-            ));
-        }
-        if raw.starts_with(b"/") {
-            return Err(self.refuse(raw, "absolute name"));
-        }
-        if raw.contains(&0) {
-            return Err(self.refuse(raw, "NUL byte in name"));
-        }
-        let mut out = Vec::new();
-        for comp in raw.split(|&b| b == b'/') {
-            match comp {
-                b"" | b"." => {}
-                b".." => return Err(self.refuse(raw, "'..' component")),
-                c if c.len() > 255 => {
-                    return Err(self.refuse(raw, "component longer than 255 bytes"))
-                }
-                c => out.push(OsStr::from_bytes(c).to_os_string()),
-            }
-        }
-        Ok(out)
+        // An over-long name is shown by its start only.
+        let shown = if raw.len() > self.limits.max_path_bytes {
+            &raw[..64.min(raw.len())]
+        } else {
+            raw
+        };
+        vmkit_archive::paths::split_name(raw, self.limits.max_path_bytes)
+            .map_err(|e| self.path_error(shown, e))
     }
 
-    /// Resolves `comps` to a path relative to the root, following symlinks
-    /// inside the root in every component except (unless `follow_last`) the
-    /// last. Returns the relative path and how many of its leading
+    /// Resolves `comps` inside the root ([`vmkit_archive::paths::resolve`]),
+    /// following symlinks in every component except (unless `follow_last`)
+    /// the last. Returns the relative path and how many of its leading
     /// components exist.
     fn resolve(
         &self,
@@ -287,69 +272,23 @@ impl Staging {
         comps: &[OsString],
         follow_last: bool,
     ) -> Result<(PathBuf, usize), RootfsError> {
-        let mut stack: Vec<OsString> = Vec::with_capacity(comps.len());
-        let mut pending: VecDeque<OsString> = comps.iter().cloned().collect();
-        let mut hops = 0u32;
-        let mut existing: Option<usize> = None;
-        while let Some(c) = pending.pop_front() {
-            if c == ".." {
-                if existing.is_some() {
-                    // `missing/..`: the kernel says ENOENT, and so do we.
-                    return Err(
-                        self.refuse(entry, "goes through a symlink into a missing directory")
-                    );
-                }
-                if stack.pop().is_none() {
-                    return Err(
-                        self.refuse(entry, "goes through a symlink that points outside the root")
-                    );
-                }
-                continue;
-            }
-            if c.is_empty() || c == "." {
-                continue;
-            }
-            let is_last = pending.is_empty();
-            if existing.is_some() {
-                stack.push(c);
-                continue;
-            }
-            let mut host = self.root.clone();
-            host.extend(&stack);
-            host.push(&c);
-            match fs::symlink_metadata(&host) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    existing = Some(stack.len());
-                    stack.push(c);
-                }
-                Err(e) => return Err(RootfsError::io(format!("inspecting {}", host.display()), e)),
-                Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                    hops += 1;
-                    if hops > self.limits.max_symlink_hops {
-                        return Err(self.refuse(entry, "too many levels of symbolic links"));
-                    }
-                    let target =
-                        fs::read_link(&host).ctx(|| format!("reading link {}", host.display()))?;
-                    let bytes = target.as_os_str().as_bytes();
-                    if bytes.starts_with(b"/") {
-                        // The image's root, not the host's.
-                        stack.clear();
-                    }
-                    for part in bytes.rsplit(|&b| b == b'/') {
-                        pending.push_front(OsStr::from_bytes(part).to_os_string());
-                    }
-                }
-                Ok(m) if !is_last && !m.is_dir() => {
-                    return Err(self.refuse(
-                        entry,
-                        format!("a parent ({}) is not a directory", host.display()),
-                    ));
-                }
-                Ok(_) => stack.push(c),
+        let r = vmkit_archive::paths::resolve(
+            &self.root,
+            comps,
+            follow_last,
+            self.limits.max_symlink_hops,
+        )
+        .map_err(|e| self.path_error(entry, e))?;
+        Ok((r.rel, r.existing))
+    }
+
+    fn path_error(&self, entry: &[u8], e: vmkit_archive::paths::PathError) -> RootfsError {
+        match e {
+            vmkit_archive::paths::PathError::Refused(reason) => self.refuse(entry, reason),
+            vmkit_archive::paths::PathError::Io { context, source } => {
+                RootfsError::io(context, source)
             }
         }
-        let depth = existing.unwrap_or(stack.len());
-        Ok((stack.iter().collect(), depth))
     }
 
     /// Resolves and creates the parent directory of `comps`; returns the
