@@ -12,6 +12,7 @@ Examples:
   microagent run --image oci-layout:./img --exec 'python3 agent.py' -e KEY=VAL --timeout 600
   microagent create ws --image 127.0.0.1:5000/agent:latest && microagent start ws
   microagent exec ws -- sh -c 'echo hi > /root/note'
+  microagent exec -it ws -- sh          (or: microagent shell ws)
   microagent halt ws && microagent start ws && microagent delete --force ws
 
 Exit codes of run and exec: the guest command's own, 0-255, unchanged (128+N if
@@ -92,7 +93,16 @@ pub enum Command {
     /// Boot a workspace; returns once its exec service answers.
     Start(commands::workspace::NameArgs),
     /// Run a command in a running workspace; exits with its exit code.
-    Exec(commands::workspace::ExecArgs),
+    ///
+    /// `-i` streams stdin, `-t` gives the command a pseudo-terminal (with
+    /// `-i` on a terminal, the host terminal is raw until it ends; window
+    /// size follows). Without `-t`, SIGINT, SIGTERM and SIGHUP sent to
+    /// microagent go to the command's process group, and microagent exits
+    /// with the command's status (130 after an interrupt that killed it).
+    Exec(commands::exec::ExecArgs),
+    /// An interactive login shell in a running workspace (bash if the image
+    /// has it, else /bin/sh); the session ends when the shell does.
+    Shell(commands::exec::ShellArgs),
     /// Shut a workspace down cleanly, keeping its disk.
     Halt(commands::workspace::NameArgs),
     /// Stop a workspace (forcibly after a grace period), keeping its disk.

@@ -9,6 +9,7 @@ mod commands;
 mod exit;
 mod follow;
 mod output;
+mod terminal;
 
 use std::process::ExitCode;
 

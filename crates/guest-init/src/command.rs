@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use vmkit_channel::{ExecRequest, Message, CHUNK_SIZE};
+use vmkit_channel::{ExecRequest, Message, TtySize, CHUNK_SIZE};
 use vmkit_protocol::RunResult;
 
 use crate::image::{resolve_user, Creds, Defaults};
+use crate::pty;
 use crate::reaper::{Exit, Reaper};
 
 /// After the command's main process exits, keep reading output this long
@@ -50,6 +51,8 @@ pub struct Launch {
     pub stdin: bool,
     /// Run on a pseudo-terminal.
     pub tty: bool,
+    /// The pseudo-terminal's size at start.
+    pub tty_size: TtySize,
     /// When to kill it.
     pub deadline: Option<Instant>,
     /// Forward at most this many output bytes.
@@ -67,6 +70,7 @@ impl Launch {
             .extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         l.stdin = req.stdin;
         l.tty = req.tty;
+        l.tty_size = req.tty_size.unwrap_or(pty::DEFAULT_SIZE);
         l.deadline = req
             .timeout_ms
             .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
@@ -114,6 +118,7 @@ impl Launch {
             creds,
             stdin: false,
             tty: false,
+            tty_size: pty::DEFAULT_SIZE,
             deadline: None,
             max_output: None,
             kill_grace: DEFAULT_KILL_GRACE,
@@ -161,6 +166,8 @@ pub struct Started {
     pub handle: std::sync::Arc<Handle>,
     /// Where the command's stdin goes (pipe, or the tty master), if it was asked for.
     pub stdin: Option<File>,
+    /// Resizes the command's pty (tty execs only).
+    pub resizer: Option<pty::Resizer>,
     exit: Receiver<Exit>,
     outputs: Vec<(Stream, File)>,
     started_at: DateTime<Utc>,
@@ -195,7 +202,8 @@ pub fn start(l: &Launch, reaper: &Reaper) -> Result<Started, String> {
     let mut outputs = Vec::new();
     let mut stdin = None;
     let tty_master = if l.tty {
-        let (master, slave) = open_pty().map_err(|e| format!("allocating a pty: {e}"))?;
+        let (master, slave) =
+            pty::open(l.tty_size).map_err(|e| format!("allocating a pty: {e}"))?;
         let slave = File::from(slave);
         let dup = |f: &File| f.try_clone().map(Stdio::from);
         cmd.stdin(dup(&slave).map_err(|e| e.to_string())?)
@@ -240,7 +248,11 @@ pub fn start(l: &Launch, reaper: &Reaper) -> Result<Started, String> {
         _ => format!("cannot run {program}: {e}"),
     })?;
     let pgid = child.id() as libc::pid_t;
+    let mut resizer = None;
     if let Some(master) = tty_master {
+        resizer = Some(pty::Resizer::new(
+            master.try_clone().map_err(|e| e.to_string())?,
+        ));
         if l.stdin {
             stdin = Some(master.try_clone().map_err(|e| e.to_string())?);
         }
@@ -262,45 +274,12 @@ pub fn start(l: &Launch, reaper: &Reaper) -> Result<Started, String> {
             exited: Mutex::new(false),
         }),
         stdin,
+        resizer,
         exit,
         outputs,
         started_at,
     })
 }
-
-/// Opens a pty pair, both ends close-on-exec so concurrent spawns do not
-/// inherit them (an inherited slave would keep the tty from ever reporting EOF).
-fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
-    grantpt(&master)?;
-    unlockpt(&master)?;
-    let name = ptsname_r(&master)?;
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(name)?;
-    let ws = libc::winsize {
-        ws_row: 24,
-        ws_col: 80,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a `winsize` through the pointer, which is valid
-    // for the call; the fd is an open pty slave.
-    unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&slave),
-            libc::TIOCSWINSZ,
-            &ws,
-        );
-    }
-    let master: OwnedFd = master.into();
-    Ok((master, slave.into()))
-}
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// Waits for the command, pumping its output through `send` as it comes,
 /// and returns its result. `send` errors (host gone) stop forwarding but not
@@ -316,6 +295,7 @@ pub fn finish(
     let Started {
         handle,
         stdin,
+        resizer: _,
         exit,
         outputs,
         started_at,

@@ -39,6 +39,7 @@ pub mod forward;
 pub mod image;
 #[cfg(target_os = "linux")]
 pub mod network;
+pub mod pty;
 pub mod reaper;
 pub mod service;
 #[cfg(target_os = "linux")]

@@ -214,12 +214,18 @@ impl Service {
                 let note = Mutex::new(None);
                 let handle = Arc::clone(&started.handle);
                 let stdin = started.stdin.take();
+                let resizer = started.resizer.take();
                 let tty = launch.tty;
                 let done = AtomicBool::new(false);
                 std::thread::scope(|s| {
                     let (note, done) = (&note, &done);
                     let timeout = self.frame_timeout;
-                    s.spawn(move || feed(reader, stdin, tty, &handle, note, done, timeout));
+                    let input = Input {
+                        stdin,
+                        tty,
+                        resizer,
+                    };
+                    s.spawn(move || feed(reader, input, &handle, note, done, timeout));
                     let send = |m: Message| writer.send(&m);
                     let r = finish(started, &launch, &send, note);
                     done.store(true, Ordering::SeqCst);
@@ -236,13 +242,22 @@ impl Service {
     }
 }
 
-/// Reads what the host sends during an exec: stdin, stdin EOF, signals. The
-/// host closing the connection (or sending garbage) before the result means
-/// it gave up: the command is killed.
+/// Where what the host sends during an exec goes.
+struct Input {
+    /// The command's stdin (pipe or pty master), if the request asked for it.
+    stdin: Option<std::fs::File>,
+    /// Whether the command runs on a pty.
+    tty: bool,
+    /// Resizes the pty.
+    resizer: Option<crate::pty::Resizer>,
+}
+
+/// Reads what the host sends during an exec: stdin, stdin EOF, signals,
+/// terminal resizes. The host closing the connection (or sending garbage)
+/// before the result means it gave up: the command is killed.
 fn feed<C: Connection>(
     mut conn: C,
-    mut stdin: Option<std::fs::File>,
-    tty: bool,
+    input: Input,
     handle: &crate::command::Handle,
     note: &Mutex<Option<String>>,
     done: &AtomicBool,
@@ -251,6 +266,11 @@ fn feed<C: Connection>(
     // A frame that starts must finish within this; a stalled half-frame
     // counts as garbage.
     let _ = conn.set_read_timeout(Some(frame_timeout));
+    let Input {
+        mut stdin,
+        tty,
+        resizer,
+    } = input;
     if let Some(f) = &stdin {
         // Non-blocking, so a full pipe nobody reads (a background grandchild
         // holding it) cannot keep this thread, and so the exec, alive.
@@ -292,6 +312,12 @@ fn feed<C: Connection>(
                 stdin = None;
             }
             Ok(Some(Message::Signal { signal })) => handle.signal(signal),
+            Ok(Some(Message::Resize(size))) => {
+                // Not a tty: nothing to resize, and no reason to fail the exec.
+                if let Some(r) = &resizer {
+                    r.resize(size);
+                }
+            }
             Ok(Some(Message::Ping)) => {}
             Ok(None) => {
                 handle.signal(libc::SIGKILL);

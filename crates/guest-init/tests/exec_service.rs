@@ -346,6 +346,103 @@ fn tty_mode_runs_on_a_terminal() {
     assert!(err.is_empty());
 }
 
+/// A sink that, the first time the output contains `trigger`, runs `then`.
+struct OnOutput<F: FnMut()> {
+    seen: Vec<u8>,
+    trigger: &'static str,
+    then: Option<F>,
+}
+
+impl<F: FnMut()> Write for OnOutput<F> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.seen.extend_from_slice(b);
+        if String::from_utf8_lossy(&self.seen).contains(self.trigger) {
+            if let Some(mut f) = self.then.take() {
+                f();
+            }
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn tty_size_is_set_at_start_and_follows_resizes() {
+    use vmkit_channel::host::{exec_over_with, ExecHandle};
+    use vmkit_channel::TtySize;
+    let svc = service();
+    let req = ExecRequest {
+        tty: true,
+        tty_size: Some(TtySize {
+            rows: 33,
+            cols: 101,
+        }),
+        ..ExecRequest::shell("stty size; read x; stty size")
+    };
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let (stdin_r, mut stdin_w) = UnixStream::pair().unwrap();
+    let handle = ExecHandle::new();
+    let h = handle.clone();
+    let mut out = OnOutput {
+        seen: Vec::new(),
+        trigger: "33 101",
+        then: Some(move || {
+            h.resize(TtySize { rows: 50, cols: 7 }).unwrap();
+            stdin_w.write_all(b"go\n").unwrap();
+        }),
+    };
+    let r = exec_over_with(
+        host,
+        &req,
+        Some(Box::new(stdin_r)),
+        &mut out,
+        &mut io::sink(),
+        LONG,
+        &handle,
+    )
+    .unwrap();
+    assert_eq!(r.exit_code, Some(0));
+    let text = String::from_utf8_lossy(&out.seen);
+    assert!(text.contains("33 101") && text.contains("50 7"), "{text:?}");
+    assert!(handle.is_finished());
+    assert!(
+        !handle.signal(2).unwrap(),
+        "a finished exec takes no signals"
+    );
+}
+
+#[test]
+fn a_signal_through_the_handle_reaches_the_process_group() {
+    use vmkit_channel::host::{exec_over_with, ExecHandle};
+    let svc = service();
+    let (host, guest) = UnixStream::pair().unwrap();
+    svc.spawn_handler(guest);
+    let handle = ExecHandle::new();
+    // Sent before the exec starts: remembered and delivered at start.
+    assert!(handle.signal(libc::SIGINT).unwrap());
+    let h = handle.clone();
+    let mut out = OnOutput {
+        seen: Vec::new(),
+        trigger: "started",
+        then: Some(move || {
+            h.signal(libc::SIGINT).unwrap();
+        }),
+    };
+    let req = ExecRequest::shell(
+        "trap 'echo caught; exit 9' INT; echo started; while :; do sleep 0.1; done",
+    );
+    let r = exec_over_with(host, &req, None, &mut out, &mut io::sink(), LONG, &handle).unwrap();
+    // Either the early or the later SIGINT ended it, through the trap or by the signal.
+    assert!(
+        r.exit_code == Some(9) || r.signal == Some(libc::SIGINT),
+        "{r:?}: {:?}",
+        String::from_utf8_lossy(&out.seen)
+    );
+}
+
 #[test]
 fn ping_and_shutdown() {
     setup();

@@ -12,6 +12,29 @@ use crate::lifecycle::{backstop, ExecOptions, Lifecycle};
 use crate::workspace::guest_err;
 
 impl Lifecycle {
+    /// A client of a running workspace's exec service (for execs and
+    /// copies); refuses a workspace that is not running.
+    pub fn exec_client(&self, state_dir: &Path, name: &str) -> Result<ExecClient, ProtocolError> {
+        // Execs run concurrently, so they take the lock only to check state.
+        let identity = Identity {
+            request_id: "exec".into(),
+            runtime_id: name.to_owned(),
+            role: "workspace".into(),
+            backend: self.machine.kind(),
+        };
+        let ws = self.open(state_dir, &identity)?;
+        let remedy = if ws.record.state == State::Paused {
+            "resume"
+        } else {
+            "start"
+        };
+        ws.require(
+            State::Running,
+            &format!("`microagent {remedy} {name}` first"),
+        )?;
+        Ok(ExecClient::new(&ws.paths().vsock, ws.exec_port()))
+    }
+
     /// Runs a command in a running workspace, streaming its output.
     pub fn exec_streaming(
         &self,
@@ -22,33 +45,14 @@ impl Lifecycle {
         stderr: &mut dyn Write,
     ) -> Result<RunResult, ProtocolError> {
         let deadline = exec_deadline(options.request.timeout_ms)?;
-        // Execs run concurrently, so they take the lock only to check state.
-        let (vsock, port) = {
-            let identity = Identity {
-                request_id: "exec".into(),
-                runtime_id: name.to_owned(),
-                role: "workspace".into(),
-                backend: self.machine.kind(),
-            };
-            let ws = self.open(state_dir, &identity)?;
-            let remedy = if ws.record.state == State::Paused {
-                "resume"
-            } else {
-                "start"
-            };
-            ws.require(
-                State::Running,
-                &format!("`microagent {remedy} {name}` first"),
-            )?;
-            (ws.paths().vsock.clone(), ws.exec_port())
-        };
-        ExecClient::new(&vsock, port)
-            .exec(
+        self.exec_client(state_dir, name)?
+            .exec_with(
                 &options.request,
                 options.stdin,
                 stdout,
                 stderr,
                 backstop(deadline),
+                &options.handle,
             )
             .map_err(|e| guest_err(format!("exec in {name:?}: {e}")))
     }

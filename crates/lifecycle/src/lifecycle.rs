@@ -48,6 +48,9 @@ pub struct ExecOptions {
     pub request: ExecRequest,
     /// Bytes for the command's stdin, streamed as they are read.
     pub stdin: Option<Box<dyn Read + Send>>,
+    /// Steers the exec while it runs (signals, pty resizes); a fresh
+    /// [`vmkit_channel::host::ExecHandle::new`] when the caller does not need to.
+    pub handle: vmkit_channel::host::ExecHandle,
 }
 
 /// The shared lifecycle over one backend's [`Machine`].

@@ -51,7 +51,7 @@ pub use frame::{read_message, write_message, FrameError, MAX_CHUNK_LEN, MAX_HEAD
 pub use guestnet::{GuestNetwork, HostEntry, PublishSpec, DEFAULT_FORWARD_PORT, HOST_ALIAS};
 #[cfg(unix)]
 pub use host::ChannelError;
-pub use message::{ExecRequest, Message, Ready, SetupStep, CHUNK_SIZE};
+pub use message::{ExecRequest, Message, Ready, SetupStep, TtySize, CHUNK_SIZE};
 
 /// Guest port the guest init connects to on the host (CID 2) at boot, unless
 /// the boot spec says otherwise.

@@ -45,6 +45,9 @@ pub enum Message {
         /// Signal number (Linux numbering, e.g. 15 for SIGTERM).
         signal: i32,
     },
+    /// host -> guest: the host terminal's new size (tty execs; the guest
+    /// sets it on the pty, which signals SIGWINCH to the foreground job).
+    Resize(TtySize),
     /// host -> guest: sync and power off.
     Shutdown,
     /// Either way: liveness probe; answered by `pong`.
@@ -95,6 +98,7 @@ impl Message {
             Message::Stdin(_) => "stdin",
             Message::StdinEof => "stdinEof",
             Message::Signal { .. } => "signal",
+            Message::Resize(_) => "resize",
             Message::Shutdown => "shutdown",
             Message::Ping => "ping",
             Message::Pong => "pong",
@@ -138,6 +142,9 @@ pub struct ExecRequest {
     /// Run on a pseudo-terminal: stdout and stderr merge into `stdout` chunks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// The pty's size at start (tty only; default 24x80); `resize` changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<TtySize>,
     /// Forward at most this many output bytes (stdout and stderr together);
     /// the rest is read and dropped, and the result's `error` says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +193,16 @@ impl ExecRequest {
     }
 }
 
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TtySize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
 /// The workspace's "booted" notice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -221,6 +238,7 @@ pub(crate) enum Header {
     Stdin { len: u32 },
     StdinEof,
     Signal { signal: i32 },
+    Resize(TtySize),
     Shutdown,
     Ping,
     Pong,

@@ -2,6 +2,7 @@
 //! that returns the process exit code.
 
 pub mod doctor;
+pub mod exec;
 pub mod image;
 pub mod kernel;
 pub mod mcp;
@@ -21,7 +22,8 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(args, global),
         Command::Create(args) => workspace::create(args, global),
         Command::Start(args) => workspace::start(args, global),
-        Command::Exec(args) => workspace::exec(args, global),
+        Command::Exec(args) => exec::exec(args, global),
+        Command::Shell(args) => exec::shell(args, global),
         Command::Halt(args) => workspace::halt(args, global),
         Command::Stop(args) => workspace::stop(args, global),
         Command::Kill(args) => workspace::kill(args, global),

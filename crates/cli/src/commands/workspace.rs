@@ -80,29 +80,6 @@ pub struct CreateArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    /// The workspace name.
-    pub name: String,
-
-    /// Environment variable (KEY=VAL); repeatable.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VAL", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-
-    /// Working directory in the guest.
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<String>,
-
-    /// Deadline in seconds; on expiry the command's process group gets
-    /// SIGTERM, then SIGKILL, and microagent exits 124.
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
-
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "ARGV")]
-    pub argv: Vec<String>,
-}
-
-#[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// The workspace name.
     pub name: String,
@@ -120,7 +97,7 @@ pub struct EventsArgs {
     pub follow: bool,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected KEY=VAL, got {s:?}")),
@@ -168,7 +145,7 @@ pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<
 }
 
 /// The runtime for the backend workspace `name` was created with.
-fn workspace_runtime(global: &Global, name: &str) -> anyhow::Result<vmkit::Runtime> {
+pub fn workspace_runtime(global: &Global, name: &str) -> anyhow::Result<vmkit::Runtime> {
     vmkit::Runtime::for_workspace(
         &global.state_dir,
         name,
@@ -264,52 +241,6 @@ pub fn start(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
-    let rt = workspace_runtime(global, &args.name)?;
-    let stdin_is_data = !std::io::stdin().is_terminal();
-    let request = vmkit::ExecRequest {
-        argv: args.argv.clone(),
-        env: args.env.iter().cloned().collect(),
-        cwd: args.cwd.clone(),
-        timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
-        ..vmkit::ExecRequest::default()
-    };
-    let options = vmkit::ExecOptions {
-        request,
-        stdin: stdin_is_data.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-    };
-    let result = if global.json {
-        rt.exec(
-            &args.name,
-            options,
-            &mut crate::output::JsonStream::stdout(),
-            &mut crate::output::JsonStream::stderr(),
-        )
-    } else {
-        rt.exec(
-            &args.name,
-            options,
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        )
-    }
-    .map_err(exit::classify)?;
-    let timed_out = result.timed_out;
-    let (code, source) = exit::code_of(&result, false);
-    if global.json {
-        crate::output::print_result(
-            &args.name,
-            &result,
-            (code, source),
-            serde_json::json!({"timedOut": timed_out}),
-        );
-    } else if timed_out {
-        eprintln!(
-            "microagent: timed out after {}s",
-            args.timeout.unwrap_or_default()
-        );
-    }
-    Ok(code)
 }
 
 pub(crate) fn simple(

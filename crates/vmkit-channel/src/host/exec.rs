@@ -8,8 +8,7 @@ use std::time::Duration;
 use vmkit_protocol::RunResult;
 
 use super::control::checked_result;
-use super::{connect, deadline_after, io_err, recv, send, sink, ChannelError};
-use crate::frame::write_message;
+use super::{connect, deadline_after, io_err, recv, send, sink, ChannelError, ExecHandle};
 use crate::message::{ExecRequest, Message, CHUNK_SIZE};
 
 /// Client of the guest's exec service, reached through the VMM's hybrid
@@ -51,8 +50,28 @@ impl ExecClient {
         stderr: &mut dyn Write,
         timeout: Duration,
     ) -> Result<RunResult, ChannelError> {
-        let stream = connect(&self.uds_path, self.port, self.connect_timeout)?;
-        exec_over(stream, req, stdin, stdout, stderr, timeout)
+        self.exec_with(req, stdin, stdout, stderr, timeout, &ExecHandle::new())
+    }
+
+    /// [`ExecClient::exec`], steered while it runs through `handle`
+    /// (signals, pty resizes).
+    pub fn exec_with(
+        &self,
+        req: &ExecRequest,
+        stdin: Option<Box<dyn Read + Send>>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        timeout: Duration,
+        handle: &ExecHandle,
+    ) -> Result<RunResult, ChannelError> {
+        let stream = match connect(&self.uds_path, self.port, self.connect_timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                handle.finish();
+                return Err(e);
+            }
+        };
+        exec_over_with(stream, req, stdin, stdout, stderr, timeout, handle)
     }
 
     /// Asks the guest to sync and power off; returns once it acknowledged.
@@ -103,66 +122,85 @@ pub fn exec_over(
     stderr: &mut dyn Write,
     timeout: Duration,
 ) -> Result<RunResult, ChannelError> {
+    exec_over_with(
+        stream,
+        req,
+        stdin,
+        stdout,
+        stderr,
+        timeout,
+        &ExecHandle::new(),
+    )
+}
+
+/// [`exec_over`], steered through `handle` while it runs.
+pub fn exec_over_with(
+    stream: UnixStream,
+    req: &ExecRequest,
+    stdin: Option<Box<dyn Read + Send>>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    timeout: Duration,
+    handle: &ExecHandle,
+) -> Result<RunResult, ChannelError> {
+    let result = exec_steered(&stream, req, stdin, stdout, stderr, timeout, handle);
+    // Closing tells the guest to kill the command if it is still running
+    // (timeouts, sink errors) and unblocks a stdin write stuck on a full
+    // socket, which holds the handle's lock: so close first, then finish.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    handle.finish();
+    result
+}
+
+fn exec_steered(
+    stream: &UnixStream,
+    req: &ExecRequest,
+    stdin: Option<Box<dyn Read + Send>>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    timeout: Duration,
+    handle: &ExecHandle,
+) -> Result<RunResult, ChannelError> {
     let deadline = deadline_after(timeout);
     let mut req = req.clone();
     req.stdin = stdin.is_some();
     req.validate().map_err(ChannelError::Invalid)?;
-    send(&stream, &Message::Exec(req), timeout)?;
+    send(stream, &Message::Exec(req), timeout)?;
     // No write timeout for stdin: backpressure from a slow command is normal,
-    // and the thread ends when the connection is shut down below.
+    // and the thread ends when the connection is shut down.
     stream
         .set_write_timeout(None)
         .map_err(io_err("clearing the write timeout"))?;
-    let feeder = match stdin {
-        Some(mut input) => {
-            let mut w = stream.try_clone().map_err(io_err("cloning the stream"))?;
-            Some(std::thread::spawn(move || {
-                let mut buf = vec![0u8; CHUNK_SIZE];
-                loop {
-                    let n = match input.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if write_message(&mut w, &Message::Stdin(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-                let _ = write_message(&mut w, &Message::StdinEof);
-            }))
-        }
-        None => None,
-    };
-    let result = loop {
-        match recv(&stream, deadline, "waiting for the command to finish") {
-            Ok(Message::Stdout(b)) => {
-                if let Err(e) = sink(stdout, &b) {
-                    break Err(e);
+    handle.attach(stream)?;
+    if let Some(mut input) = stdin {
+        let feeder = handle.clone();
+        // Not joined: it may sit in a read of the caller's stdin after the
+        // command ended; it stops at its next write once the exec is over.
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if feeder.send(&Message::Stdin(buf[..n].to_vec())).is_err() {
+                    return;
                 }
             }
-            Ok(Message::Stderr(b)) => {
-                if let Err(e) = sink(stderr, &b) {
-                    break Err(e);
-                }
-            }
-            Ok(Message::Result(r)) => break checked_result(r),
-            Ok(other) => {
-                break Err(ChannelError::Protocol(format!(
+            let _ = feeder.send(&Message::StdinEof);
+        });
+    }
+    loop {
+        match recv(stream, deadline, "waiting for the command to finish")? {
+            Message::Stdout(b) => sink(stdout, &b)?,
+            Message::Stderr(b) => sink(stderr, &b)?,
+            Message::Result(r) => return checked_result(r),
+            other => {
+                return Err(ChannelError::Protocol(format!(
                     "unexpected {} during an exec",
                     other.kind()
                 )))
             }
-            Err(e) => break Err(e),
-        }
-    };
-    // Closing tells the guest to kill the command if it is still running
-    // (timeouts, sink errors) and unblocks the stdin thread's writes.
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    if let Some(f) = feeder {
-        // The thread may sit in a read of the caller's stdin: do not wait for it
-        // unless it has already finished.
-        if f.is_finished() {
-            let _ = f.join();
         }
     }
-    result
 }

@@ -30,7 +30,10 @@ mod control;
 mod exec;
 
 pub use control::{Control, RunOutcome, RunReport};
-pub use exec::{exec_over, shutdown_over, ExecClient};
+pub use exec::{exec_over, exec_over_with, shutdown_over, ExecClient};
+
+mod session;
+pub use session::ExecHandle;
 
 /// Why a host-side channel operation failed.
 #[derive(Debug, thiserror::Error)]
