@@ -43,7 +43,8 @@ fn hostile_entries_write_nothing_outside_the_destination() {
     use tar::EntryType as T;
     let outside = tempfile::tempdir().unwrap();
     let dst = outside.path().join("dst");
-    let cases: Vec<(&str, Vec<(T, &[u8], &[u8])>)> = vec![
+    type Entry<'a> = (T, &'a [u8], &'a [u8]);
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
         ("dotdot", vec![(T::Regular, b"../x", b"")]),
         ("absolute", vec![(T::Regular, b"/abs", b"")]),
         (

@@ -182,6 +182,19 @@ pub fn validate(config: &vmkit_protocol::MachineConfig) -> Result<(), ProtocolEr
             config.cpu_count
         )));
     }
+    refuse_volumes(&config.volumes)
+}
+
+/// Firecracker has no virtio-fs: any volume is refused, with the way out.
+pub fn refuse_volumes(volumes: &[vmkit_protocol::Volume]) -> Result<(), ProtocolError> {
+    if let Some(v) = volumes.first() {
+        return Err(ProtocolError::invalid(format!(
+            "the firecracker backend has no virtio-fs, so host folders cannot be volumes \
+             (-v {}:{}); put the files on an ext4 image and attach it with \
+             --disk NAME=IMAGE:{}:rw, or use --backend qemu",
+            v.host_path, v.guest_path, v.guest_path
+        )));
+    }
     Ok(())
 }
 
@@ -343,6 +356,7 @@ mod tests {
                 memory_mib: 512,
                 cpu_count: 2,
                 disks,
+                volumes: vec![],
                 kernel_args: Some("quiet loglevel=3".into()),
                 hostname: None,
                 arch: None,

@@ -93,9 +93,14 @@ impl Machine for FirecrackerMachine {
         binary().map(|_| ())
     }
 
+    fn check_volumes(&self, volumes: &[vmkit_protocol::Volume]) -> Result<(), ProtocolError> {
+        config::refuse_volumes(volumes)
+    }
+
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
-        self.available()?;
+        // What the backend cannot do at all is said first, wherever it runs.
         config::validate(config)?;
+        self.available()?;
         vmkit_lifecycle::check_config_files(config)
     }
 

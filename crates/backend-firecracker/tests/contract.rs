@@ -32,6 +32,7 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
                     },
                 })
                 .collect(),
+            volumes: vec![],
             kernel_args: None,
             hostname: None,
             arch: None,

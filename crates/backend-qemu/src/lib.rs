@@ -12,6 +12,7 @@
 mod accel;
 mod machine;
 pub mod qmp;
+mod volumes;
 
 pub use accel::choose_accelerator;
 pub use machine::{QemuMachine, QMP_SOCKET};

@@ -193,6 +193,7 @@ impl QemuMachine {
             format!("{vsock},chardev=vsock"),
         ]);
         args.extend(nic_args(plan.nic.as_ref()));
+        args.extend(crate::volumes::qemu_args(&plan.paths.dir, c.volumes.len()));
         args
     }
 }
@@ -318,8 +319,9 @@ impl Machine for QemuMachine {
         guard.helper(vhost_child);
         guard.checkpoint("vhost-device-vsock started")?;
         let vhost_child = guard.helper_mut(1);
-        wait_for_socket(&vhost_socket, vhost_child)?;
+        wait_for_socket(&vhost_socket, vhost_child, "vhost-device-vsock")?;
         guard.checkpoint("vhost-device-vsock ready")?;
+        crate::volumes::start_servers(plan, &log, supervision, &mut guard)?;
 
         let args = self.qemu_args(plan, &vhost_socket);
         // One JSON array, so scripts/bench-run can replay the exact command.
@@ -352,7 +354,12 @@ fn internal(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Internal, message)
 }
 
-fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), ProtocolError> {
+/// Waits until helper `what` (a vhost-user backend) has created its socket.
+pub(crate) fn wait_for_socket(
+    path: &Path,
+    child: &mut Child,
+    what: &str,
+) -> Result<(), ProtocolError> {
     let deadline = Instant::now() + VHOST_READY;
     loop {
         if path.exists() {
@@ -360,12 +367,12 @@ fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), ProtocolError> 
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(internal(format!(
-                "vhost-device-vsock exited at start ({status}); see vmm.log in the workspace"
+                "{what} exited at start ({status}); see vmm.log in the workspace"
             )));
         }
         if Instant::now() >= deadline {
             return Err(internal(format!(
-                "vhost-device-vsock did not create {} within {}s",
+                "{what} did not create {} within {}s",
                 path.display(),
                 VHOST_READY.as_secs()
             )));

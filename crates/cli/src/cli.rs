@@ -13,6 +13,7 @@ Examples:
   microagent create ws --image 127.0.0.1:5000/agent:latest && microagent start ws
   microagent exec ws -- sh -c 'echo hi > /root/note'
   microagent exec -it ws -- sh          (or: microagent shell ws)
+  microagent cp ./project ws:/work && microagent cp ws:/work/out ./out
   microagent halt ws && microagent start ws && microagent delete --force ws
 
 Exit codes of run and exec: the guest command's own, 0-255, unchanged (128+N if
@@ -42,8 +43,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "MICROAGENT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// More diagnostics on stderr (-v info, -vv debug). MICROAGENT_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More diagnostics on stderr (once: info, twice: debug). MICROAGENT_LOG
+    /// overrides. (No `-v`: that is `--volume`, as in docker.)
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     #[command(subcommand)]
@@ -103,6 +105,8 @@ pub enum Command {
     /// An interactive login shell in a running workspace (bash if the image
     /// has it, else /bin/sh); the session ends when the shell does.
     Shell(commands::exec::ShellArgs),
+    /// Copy files and folders between the host and a workspace (docker cp's shape).
+    Cp(commands::copy::CpArgs),
     /// Shut a workspace down cleanly, keeping its disk.
     Halt(commands::workspace::NameArgs),
     /// Stop a workspace (forcibly after a grace period), keeping its disk.

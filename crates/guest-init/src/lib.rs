@@ -36,6 +36,7 @@
 pub mod command;
 #[cfg(target_os = "linux")]
 pub mod forward;
+pub mod copy;
 pub mod image;
 #[cfg(target_os = "linux")]
 pub mod network;
@@ -44,6 +45,8 @@ pub mod reaper;
 pub mod service;
 #[cfg(target_os = "linux")]
 pub mod system;
+#[cfg(target_os = "linux")]
+pub mod volumes;
 #[cfg(target_os = "linux")]
 pub mod vsock;
 

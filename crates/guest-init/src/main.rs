@@ -86,6 +86,11 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             Err(e) => errors.push(e),
         }
     }
+    if errors.is_empty() {
+        if let Err(e) = vmkit_guest_init::volumes::mount_volumes(&spec.volumes) {
+            errors.push(e);
+        }
+    }
     let image = ImageConfig::load(IMAGE_CONFIG_PATH.as_ref()).unwrap_or_else(|e| {
         errors.push(format!("image config: {e}"));
         ImageConfig::default()

@@ -163,6 +163,14 @@ impl Service {
                 self.exec(conn, req);
                 return;
             }
+            Ok(Some(Message::CopyIn(req))) => {
+                crate::copy::copy_in(conn, &req, self.frame_timeout);
+                return;
+            }
+            Ok(Some(Message::CopyOut(req))) => {
+                crate::copy::copy_out(conn, &req);
+                return;
+            }
             Ok(Some(Message::Ping)) => Some(Message::Pong),
             Ok(Some(Message::Shutdown)) => {
                 let _ = write_message(&mut conn, &Message::Ack);
@@ -177,7 +185,10 @@ impl Service {
                 None
             }
             Ok(Some(other)) => Some(Message::Error {
-                message: format!("expected exec, shutdown or ping, got {}", other.kind()),
+                message: format!(
+                    "expected exec, copyIn, copyOut, shutdown or ping, got {}",
+                    other.kind()
+                ),
             }),
             Err(e) => Some(Message::Error {
                 message: format!("bad frame: {e}"),

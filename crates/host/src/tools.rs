@@ -13,6 +13,8 @@ pub enum Tool {
     Firecracker,
     /// QEMU's vsock bridge (Firecracker's hybrid-vsock convention).
     VhostDeviceVsock,
+    /// QEMU's virtio-fs file server, for host folders as volumes.
+    Virtiofsd,
     /// Builds ext4 root disks.
     Mke2fs,
     /// Fixes ownership in ext4 images built without root.
@@ -27,6 +29,7 @@ impl Tool {
             Tool::QemuAarch64 => "qemu-system-aarch64",
             Tool::Firecracker => "firecracker",
             Tool::VhostDeviceVsock => "vhost-device-vsock",
+            Tool::Virtiofsd => "virtiofsd",
             Tool::Mke2fs => "mke2fs",
             Tool::Debugfs => "debugfs",
         }

@@ -72,6 +72,7 @@ mod tests {
                 memory_mib: 128,
                 cpu_count: 1,
                 disks: vec![],
+                volumes: vec![],
                 kernel_args: None,
                 hostname: None,
                 arch: None,

@@ -32,6 +32,7 @@ mod process;
 mod run;
 pub mod vmm_files;
 mod workspace;
+pub mod volumes;
 
 #[cfg(test)]
 mod fake;
@@ -39,7 +40,7 @@ mod fake;
 mod tests;
 
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
-pub use machine::{check_config_files, BootPlan, LaunchGuard, Launched, Machine, INJECTED_FAILURE};
+pub use machine::{check_config_files, check_volume_folders, BootPlan, LaunchGuard, Launched, Machine, INJECTED_FAILURE};
 pub use network::Nic;
 pub use paths::WorkspacePaths;
 pub use process::{spawn_supervised, terminate, Supervision};

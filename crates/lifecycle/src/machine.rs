@@ -191,8 +191,9 @@ impl Drop for LaunchGuard {
     }
 }
 
-/// Checks that the files a config names exist: the kernel and every extra
-/// disk. Every backend's [`Machine::check`] starts with this.
+/// Checks that the files a config names exist: the kernel, every extra
+/// disk and every volume's host folder. Every backend's [`Machine::check`]
+/// starts with this.
 pub fn check_config_files(config: &MachineConfig) -> Result<(), ProtocolError> {
     let kernel = std::path::Path::new(&config.kernel_path);
     if !kernel.is_file() {
@@ -209,6 +210,28 @@ pub fn check_config_files(config: &MachineConfig) -> Result<(), ProtocolError> {
             )));
         }
     }
+    check_volume_folders(&config.volumes)
+}
+
+/// Checks that every volume's host path is an existing folder.
+pub fn check_volume_folders(volumes: &[vmkit_protocol::Volume]) -> Result<(), ProtocolError> {
+    for (i, v) in volumes.iter().enumerate() {
+        match std::fs::metadata(&v.host_path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ProtocolError::invalid(format!(
+                    "volumes[{i}]: {} is not a folder (a volume shares a folder; a file goes in with `microagent cp`)",
+                    v.host_path
+                )))
+            }
+            Err(e) => {
+                return Err(ProtocolError::invalid(format!(
+                    "volumes[{i}]: host folder {}: {e}",
+                    v.host_path
+                )))
+            }
+        }
+    }
     Ok(())
 }
 
@@ -221,6 +244,11 @@ pub trait Machine: Send + Sync {
     /// Whether this backend can run on this host at all (binaries present,
     /// accelerator usable), before any kernel or image work is done.
     fn available(&self) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+    /// Whether this backend can share these host folders (checked before
+    /// any kernel or image work, like `available`).
+    fn check_volumes(&self, _volumes: &[vmkit_protocol::Volume]) -> Result<(), ProtocolError> {
         Ok(())
     }
     /// Whether `config` can run here (what `available` checks, plus the

@@ -62,7 +62,8 @@ impl McpServer {
         image: &str,
         progress: &Progress,
     ) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
-        rt.preflight().map_err(|e| e.to_string())?;
+        // No volumes: host folders are never the model's to choose.
+        rt.preflight(&[]).map_err(|e| e.to_string())?;
         progress.say("checking the kernel");
         let kernel = rt
             .kernel(GuestArch::host(), None, &mut |ev| {
@@ -88,6 +89,7 @@ impl McpServer {
             cpus,
             // Host folders and disks are never the model's to choose.
             disks: Vec::new(),
+            volumes: Vec::new(),
             env,
             cwd: None,
             user: None,
@@ -120,6 +122,7 @@ impl McpServer {
             let options = vmkit::ExecOptions {
                 request,
                 stdin: stdin.map(|b| Box::new(Cursor::new(b)) as Box<dyn std::io::Read + Send>),
+                handle: vmkit::ExecHandle::new(),
             };
             let result = rt
                 .exec(&name, options, &mut out, &mut err)

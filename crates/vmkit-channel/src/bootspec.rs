@@ -43,6 +43,9 @@ pub struct BootSpec {
     /// Extra disks, mounted in this order (so later mountpoints may nest in earlier ones).
     #[serde(default)]
     pub disks: Vec<DiskMount>,
+    /// Host folders (virtio-fs), mounted in this order after the disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
     /// Environment on top of the image's `Env`, for every command.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -84,6 +87,7 @@ impl Default for BootSpec {
         BootSpec {
             hostname: None,
             disks: Vec::new(),
+            volumes: Vec::new(),
             env: BTreeMap::new(),
             cwd: None,
             user: None,
@@ -95,6 +99,20 @@ impl Default for BootSpec {
             publish: None,
         }
     }
+}
+
+/// A host folder for the guest init to mount: a virtio-fs device the
+/// host exported under `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The virtio-fs tag (the device's name), e.g. `vol0`.
+    pub tag: String,
+    /// Absolute guest directory; created if missing.
+    pub mountpoint: String,
+    /// Mount read-only too (the host refuses writes either way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// An extra disk for the guest init to mount.
@@ -185,6 +203,20 @@ impl BootSpec {
                 ));
             }
             absolute_dir(&format!("disks[{i}].mountpoint"), &d.mountpoint)?;
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let tag_ok = !v.tag.is_empty()
+                && v.tag.len() <= 36
+                && v.tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !tag_ok {
+                return bad(format!(
+                    "volumes[{i}].tag must be 1-36 letters, digits, '-' or '_', got {:?}",
+                    v.tag
+                ));
+            }
+            absolute_dir(&format!("volumes[{i}].mountpoint"), &v.mountpoint)?;
         }
         for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -332,6 +364,11 @@ mod tests {
                 mountpoint: "/data".into(),
                 read_only: true,
                 fs_type: None,
+            }],
+            volumes: vec![VolumeMount {
+                tag: "vol0".into(),
+                mountpoint: "/work".into(),
+                read_only: true,
             }],
             env: [("A".to_string(), "1".to_string())].into(),
             cwd: Some("/data".into()),

@@ -67,7 +67,7 @@ pub fn write_message<W: Write + ?Sized>(w: &mut W, msg: &Message) -> Result<(), 
 /// Encodes one message into a complete frame.
 pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
     let payload: &[u8] = match msg {
-        Message::Stdin(b) | Message::Stdout(b) | Message::Stderr(b) => b,
+        Message::Stdin(b) | Message::Stdout(b) | Message::Stderr(b) | Message::Data(b) => b,
         _ => &[],
     };
     let len = u32::try_from(payload.len())
@@ -84,6 +84,11 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
         Message::StdinEof => Header::StdinEof,
         Message::Signal { signal } => Header::Signal { signal: *signal },
         Message::Resize(t) => Header::Resize(*t),
+        Message::CopyIn(r) => Header::CopyIn(r.clone()),
+        Message::CopyOut(r) => Header::CopyOut(r.clone()),
+        Message::Data(_) => Header::Data { len },
+        Message::DataEnd => Header::DataEnd,
+        Message::CopyDone(s) => Header::CopyDone(*s),
         Message::Shutdown => Header::Shutdown,
         Message::Ping => Header::Ping,
         Message::Pong => Header::Pong,
@@ -156,6 +161,11 @@ pub fn read_message<R: Read + ?Sized>(r: &mut R) -> Result<Option<Message>, Fram
         Header::StdinEof => Message::StdinEof,
         Header::Signal { signal } => Message::Signal { signal },
         Header::Resize(t) => Message::Resize(t),
+        Header::CopyIn(r) => Message::CopyIn(r),
+        Header::CopyOut(r) => Message::CopyOut(r),
+        Header::Data { len } => Message::Data(payload(len)?),
+        Header::DataEnd => Message::DataEnd,
+        Header::CopyDone(s) => Message::CopyDone(s),
         Header::Shutdown => Message::Shutdown,
         Header::Ping => Message::Ping,
         Header::Pong => Message::Pong,

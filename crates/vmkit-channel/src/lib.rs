@@ -44,14 +44,17 @@ pub mod relay;
 
 pub use bootspec::{
     config_device_from_cmdline, encode_config, kernel_args, read_config, write_config_disk,
-    BootSpec, ConfigError, DiskMount, FileSpec, Mode, RunSpec, CMDLINE_CONFIG_KEY,
+    BootSpec, ConfigError, DiskMount, FileSpec, Mode, RunSpec, VolumeMount, CMDLINE_CONFIG_KEY,
     CMDLINE_EXIT_BY_REBOOT, CONFIG_MAGIC,
 };
 pub use frame::{read_message, write_message, FrameError, MAX_CHUNK_LEN, MAX_HEADER_LEN};
 pub use guestnet::{GuestNetwork, HostEntry, PublishSpec, DEFAULT_FORWARD_PORT, HOST_ALIAS};
 #[cfg(unix)]
 pub use host::ChannelError;
-pub use message::{ExecRequest, Message, Ready, SetupStep, TtySize, CHUNK_SIZE};
+pub use message::{
+    CopyInRequest, CopyOutRequest, CopyOwner, CopyStats, ExecRequest, Message, Ready, SetupStep,
+    TtySize, CHUNK_SIZE,
+};
 
 /// Guest port the guest init connects to on the host (CID 2) at boot, unless
 /// the boot spec says otherwise.

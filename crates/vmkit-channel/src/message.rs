@@ -48,6 +48,18 @@ pub enum Message {
     /// host -> guest: the host terminal's new size (tty execs; the guest
     /// sets it on the pty, which signals SIGWINCH to the foreground job).
     Resize(TtySize),
+    /// host -> guest: unpack the tar stream that follows (`data` frames,
+    /// then `dataEnd`) at a guest path; the guest answers `copyDone`.
+    CopyIn(CopyInRequest),
+    /// host -> guest: send a guest path as a tar stream (`data` frames,
+    /// then `copyDone`).
+    CopyOut(CopyOutRequest),
+    /// Either way: a piece of a copy's tar stream.
+    Data(Vec<u8>),
+    /// host -> guest: the copy-in tar stream is complete.
+    DataEnd,
+    /// guest -> host: a copy finished.
+    CopyDone(CopyStats),
     /// host -> guest: sync and power off.
     Shutdown,
     /// Either way: liveness probe; answered by `pong`.
@@ -99,6 +111,11 @@ impl Message {
             Message::StdinEof => "stdinEof",
             Message::Signal { .. } => "signal",
             Message::Resize(_) => "resize",
+            Message::CopyIn(_) => "copyIn",
+            Message::CopyOut(_) => "copyOut",
+            Message::Data(_) => "data",
+            Message::DataEnd => "dataEnd",
+            Message::CopyDone(_) => "copyDone",
             Message::Shutdown => "shutdown",
             Message::Ping => "ping",
             Message::Pong => "pong",
@@ -193,6 +210,57 @@ impl ExecRequest {
     }
 }
 
+/// Unpack a tar stream in the guest (`microagent cp HOST NAME:PATH`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyInRequest {
+    /// Absolute guest path. With `name`: an existing folder receives
+    /// `name` inside it; otherwise `path` itself becomes the copy (its
+    /// parent must exist). Without `name` (a raw tar stream), an existing
+    /// folder the entries are unpacked into.
+    pub path: String,
+    /// The single top-level name every entry of the stream starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Ownership: absent, everything belongs to root; `keepOwner`, the
+    /// archive's uid/gid; or the given `owner`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_owner: bool,
+    /// `uid:gid` for every file created (wins over `keepOwner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<CopyOwner>,
+}
+
+/// A numeric owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyOwner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Send a guest path as a tar stream (`microagent cp NAME:PATH HOST`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyOutRequest {
+    /// Absolute guest path: a file, a symlink (sent as a link) or a folder
+    /// (sent with everything under it). Entries start with its last
+    /// component.
+    pub path: String,
+}
+
+/// What a copy moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyStats {
+    /// Archive entries written or created.
+    pub entries: u64,
+    /// File content bytes.
+    pub bytes: u64,
+}
+
 /// A terminal size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -239,6 +307,11 @@ pub(crate) enum Header {
     StdinEof,
     Signal { signal: i32 },
     Resize(TtySize),
+    CopyIn(CopyInRequest),
+    CopyOut(CopyOutRequest),
+    Data { len: u32 },
+    DataEnd,
+    CopyDone(CopyStats),
     Shutdown,
     Ping,
     Pong,

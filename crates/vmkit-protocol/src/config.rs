@@ -15,6 +15,8 @@ const MAX_CPUS: u32 = 255;
 pub const MAX_TIMEOUT_SECONDS: u64 = 30 * 24 * 3600;
 /// virtio-mmio slots left after the root and config disks.
 const MAX_DISKS: usize = 16;
+/// Host folders per VM (each is a virtio-mmio device and a file server).
+const MAX_VOLUMES: usize = 8;
 
 /// Everything needed to build and boot one microVM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +37,9 @@ pub struct MachineConfig {
     /// Extra disks, attached in order from `/dev/vdb`.
     #[serde(default)]
     pub disks: Vec<Disk>,
+    /// Host folders shared with the guest (virtio-fs), mounted in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
     /// Extra kernel command-line arguments, appended after microagent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_args: Option<String>,
@@ -128,6 +133,21 @@ pub struct Disk {
     pub mode: DiskMode,
 }
 
+/// A host folder the guest sees at `guestPath` (virtio-fs on QEMU and
+/// Apple VF; Firecracker has none and refuses volumes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    /// Absolute host path of an existing folder.
+    pub host_path: String,
+    /// Absolute guest path where the guest init mounts it (created if missing).
+    pub guest_path: String,
+    /// Read-only, enforced by the host side (the file server refuses
+    /// writes), not only by the guest's mount options.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
 /// How a disk is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -204,6 +224,29 @@ impl MachineConfig {
                 return Err(ProtocolError::invalid(format!(
                     "disks[{i}].mountpoint {:?} is used by an earlier disk",
                     disk.mountpoint
+                )));
+            }
+        }
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(ProtocolError::invalid(format!(
+                "config.volumes has {} entries; at most {MAX_VOLUMES} are supported",
+                self.volumes.len()
+            )));
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            absolute(&format!("volumes[{i}].hostPath"), &v.host_path)?;
+            absolute(&format!("volumes[{i}].guestPath"), &v.guest_path)?;
+            if v.guest_path == "/" || v.guest_path.split('/').any(|c| c == "..") {
+                return Err(ProtocolError::invalid(format!(
+                    "volumes[{i}].guestPath must be a directory below / without '..', got {:?}",
+                    v.guest_path
+                )));
+            }
+            let normal = v.guest_path.trim_end_matches('/');
+            if !mountpoints.insert(normal) {
+                return Err(ProtocolError::invalid(format!(
+                    "volumes[{i}].guestPath {:?} is already used by another volume or disk",
+                    v.guest_path
                 )));
             }
         }

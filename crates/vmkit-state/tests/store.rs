@@ -21,6 +21,7 @@ fn record(name: &str) -> WorkspaceRecord {
             memory_mib: 256,
             cpu_count: 1,
             disks: vec![],
+            volumes: vec![],
             kernel_args: None,
             hostname: None,
             arch: None,

@@ -142,6 +142,15 @@ fn linux_checks(checks: &mut Vec<CheckItem>, backend: BackendKind) {
             "apt-get install apache2-utils",
         ),
     });
+    checks.push(match tool_version(Tool::Virtiofsd) {
+        Some((path, version)) => ok("virtiofsd", format!("{version} ({})", path.display())),
+        None => item(
+            "virtiofsd",
+            CheckStatus::Warn,
+            "not found in PATH: host folders as volumes (-v) do not work with qemu".into(),
+            "cargo install --locked virtiofsd (needs libseccomp-dev, libcap-ng-dev)",
+        ),
+    });
     // Needed for --backend firecracker, optional otherwise.
     let missing = if backend == BackendKind::Firecracker {
         CheckStatus::Fail

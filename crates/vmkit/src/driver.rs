@@ -13,8 +13,9 @@ use std::path::Path;
 
 use vmkit_apple_vf::AppleVfBackend;
 use vmkit_lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
+use vmkit_channel::host::ExecClient;
 use vmkit_protocol::{
-    Backend, BackendKind, ErrorCode, HostInfo, Outcome, ProtocolError, Request, RunResult,
+    Backend, BackendKind, ErrorCode, HostInfo, Outcome, ProtocolError, Request, RunResult, Volume,
 };
 
 /// A backend as the library drives it.
@@ -45,6 +46,20 @@ pub trait Driver: Backend {
 
     /// Cleans up VMs whose driving command died; returns their names.
     fn gc(&self, state_dir: &Path) -> Result<Vec<String>, ProtocolError>;
+
+    /// Whether these host folders can be shared as volumes here (checked
+    /// with `preflight`, before any kernel or image work).
+    fn check_volumes(&self, volumes: &[Volume]) -> Result<(), ProtocolError> {
+        vmkit_lifecycle::check_volume_folders(volumes)
+    }
+
+    /// A client of a running workspace's exec service, for `cp`.
+    fn exec_client(&self, _state_dir: &Path, _name: &str) -> Result<ExecClient, ProtocolError> {
+        Err(ProtocolError::new(
+            ErrorCode::Unavailable,
+            "cp is not available through this backend's supervisor yet",
+        ))
+    }
 }
 
 /// The driver for `kind`; `observer` sees every lifecycle event as it is
@@ -70,6 +85,15 @@ pub fn driver_for(kind: BackendKind, observer: Option<Observer>) -> Box<dyn Driv
 impl Driver for Lifecycle {
     fn preflight(&self) -> Result<(), ProtocolError> {
         self.machine().available()
+    }
+
+    fn check_volumes(&self, volumes: &[Volume]) -> Result<(), ProtocolError> {
+        self.machine().check_volumes(volumes)?;
+        vmkit_lifecycle::check_volume_folders(volumes)
+    }
+
+    fn exec_client(&self, state_dir: &Path, name: &str) -> Result<ExecClient, ProtocolError> {
+        Lifecycle::exec_client(self, state_dir, name)
     }
 
     fn run_streaming(

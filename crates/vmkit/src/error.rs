@@ -15,6 +15,9 @@ pub enum VmkitError {
     /// The state store failed.
     #[error("{0}")]
     State(#[from] vmkit_state::StateError),
+    /// A `cp` failed.
+    #[error("cp: {0}")]
+    Copy(#[from] crate::copy::CopyError),
     /// The guest init binary could not be found.
     #[error("{0}")]
     GuestInit(String),

@@ -10,6 +10,7 @@
 //! println!("run would use {} with {:?}", report.backend, report.accelerator);
 //! ```
 
+mod copy;
 mod dispatch;
 pub mod doctor;
 mod driver;
@@ -19,11 +20,12 @@ mod inventory;
 mod runtime;
 pub mod supervisor;
 
+pub use copy::CopyError;
 pub use error::VmkitError;
 pub use guest_init::{find_guest_init, find_guest_init_for};
 pub use runtime::{new_run_name, MachineParams, RunParams, Runtime};
 pub use vmkit_channel::host::ExecHandle;
-pub use vmkit_channel::{ExecRequest, TtySize};
+pub use vmkit_channel::{CopyOwner, CopyStats, ExecRequest, TtySize};
 pub use vmkit_kernel::BuildEvent;
 pub use vmkit_lifecycle::vmm_files::read_console;
 pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};

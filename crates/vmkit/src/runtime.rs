@@ -24,6 +24,8 @@ pub struct MachineParams {
     pub cpus: u32,
     /// Extra disks.
     pub disks: Vec<Disk>,
+    /// Host folders shared with the guest (`-v HOST:GUEST[:ro]`).
+    pub volumes: Vec<vmkit_protocol::Volume>,
     /// Extra environment for guest commands.
     pub env: BTreeMap<String, String>,
     /// Working directory override.
@@ -86,7 +88,9 @@ impl Runtime {
 
     /// Fails early, with the remedy, when the backend cannot run on this
     /// host: better than finding out after a five-minute kernel build.
-    pub fn preflight(&self) -> Result<(), VmkitError> {
+    /// `volumes` are the host folders the machine will share.
+    pub fn preflight(&self, volumes: &[vmkit_protocol::Volume]) -> Result<(), VmkitError> {
+        self.driver.check_volumes(volumes)?;
         Ok(self.driver.preflight()?)
     }
 
@@ -118,6 +122,11 @@ impl Runtime {
     /// The state folder.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The driver serving this runtime's backend.
+    pub(crate) fn driver(&self) -> &dyn crate::driver::Driver {
+        self.driver.as_ref()
     }
 
     /// The installed kernel for `arch`, building it first when there is
@@ -200,6 +209,7 @@ impl Runtime {
             memory_mib: m.memory_mib,
             cpu_count: m.cpus,
             disks: m.disks.clone(),
+            volumes: m.volumes.clone(),
             kernel_args: m.kernel_args.clone(),
             hostname: None,
             arch: m.arch,

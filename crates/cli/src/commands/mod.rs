@@ -1,6 +1,7 @@
 //! One module per command family. Each exposes its clap types and a `run`
 //! that returns the process exit code.
 
+pub mod copy;
 pub mod doctor;
 pub mod exec;
 pub mod image;
@@ -24,6 +25,7 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Start(args) => workspace::start(args, global),
         Command::Exec(args) => exec::exec(args, global),
         Command::Shell(args) => exec::shell(args, global),
+        Command::Cp(args) => copy::cp(args, global),
         Command::Halt(args) => workspace::halt(args, global),
         Command::Stop(args) => workspace::stop(args, global),
         Command::Kill(args) => workspace::kill(args, global),

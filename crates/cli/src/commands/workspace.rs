@@ -29,6 +29,12 @@ pub struct MachineArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<Disk>,
 
+    /// Host folder shared with the guest: HOSTDIR:GUESTDIR[:ro]; repeatable.
+    /// `:ro` is enforced by the host's file server. QEMU (virtio-fs) and
+    /// Apple VF only; Firecracker has no virtio-fs (use --disk there).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = parse_volume)]
+    pub volume: Vec<vmkit::protocol::Volume>,
+
     /// Working directory for the guest commands (default: the image's).
     #[arg(short = 'w', long, value_name = "DIR")]
     pub workdir: Option<String>,
@@ -133,6 +139,28 @@ fn parse_disk(s: &str) -> Result<Disk, String> {
     })
 }
 
+/// Parses `HOSTDIR:GUESTDIR[:ro|:rw]`; the host path is made absolute.
+/// Whether the folder exists is checked before boot, with the rest of the
+/// machine.
+fn parse_volume(s: &str) -> Result<vmkit::protocol::Volume, String> {
+    let usage = || format!("expected HOSTDIR:GUESTDIR[:ro], got {s:?}");
+    let (rest, read_only) = match s.rsplit_once(':') {
+        Some((rest, "ro")) => (rest, true),
+        Some((rest, "rw")) => (rest, false),
+        _ => (s, false),
+    };
+    let (host, guest) = rest.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty() || !guest.starts_with('/') {
+        return Err(usage());
+    }
+    let host = std::path::absolute(host).map_err(|e| format!("volume {host:?}: {e}"))?;
+    Ok(vmkit::protocol::Volume {
+        host_path: host.to_string_lossy().into_owned(),
+        guest_path: guest.to_owned(),
+        read_only,
+    })
+}
+
 /// The runtime for the chosen backend, events printed with `--json`
 /// (orphaned VMs are cleaned up first: see [`vmkit::Runtime::open`]).
 pub fn runtime(global: &Global, backend: Option<BackendKind>) -> anyhow::Result<vmkit::Runtime> {
@@ -177,6 +205,7 @@ pub fn machine_params(m: &MachineArgs) -> anyhow::Result<vmkit::MachineParams> {
         memory_mib: m.memory,
         cpus: m.cpus,
         disks: m.disk.clone(),
+        volumes: m.volume.clone(),
         env: m.env.iter().cloned().collect(),
         cwd: m.workdir.clone(),
         user: m.user.clone(),
@@ -198,7 +227,7 @@ pub fn prepare_disks(
     let arch = machine
         .arch
         .unwrap_or_else(vmkit::protocol::GuestArch::host);
-    rt.preflight().map_err(exit::classify)?;
+    rt.preflight(&machine.volume).map_err(exit::classify)?;
     let mut reporter = crate::commands::kernel::Reporter::new(global.json);
     let kernel = rt
         .kernel(arch, machine.kernel.as_deref(), &mut |ev| {
@@ -239,8 +268,6 @@ pub fn start(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
     let event = rt.start(&args.name).map_err(exit::classify)?;
     report(&event, global);
     Ok(0)
-}
-
 }
 
 pub(crate) fn simple(
@@ -417,6 +444,20 @@ mod tests {
             .contains("ro or rw"));
         assert!(parse_disk("nodisk").unwrap_err().contains("NAME=PATH"));
         assert!(parse_disk("=/x:/d:ro").is_err());
+    }
+
+    #[test]
+    fn volume_specs_parse_or_say_what_is_wrong() {
+        let v = parse_volume("/srv/p:/work:ro").unwrap();
+        assert_eq!(
+            (v.host_path.as_str(), v.guest_path.as_str(), v.read_only),
+            ("/srv/p", "/work", true)
+        );
+        let v = parse_volume("./proj:/work").unwrap();
+        assert!(v.host_path.starts_with('/') && v.host_path.ends_with("/proj") && !v.read_only);
+        assert!(parse_volume("/srv/p").is_err());
+        assert!(parse_volume("/srv/p:work").is_err());
+        assert!(parse_volume(":/work").is_err());
     }
 
     #[test]

@@ -16,9 +16,9 @@ use crate::message::{ExecRequest, Message, CHUNK_SIZE};
 /// several execs at once from several threads.
 #[derive(Debug, Clone)]
 pub struct ExecClient {
-    uds_path: PathBuf,
-    port: u32,
-    connect_timeout: Duration,
+    pub(super) uds_path: PathBuf,
+    pub(super) port: u32,
+    pub(super) connect_timeout: Duration,
 }
 
 impl ExecClient {

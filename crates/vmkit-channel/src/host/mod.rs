@@ -32,7 +32,9 @@ mod exec;
 pub use control::{Control, RunOutcome, RunReport};
 pub use exec::{exec_over, exec_over_with, shutdown_over, ExecClient};
 
+mod copy;
 mod session;
+pub use copy::{copy_in_over, copy_out_over};
 pub use session::ExecHandle;
 
 /// Why a host-side channel operation failed.
