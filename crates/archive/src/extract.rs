@@ -307,7 +307,9 @@ impl Extractor<'_> {
     }
 }
 
-fn set_mtime(path: &Path, mtime: i64) -> Result<(), ArchiveError> {
+/// Sets `path`'s access and modification times to `mtime` (seconds),
+/// without following a symlink there.
+pub fn set_mtime(path: &Path, mtime: i64) -> Result<(), ArchiveError> {
     let ts = TimeSpec::new(mtime, 0);
     nix::sys::stat::utimensat(AT_FDCWD, path, &ts, &ts, UtimensatFlags::NoFollowSymlink)
     .map_err(|e| ArchiveError::Io {

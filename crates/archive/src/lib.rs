@@ -21,9 +21,12 @@
 mod extract;
 mod pack;
 pub mod paths;
+mod tempdir;
 
+pub use extract::set_mtime;
 pub use extract::{extract, ExtractOptions, ExtractStats, Owner};
 pub use pack::{pack, PackStats};
+pub use tempdir::TempDir;
 
 /// Why an archive could not be written or applied.
 #[derive(Debug, thiserror::Error)]

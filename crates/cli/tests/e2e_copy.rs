@@ -10,18 +10,6 @@ use std::process::Command;
 
 use common::{describe, Env};
 
-fn create(env: &Env, name: &str, extra: &[&str]) {
-    let out = env
-        .cmd()
-        .args(["create", name, "--image", &env.image])
-        .arg("--kernel")
-        .arg(&env.kernel)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-}
-
 /// nested/deeper/notes.txt, bin/run.sh (0755), link -> nested/deeper/notes.txt,
 /// big (50 MiB of a pattern that does not compress to nothing).
 fn make_tree(root: &Path) {
@@ -97,7 +85,7 @@ fn a_tree_round_trips_through_a_running_workspace() {
         .unwrap();
     assert!(mk.status.success(), "{}", describe(&mk));
     let disk = format!("small={}:/small:rw", small.display());
-    create(&env, "ws", &["--disk", &disk]);
+    env.create("ws", &["--disk", &disk]);
     env.ok(&["start", "ws"]);
 
     env.ok(&["cp", tree.to_str().unwrap(), "ws:/root"]);
@@ -171,7 +159,7 @@ fn a_copy_into_a_halted_workspace_boots_it_for_the_copy() {
     let host = tempfile::tempdir().unwrap();
     let tree = host.path().join("tree");
     make_tree(&tree);
-    create(&env, "off", &[]);
+    env.create("off", &[]);
     env.ok(&["start", "off"]);
     env.ok(&["halt", "off"]);
 

@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 use common::{describe, Env};
 
 fn started_workspace(env: &Env, name: &str) {
-    let out = env
-        .cmd()
-        .args(["create", name, "--image", &env.image])
-        .arg("--kernel")
-        .arg(&env.kernel)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
+    env.create(name, &[]);
     env.ok(&["start", name]);
 }
 
@@ -167,9 +160,7 @@ fn sigint_without_a_tty_reaches_the_command_and_sets_the_exit_code() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 8];
-    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
-    assert_eq!(&buf, b"started\n");
+    common::wait_started(&mut child);
     let running = env.ok(&["exec", "sig", "--", "pidof", "sleep"]);
     assert!(!running.stdout.is_empty());
 

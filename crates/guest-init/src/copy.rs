@@ -152,10 +152,10 @@ fn receive<C: Connection>(conn: &mut C, req: &CopyInRequest) -> Result<CopyStats
             s
         }
         Target::Fresh { parent, name, dest } => {
-            let tmp = TempDir::new(&parent)?;
-            let s = vmkit_archive::extract(&mut input, &tmp.0, &opts).map_err(describe)?;
+            let tmp = vmkit_archive::TempDir::new_in(&parent).map_err(|e| e.to_string())?;
+            let s = vmkit_archive::extract(&mut input, tmp.path(), &opts).map_err(describe)?;
             input.drain()?;
-            let made = tmp.0.join(&name);
+            let made = tmp.path().join(&name);
             std::fs::symlink_metadata(&made)
                 .map_err(|_| format!("the archive has no entry named {name:?}"))?;
             std::fs::rename(&made, &dest)
@@ -167,35 +167,6 @@ fn receive<C: Connection>(conn: &mut C, req: &CopyInRequest) -> Result<CopyStats
         entries: stats.entries,
         bytes: stats.bytes,
     })
-}
-
-/// A private temporary folder, removed with whatever is in it on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(parent: &Path) -> Result<TempDir, String> {
-        use std::os::unix::fs::DirBuilderExt;
-        for attempt in 0..100u32 {
-            let p = parent.join(format!(".microagent-cp-{}-{attempt}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => return Ok(TempDir(p)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(format!(
-                        "creating a temporary folder in {}: {e}",
-                        parent.display()
-                    ))
-                }
-            }
-        }
-        Err(format!("no free temporary name in {}", parent.display()))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The tar stream out, cut into `data` frames.

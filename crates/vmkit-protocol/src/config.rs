@@ -235,13 +235,7 @@ impl MachineConfig {
         }
         for (i, v) in self.volumes.iter().enumerate() {
             absolute(&format!("volumes[{i}].hostPath"), &v.host_path)?;
-            absolute(&format!("volumes[{i}].guestPath"), &v.guest_path)?;
-            if v.guest_path == "/" || v.guest_path.split('/').any(|c| c == "..") {
-                return Err(ProtocolError::invalid(format!(
-                    "volumes[{i}].guestPath must be a directory below / without '..', got {:?}",
-                    v.guest_path
-                )));
-            }
+            below_root(&format!("volumes[{i}].guestPath"), &v.guest_path)?;
             let normal = v.guest_path.trim_end_matches('/');
             if !mountpoints.insert(normal) {
                 return Err(ProtocolError::invalid(format!(
@@ -281,14 +275,7 @@ impl Disk {
             )));
         }
         absolute(&format!("disks[{i}].path"), &self.path)?;
-        absolute(&format!("disks[{i}].mountpoint"), &self.mountpoint)?;
-        if self.mountpoint == "/" || self.mountpoint.split('/').any(|c| c == "..") {
-            return Err(ProtocolError::invalid(format!(
-                "disks[{i}].mountpoint must be a directory below / without '..', got {:?}",
-                self.mountpoint
-            )));
-        }
-        Ok(())
+        below_root(&format!("disks[{i}].mountpoint"), &self.mountpoint)
     }
 }
 
@@ -316,6 +303,17 @@ impl Workload {
         }
         Ok(())
     }
+}
+
+/// A guest mount point: absolute, below `/`, without `..`.
+fn below_root(field: &str, path: &str) -> Result<(), ProtocolError> {
+    absolute(field, path)?;
+    if path == "/" || path.split('/').any(|c| c == "..") {
+        return Err(ProtocolError::invalid(format!(
+            "{field} must be a directory below / without '..', got {path:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn absolute(field: &str, path: &str) -> Result<(), ProtocolError> {

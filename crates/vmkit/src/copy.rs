@@ -15,7 +15,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use vmkit_archive::{ExtractOptions, Owner};
@@ -192,10 +192,10 @@ impl Runtime {
             ))
             .into());
         }
-        let tmp = TempDir::new(&parent)?;
+        let tmp = vmkit_archive::TempDir::new_in(&parent).map_err(CopyError::from)?;
         let (mut reader, mut writer) = stream_pair()?;
         let unpacker = {
-            let root = tmp.0.clone();
+            let root = tmp.path().to_path_buf();
             std::thread::spawn(move || {
                 let opts = ExtractOptions {
                     owner: Owner::Extractor,
@@ -219,7 +219,7 @@ impl Runtime {
             (Err(e), _) => return Err(e),
             (Ok(stats), Ok(_)) => stats,
         };
-        let made = tmp.0.join(&top);
+        let made = tmp.path().join(&top);
         std::fs::symlink_metadata(&made)
             .map_err(|_| CopyError::Invalid(format!("the guest sent no entry named {top:?}")))?;
         std::fs::rename(&made, &target).map_err(|e| {
@@ -245,36 +245,4 @@ fn top_name(path: &Path) -> Result<String, CopyError> {
 /// A bounded in-process pipe (a socket pair: its buffer is the bound).
 fn stream_pair() -> Result<(UnixStream, UnixStream), CopyError> {
     UnixStream::pair().map_err(|e| CopyError::Invalid(format!("socketpair: {e}")))
-}
-
-/// A private temporary folder, removed with whatever is left in it.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(parent: &Path) -> Result<TempDir, CopyError> {
-        use std::os::unix::fs::DirBuilderExt;
-        for attempt in 0..100u32 {
-            let p = parent.join(format!(".microagent-cp-{}-{attempt}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => return Ok(TempDir(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(CopyError::Invalid(format!(
-                        "creating a temporary folder in {}: {e}",
-                        parent.display()
-                    )))
-                }
-            }
-        }
-        Err(CopyError::Invalid(format!(
-            "no free temporary name in {}",
-            parent.display()
-        )))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

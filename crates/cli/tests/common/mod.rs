@@ -77,10 +77,21 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut buf = [0u8; 8];
-        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
-        assert_eq!(&buf, b"started\n");
+        wait_started(&mut child);
         child
+    }
+
+    /// `microagent create NAME --image <busybox> --kernel <kernel> EXTRA...`, which must succeed.
+    pub fn create(&self, name: &str, extra: &[&str]) {
+        let out = self
+            .cmd()
+            .args(["create", name, "--image", &self.image])
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
     }
 
     pub fn ok(&self, args: &[&str]) -> Output {
@@ -96,6 +107,13 @@ impl Env {
     pub fn state_path(&self) -> &Path {
         self.state.path()
     }
+}
+
+/// Reads the `started\n` a test command prints first: it is running then.
+pub fn wait_started(child: &mut std::process::Child) {
+    let mut buf = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    assert_eq!(&buf, b"started\n");
 }
 
 pub fn describe(out: &Output) -> String {
