@@ -53,6 +53,19 @@ impl Tmux {
         }
     }
 
+    /// The pane's size as `stty size` prints it: "ROWS COLS".
+    fn pane_size(&self) -> String {
+        self.run(&[
+            "display-message",
+            "-p",
+            "-t",
+            "t",
+            "#{pane_height} #{pane_width}",
+        ])
+        .trim()
+        .to_owned()
+    }
+
     fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "t"];
         args.extend_from_slice(keys);
@@ -107,17 +120,31 @@ fn exec_it_in_tmux_follows_the_terminal_and_restores_it() {
     ]);
     tmux.run(&["set-option", "-t", "t", "window-size", "manual"]);
     tmux.wait_for("# ");
+    let size = tmux.pane_size();
+    assert!(size.ends_with(" 91"), "{size}");
     tmux.keys(&["stty size", "Enter"]);
-    tmux.wait_for("27 91");
+    tmux.wait_for(&format!("\n{size}"));
 
     tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "33"]);
+    let size = tmux.pane_size();
+    assert!(size.ends_with(" 120"), "{size}");
     tmux.keys(&["clear; stty size", "Enter"]);
-    tmux.wait_for("33 120");
+    tmux.wait_for(&format!("\n{size}"));
 
     // Ctrl-C reaches the guest's foreground job through its pty, not us.
     tmux.keys(&["clear; sleep 100; echo slept-$?", "Enter"]);
-    // The shell echoes the line; wait until the command is running.
-    tmux.wait_for("echo slept-$?");
+    // Wait until the sleep runs, seen from a second exec.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env
+        .cmd()
+        .args(["exec", "tty", "--", "pidof", "sleep"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the sleep never started");
+    }
     let started = Instant::now();
     tmux.keys(&["C-c"]);
     tmux.keys(&["echo back-at-prompt", "Enter"]);

@@ -95,6 +95,11 @@ pub fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<u8> {
         env.extend(read_env_file(file)?);
     }
     env.extend(args.env.iter().cloned());
+    if args.tty && !env.contains_key("TERM") {
+        // What the guest's programs draw for: the host terminal's type.
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        env.insert("TERM".into(), term);
+    }
     let rt = workspace_runtime(global, &args.name)?;
     let stdin_is_terminal = std::io::stdin().is_terminal();
     let forward_stdin = args.interactive || !stdin_is_terminal;
