@@ -9,6 +9,29 @@
 //! let report = vmkit::doctor::doctor(std::path::Path::new("/tmp/state"));
 //! println!("run would use {} with {:?}", report.backend, report.accelerator);
 //! ```
+//!
+//! Workspaces through [`Runtime`]: files in and out as tar streams or host
+//! paths, an exec on a pty steered by an [`ExecHandle`] (resize, signals):
+//!
+//! ```no_run
+//! use vmkit::{ExecHandle, ExecOptions, ExecRequest, Runtime, TtySize};
+//!
+//! let rt = Runtime::new("/tmp/state", vmkit::protocol::BackendKind::Qemu, None)?;
+//! rt.copy_to_guest("ws", "./project".as_ref(), "/work", None)?;
+//! let handle = ExecHandle::new();
+//! let request = ExecRequest {
+//!     tty: true,
+//!     tty_size: Some(TtySize { rows: 40, cols: 120 }),
+//!     ..ExecRequest::shell("make test")
+//! };
+//! let h = handle.clone();
+//! std::thread::spawn(move || h.resize(TtySize { rows: 50, cols: 160 }));
+//! let options = ExecOptions { request, stdin: None, handle };
+//! let result = rt.exec("ws", options, &mut std::io::stdout(), &mut std::io::stderr())?;
+//! rt.copy_from_guest("ws", "/work/report", "./out".as_ref())?;
+//! # let _ = result;
+//! # Ok::<(), vmkit::VmkitError>(())
+//! ```
 
 mod copy;
 mod dispatch;
