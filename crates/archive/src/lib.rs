@@ -67,6 +67,13 @@ impl ArchiveError {
         move |source| ArchiveError::Io { context, source }
     }
 
+    /// Whether writing the archive failed because its reader went away
+    /// (the other side of a copy gave up first; its error is the real one).
+    pub fn is_broken_pipe(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+        matches!(self, ArchiveError::Io { source, .. } if matches!(source.kind(), BrokenPipe | ConnectionReset))
+    }
+
     /// The OS error behind this one, if any (ENOSPC, EROFS, ...).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {

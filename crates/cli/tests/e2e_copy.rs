@@ -163,7 +163,8 @@ fn a_copy_into_a_halted_workspace_boots_it_for_the_copy() {
     env.ok(&["start", "off"]);
     env.ok(&["halt", "off"]);
 
-    env.ok(&["cp", tree.to_str().unwrap(), "off:/srv"]);
+    // /copied does not exist: the copy becomes /copied itself.
+    env.ok(&["cp", tree.to_str().unwrap(), "off:/copied"]);
     let status: serde_json::Value =
         serde_json::from_slice(&env.ok(&["--json", "status", "off"]).stdout).unwrap();
     assert_eq!(
@@ -173,10 +174,10 @@ fn a_copy_into_a_halted_workspace_boots_it_for_the_copy() {
 
     env.ok(&["start", "off"]);
     assert_eq!(
-        guest_sha(&env, "off", "/srv/tree/big"),
+        guest_sha(&env, "off", "/copied/big"),
         sha256(&tree.join("big"))
     );
-    let out = env.ok(&["exec", "off", "--", "readlink", "/srv/tree/link"]);
+    let out = env.ok(&["exec", "off", "--", "readlink", "/copied/link"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "nested/deeper/notes.txt\n"
@@ -186,7 +187,7 @@ fn a_copy_into_a_halted_workspace_boots_it_for_the_copy() {
     // And out of the halted one.
     let back = host.path().join("back");
     std::fs::create_dir(&back).unwrap();
-    env.ok(&["cp", "off:/srv/tree", back.to_str().unwrap()]);
+    env.ok(&["cp", "off:/copied", back.join("tree").to_str().unwrap()]);
     assert_identical(&tree, &back.join("tree"));
     env.ok(&["delete", "off"]);
 }

@@ -39,15 +39,26 @@ impl Tmux {
 
     /// Waits until the pane shows `text` (what a person would wait for).
     fn wait_for(&self, text: &str) -> String {
+        self.wait_until(text, |screen| screen.contains(text))
+    }
+
+    /// Waits for the root shell's prompt (`... #`; tmux trims the space after it).
+    fn wait_for_prompt(&self) -> String {
+        self.wait_until("a prompt", |screen| {
+            screen.lines().any(|l| l.trim_end().ends_with('#'))
+        })
+    }
+
+    fn wait_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let screen = self.screen();
-            if screen.contains(text) {
+            if ok(&screen) {
                 return screen;
             }
             assert!(
                 Instant::now() < deadline,
-                "the terminal never showed {text:?}; it shows:\n{screen}"
+                "the terminal never showed {what:?}; it shows:\n{screen}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -119,7 +130,7 @@ fn exec_it_in_tmux_follows_the_terminal_and_restores_it() {
         &script,
     ]);
     tmux.run(&["set-option", "-t", "t", "window-size", "manual"]);
-    tmux.wait_for("# ");
+    tmux.wait_for_prompt();
     let size = tmux.pane_size();
     assert!(size.ends_with(" 91"), "{size}");
     tmux.keys(&["stty size", "Enter"]);

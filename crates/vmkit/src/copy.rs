@@ -16,6 +16,8 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmkit_archive::{ExtractOptions, Owner};
@@ -134,12 +136,23 @@ impl Runtime {
         std::fs::symlink_metadata(&src)
             .map_err(|e| CopyError::Invalid(format!("{}: {e}", src.display())))?;
         let top = top_name(&src)?;
-        let (mut reader, mut writer) = stream_pair()?;
+        let (reader, mut writer) = stream_pair()?;
+        let failed = Arc::new(AtomicBool::new(false));
         let packer = {
-            let (src, top) = (src.clone(), top.clone());
-            std::thread::spawn(move || vmkit_archive::pack(&src, top.as_ref(), &mut writer))
+            let (src, top, failed) = (src.clone(), top.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let r = vmkit_archive::pack(&src, top.as_ref(), &mut writer);
+                // Before the writer closes: the reader must not take the
+                // end of a failed archive for the end of the copy.
+                failed.store(r.is_err(), Ordering::SeqCst);
+                r
+            })
         };
         let keep = nix::unistd::geteuid().is_root();
+        let mut reader = EndChecked {
+            inner: reader,
+            failed,
+        };
         let copied = self.copy_in(name, guest_dst, Some(&top), &mut reader, keep, owner);
         drop(reader);
         let packed = packer.join().unwrap_or_else(|_| {
@@ -151,11 +164,7 @@ impl Runtime {
             (Ok(stats), Ok(_)) => Ok(stats),
             // The guest gave up first (a full disk): the packer then only
             // saw its pipe close, and the guest's error is the real one.
-            (Err(e), Err(pe))
-                if pe.raw_os_error() == Some(nix::errno::Errno::EPIPE as i32) =>
-            {
-                Err(e)
-            }
+            (Err(e), Err(pe)) if pe.is_broken_pipe() => Err(e),
             // A packing failure shows up on the guest side as a short
             // archive; the packer's error is the real one.
             (Err(_), Err(e)) | (Ok(_), Err(e)) => Err(CopyError::from(e).into()),
@@ -240,6 +249,25 @@ fn top_name(path: &Path) -> Result<String, CopyError> {
                 path.display()
             ))
         })
+}
+
+/// The read end of a packing pipe that turns the end of a failed archive
+/// into an error, so the guest never gets `dataEnd` for a half archive
+/// (it then drops what it unpacked).
+struct EndChecked {
+    inner: UnixStream,
+    failed: Arc<AtomicBool>,
+}
+
+impl Read for EndChecked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.inner.read(buf)? {
+            0 if self.failed.load(Ordering::SeqCst) => Err(std::io::Error::other(
+                "packing the source failed; the copy was abandoned",
+            )),
+            n => Ok(n),
+        }
+    }
 }
 
 /// A bounded in-process pipe (a socket pair: its buffer is the bound).

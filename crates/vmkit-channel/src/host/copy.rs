@@ -51,6 +51,7 @@ pub fn copy_in_over(
 ) -> Result<CopyStats, ChannelError> {
     send(stream, &Message::CopyIn(req.clone()), idle)?;
     let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut source_failed = false;
     let sent = (|| -> Result<(), ChannelError> {
         loop {
             let n = match tar.read(&mut buf) {
@@ -58,16 +59,25 @@ pub fn copy_in_over(
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    source_failed = true;
                     return Err(ChannelError::Io {
                         context: "reading the archive to copy".into(),
                         source: e,
-                    })
+                    });
                 }
             };
             send(stream, &Message::Data(buf[..n].to_vec()), idle)?;
         }
         send(stream, &Message::DataEnd, idle)
     })();
+    if source_failed {
+        // No `dataEnd`: closing mid-stream makes the guest drop what it
+        // unpacked so far.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return Err(sent
+            .err()
+            .unwrap_or_else(|| ChannelError::Protocol("copy source failed".into())));
+    }
     // The guest may have refused midway (a full disk, a bad path) and
     // closed: its error says more than our broken pipe.
     match recv(
