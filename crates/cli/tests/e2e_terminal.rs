@@ -42,6 +42,12 @@ impl Tmux {
         self.wait_until(text, |screen| screen.contains(text))
     }
 
+    /// Waits for a line that is exactly `line` (command output, not the
+    /// echo of the command that printed it).
+    fn wait_for_line(&self, line: &str) -> String {
+        self.wait_until(line, |screen| screen.lines().any(|l| l.trim() == line))
+    }
+
     /// Waits for the root shell's prompt (`... #`; tmux trims the space after it).
     fn wait_for_prompt(&self) -> String {
         self.wait_until("a prompt", |screen| {
@@ -134,13 +140,13 @@ fn exec_it_in_tmux_follows_the_terminal_and_restores_it() {
     let size = tmux.pane_size();
     assert!(size.ends_with(" 91"), "{size}");
     tmux.keys(&["stty size", "Enter"]);
-    tmux.wait_for(&format!("\n{size}"));
+    tmux.wait_for_line(&size);
 
     tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "33"]);
     let size = tmux.pane_size();
     assert!(size.ends_with(" 120"), "{size}");
     tmux.keys(&["clear; stty size", "Enter"]);
-    tmux.wait_for(&format!("\n{size}"));
+    tmux.wait_for_line(&size);
 
     // Ctrl-C reaches the guest's foreground job through its pty, not us.
     tmux.keys(&["clear; sleep 100; echo slept-$?", "Enter"]);
@@ -159,7 +165,7 @@ fn exec_it_in_tmux_follows_the_terminal_and_restores_it() {
     let started = Instant::now();
     tmux.keys(&["C-c"]);
     tmux.keys(&["echo back-at-prompt", "Enter"]);
-    tmux.wait_for("\nback-at-prompt");
+    tmux.wait_for_line("back-at-prompt");
     assert!(started.elapsed() < Duration::from_secs(60));
 
     tmux.keys(&["exit 3", "Enter"]);
