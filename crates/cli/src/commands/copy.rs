@@ -80,6 +80,11 @@ fn parse_owner(s: &str) -> Result<vmkit::CopyOwner, String> {
 pub fn cp(args: CpArgs, global: &Global) -> anyhow::Result<u8> {
     let src = parse_side(&args.src).map_err(anyhow::Error::msg)?;
     let dst = parse_side(&args.dst).map_err(anyhow::Error::msg)?;
+    if global.json && dst == Side::Stream {
+        anyhow::bail!(
+            "cp to - writes the tar stream on stdout, which --json cannot share; drop --json"
+        );
+    }
     let stats = match (src, dst) {
         (Side::Guest { .. }, Side::Guest { .. }) => {
             anyhow::bail!(
