@@ -311,9 +311,10 @@ impl Extractor<'_> {
 /// without following a symlink there.
 pub fn set_mtime(path: &Path, mtime: i64) -> Result<(), ArchiveError> {
     let ts = TimeSpec::new(mtime, 0);
-    nix::sys::stat::utimensat(AT_FDCWD, path, &ts, &ts, UtimensatFlags::NoFollowSymlink)
-    .map_err(|e| ArchiveError::Io {
-        context: format!("setting mtime of {}", path.display()),
-        source: e.into(),
-    })
+    nix::sys::stat::utimensat(AT_FDCWD, path, &ts, &ts, UtimensatFlags::NoFollowSymlink).map_err(
+        |e| ArchiveError::Io {
+            context: format!("setting mtime of {}", path.display()),
+            source: e.into(),
+        },
+    )
 }

@@ -431,6 +431,7 @@ mod tests {
                     mountpoint: "/d".into(),
                     mode: DiskMode::Ro,
                 }],
+                volumes: vec![],
                 kernel_args: None,
                 hostname: None,
                 arch: None,

@@ -47,7 +47,14 @@ pub fn start_servers(
             .arg(&socket)
             .arg("--shared-dir")
             .arg(&v.host_path)
-            .args(["--sandbox", sandbox, "--cache", "auto", "--log-level", "warn"])
+            .args([
+                "--sandbox",
+                sandbox,
+                "--cache",
+                "auto",
+                "--log-level",
+                "warn",
+            ])
             .stdin(Stdio::null())
             .stdout(clone_log(log)?)
             .stderr(clone_log(log)?);

@@ -22,6 +22,7 @@ fn plan(dir: &Path) -> BootPlan {
             memory_mib: 128,
             cpu_count: 1,
             disks: vec![],
+            volumes: vec![],
             kernel_args: None,
             hostname: None,
             arch: None,

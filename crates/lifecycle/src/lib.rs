@@ -31,8 +31,8 @@ mod prepare;
 mod process;
 mod run;
 pub mod vmm_files;
-mod workspace;
 pub mod volumes;
+mod workspace;
 
 #[cfg(test)]
 mod fake;
@@ -40,7 +40,10 @@ mod fake;
 mod tests;
 
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
-pub use machine::{check_config_files, check_volume_folders, BootPlan, LaunchGuard, Launched, Machine, INJECTED_FAILURE};
+pub use machine::{
+    check_config_files, check_volume_folders, BootPlan, LaunchGuard, Launched, Machine,
+    INJECTED_FAILURE,
+};
 pub use network::Nic;
 pub use paths::WorkspacePaths;
 pub use process::{spawn_supervised, terminate, Supervision};

@@ -35,6 +35,7 @@ impl Fixture {
             memory_mib: 128,
             cpu_count: 1,
             disks: vec![],
+            volumes: vec![],
             kernel_args: None,
             hostname: None,
             arch: None,
@@ -109,6 +110,7 @@ fn start_boots_to_running_and_exec_and_halt_use_the_announced_port() {
             ..ExecRequest::default()
         },
         stdin: None,
+        handle: vmkit_channel::host::ExecHandle::new(),
     };
     let result = lc
         .exec_streaming(fx.dir.path(), "ws", options, &mut out, &mut Vec::new())
@@ -273,6 +275,7 @@ fn exec_needs_a_running_workspace() {
             ..ExecRequest::default()
         },
         stdin: None,
+        handle: vmkit_channel::host::ExecHandle::new(),
     };
     let err = lc
         .exec_streaming(

@@ -27,9 +27,7 @@ mod state;
 mod terminal;
 
 pub use backend::{Backend, BackendKind, Outcome};
-pub use config::{
-    Disk, DiskMode, GuestArch, MachineConfig, Volume, Workload, MAX_TIMEOUT_SECONDS,
-};
+pub use config::{Disk, DiskMode, GuestArch, MachineConfig, Volume, Workload, MAX_TIMEOUT_SECONDS};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::Event;
 pub use hostname::{hostname_for, validate_hostname, MAX_HOSTNAME_BYTES};

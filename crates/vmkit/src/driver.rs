@@ -12,8 +12,8 @@ use std::io::Write;
 use std::path::Path;
 
 use vmkit_apple_vf::AppleVfBackend;
-use vmkit_lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
 use vmkit_channel::host::ExecClient;
+use vmkit_lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
 use vmkit_protocol::{
     Backend, BackendKind, ErrorCode, HostInfo, Outcome, ProtocolError, Request, RunResult, Volume,
 };

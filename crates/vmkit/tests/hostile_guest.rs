@@ -65,6 +65,7 @@ fn hostile_workspace(state: &Path, name: &str, tar: Vec<u8>) -> std::thread::Joi
         owner: None,
         last_result: None,
         labels: Default::default(),
+        exec_port: Some(vmkit_channel::DEFAULT_EXEC_PORT),
     };
     store.create(&lock, &record).unwrap();
     let sock = store.workspace_dir(name).unwrap().join("v.sock");

@@ -23,6 +23,7 @@ pub fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootP
             memory_mib: 256,
             cpu_count: 2,
             disks,
+            volumes: vec![],
             kernel_args: Some("loglevel=4".into()),
             hostname: None,
             arch: None,
