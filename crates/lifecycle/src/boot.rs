@@ -119,6 +119,7 @@ impl Workspace<'_> {
             supervision,
         )?;
         let spec = BootSpec {
+            volumes: crate::volumes::mounts(&config.volumes),
             hostname: Some(
                 config
                     .hostname
