@@ -34,9 +34,9 @@
 //! ```
 
 pub mod command;
+pub mod copy;
 #[cfg(target_os = "linux")]
 pub mod forward;
-pub mod copy;
 pub mod image;
 #[cfg(target_os = "linux")]
 pub mod network;

@@ -53,6 +53,8 @@ fn hostile_workspace(state: &Path, name: &str, tar: Vec<u8>) -> std::thread::Joi
             volumes: vec![],
             kernel_args: None,
             arch: None,
+            network: Default::default(),
+            publish: Vec::new(),
             hostname: None,
             workload: None,
         },
