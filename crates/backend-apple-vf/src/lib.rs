@@ -239,4 +239,10 @@ impl Backend for AppleVfBackend {
     fn delete(&self, r: &Request) -> Result<Outcome, ProtocolError> {
         self.command(r)
     }
+    fn pause(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
+    }
+    fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
+    }
 }

@@ -111,9 +111,21 @@ impl ApiClient {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<(), ApiError> {
+        self.send_json("PUT", path, body, timeout)
+    }
+
+    /// `method path` with a JSON body (`PUT` for configuration, `PATCH`
+    /// for changes to a running VM such as `/vm`), within `timeout`.
+    pub fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| ApiError::Malformed(format!("encoding the request body: {e}")))?;
-        let response = self.send("PUT", path, Some(&body), timeout)?;
+        let response = self.send(method, path, Some(&body), timeout)?;
         fault_of(&response).map_or(Ok(()), Err)
     }
 

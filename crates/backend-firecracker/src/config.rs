@@ -82,9 +82,28 @@ pub struct InstanceActionInfo {
     pub action_type: ActionType,
 }
 
-/// One `PUT` of the boot sequence.
+/// `Vm.state`: the run state `PATCH /vm` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum VmState {
+    /// vCPUs stopped.
+    Paused,
+    /// vCPUs running.
+    Resumed,
+}
+
+/// `Vm`: the body of `PATCH /vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Vm {
+    /// The run state wanted.
+    pub state: VmState,
+}
+
+/// One API request: a `PUT` of the boot sequence, or a `PATCH` to a
+/// running VM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiCall {
+    /// `PUT` or `PATCH`.
+    pub method: &'static str,
     /// The request path, e.g. `/drives/root`.
     pub path: String,
     /// The JSON body.
@@ -96,6 +115,7 @@ pub struct ApiCall {
 impl ApiCall {
     fn new(path: impl Into<String>, body: impl Serialize, timeout: Duration) -> Self {
         ApiCall {
+            method: "PUT",
             path: path.into(),
             // These are plain structs of strings, numbers and booleans;
             // serializing them to a Value cannot fail.
@@ -238,6 +258,19 @@ pub fn instance_start() -> ApiCall {
         },
         START_TIMEOUT,
     )
+}
+
+/// The call that pauses (or resumes) a running VM: `PATCH /vm`.
+pub fn vm_state(paused: bool) -> ApiCall {
+    let state = if paused {
+        VmState::Paused
+    } else {
+        VmState::Resumed
+    };
+    ApiCall {
+        method: "PATCH",
+        ..ApiCall::new("/vm", Vm { state }, CONFIGURE_TIMEOUT)
+    }
 }
 
 /// Firecracker's `--id`: letters, digits and `-`, 1 to 64 characters

@@ -13,7 +13,7 @@ use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
     clone_log, kill_child, open_log, remove_stale_socket, rotate_console, spawn_console_relay,
 };
-use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision, WorkspacePaths};
 use vmkit_protocol::{Accelerator, BackendKind, ErrorCode, HostInfo, MachineConfig, ProtocolError};
 
 use crate::api::{ApiClient, ApiError};
@@ -87,6 +87,18 @@ impl Machine for FirecrackerMachine {
         self.available()?;
         config::validate(config)?;
         vmkit_lifecycle::check_config_files(config)
+    }
+
+    fn set_paused(&self, paths: &WorkspacePaths, paused: bool) -> Result<(), ProtocolError> {
+        let call = config::vm_state(paused);
+        ApiClient::new(paths.dir.join(API_SOCKET))
+            .send_json(call.method, &call.path, &call.body, call.timeout)
+            .map_err(|e| {
+                internal(format!(
+                    "firecracker refused {} {} {}: {e}",
+                    call.method, call.path, call.body
+                ))
+            })
     }
 
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
@@ -173,8 +185,8 @@ fn configure_and_start(
     wait_for_api(child, socket, plan)?;
     let client = ApiClient::new(socket);
     for call in calls.iter().chain([&config::instance_start()]) {
-        note(log, &format!("PUT {} {}", call.path, call.body));
-        match client.put_within(&call.path, &call.body, call.timeout) {
+        note(log, &format!("{} {} {}", call.method, call.path, call.body));
+        match client.send_json(call.method, &call.path, &call.body, call.timeout) {
             Ok(()) => {}
             Err(e) => return Err(api_error(child, &call.path, e, plan)),
         }

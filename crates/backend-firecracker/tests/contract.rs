@@ -52,6 +52,7 @@ fn every_body_the_backend_builds_follows_the_contract() {
         assert_eq!(calls.len(), 5 + disks);
         for call in calls.iter().chain([&config::instance_start()]) {
             let body = serde_json::to_vec(&call.body).unwrap();
+            assert_eq!(call.method, "PUT");
             spec.check_request("PUT", &call.path, Some(&body))
                 .unwrap_or_else(|e| panic!("PUT {} {}: {e}", call.path, call.body));
             assert_eq!(spec.success_status("PUT", &call.path), Some(204));
@@ -64,6 +65,24 @@ fn every_body_the_backend_builds_follows_the_contract() {
             );
         }
     }
+}
+
+#[test]
+fn pause_and_resume_follow_the_contract() {
+    let spec = Spec::load();
+    for paused in [true, false] {
+        let call = config::vm_state(paused);
+        assert_eq!(call.method, "PATCH");
+        let body = serde_json::to_vec(&call.body).unwrap();
+        spec.check_request(call.method, &call.path, Some(&body))
+            .unwrap_or_else(|e| panic!("{} {} {}: {e}", call.method, call.path, call.body));
+        assert_eq!(spec.success_status(call.method, &call.path), Some(204));
+        assert!(!spec.pre_boot_only(call.method, &call.path));
+    }
+    // A state the file does not list is refused.
+    assert!(spec
+        .check_request("PATCH", "/vm", Some(br#"{"state": "Frozen"}"#))
+        .is_err());
 }
 
 /// The validator must say no, or the launch tests prove nothing.

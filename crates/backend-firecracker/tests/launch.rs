@@ -184,6 +184,33 @@ fn launch_configures_two_extra_disks_and_starts() {
 
     // A one-shot run's VMM is in its own process group, not a new session.
     assert_ne!(session_of(fake.pid()), fake.pid());
+
+    // Pause and resume are PATCH /vm, which the contract accepts after boot.
+    let machine = FirecrackerMachine::new();
+    machine.set_paused(&plan.paths, true).unwrap();
+    machine.set_paused(&plan.paths, false).unwrap();
+    let requests = fake.requests();
+    let patches: Vec<_> = requests[8..]
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str(), r.status, r.body.clone()))
+        .collect();
+    assert_eq!(
+        patches,
+        [
+            (
+                "PATCH",
+                "/vm",
+                204,
+                Some(serde_json::json!({"state": "Paused"}))
+            ),
+            (
+                "PATCH",
+                "/vm",
+                204,
+                Some(serde_json::json!({"state": "Resumed"}))
+            ),
+        ]
+    );
     launched.vmm.kill().unwrap();
     launched.vmm.wait().unwrap();
     assert!(fake.errors().is_empty(), "{:?}", fake.errors());

@@ -11,9 +11,10 @@
 
 mod accel;
 mod machine;
+pub mod qmp;
 
 pub use accel::choose_accelerator;
-pub use machine::QemuMachine;
+pub use machine::{QemuMachine, QMP_SOCKET};
 
 /// The QEMU backend: the shared lifecycle over a [`QemuMachine`].
 pub fn backend() -> vmkit_lifecycle::Lifecycle {

@@ -8,19 +8,22 @@ use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
     clone_log, kill_child, rotate_console, spawn_console_relay, spawn_log_relay,
 };
-use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision};
+use vmkit_lifecycle::{spawn_supervised, BootPlan, Launched, Machine, Supervision, WorkspacePaths};
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
     ProtocolError,
 };
 
 use crate::choose_accelerator;
+use crate::qmp::{self, QmpClient, QmpError};
 
 /// The guest's vsock context ID. Each VM has its own vhost-device-vsock, so
 /// every guest can use the same one.
 const GUEST_CID: u32 = 3;
 /// How long vhost-device-vsock may take to create its socket.
 const VHOST_READY: Duration = Duration::from_secs(10);
+/// QEMU's QMP socket in the workspace folder (pause, resume, snapshots).
+pub const QMP_SOCKET: &str = "qmp.sock";
 
 /// Launches QEMU microVMs.
 #[derive(Debug, Default)]
@@ -146,6 +149,12 @@ impl QemuMachine {
             "stdio,id=console,signal=off".into(),
             "-serial".into(),
             "chardev:console".into(),
+            // QEMU listens; later commands (pause, resume) connect.
+            "-qmp".into(),
+            format!(
+                "unix:{},server=on,wait=off",
+                qemu_escape(&plan.paths.dir.join(QMP_SOCKET))
+            ),
         ];
         let mut drive = |id: &str, path: &Path, read_only: bool| {
             args.push("-drive".into());
@@ -214,6 +223,25 @@ impl Machine for QemuMachine {
         let (qemu, remedy) = Self::qemu_for(config.guest_arch());
         Self::tool(qemu, remedy)?;
         vmkit_lifecycle::check_config_files(config)
+    }
+
+    fn set_paused(&self, paths: &WorkspacePaths, paused: bool) -> Result<(), ProtocolError> {
+        let socket = paths.dir.join(QMP_SOCKET);
+        let qmp_err = |e: QmpError| internal(format!("{e}"));
+        let mut qmp = QmpClient::connect(&socket, qmp::DEFAULT_TIMEOUT).map_err(qmp_err)?;
+        qmp.execute(if paused { "stop" } else { "cont" }, None)
+            .map_err(qmp_err)?;
+        // `stop` returns once the vCPUs are out of guest code; the status
+        // is the VMM's own word that they are.
+        let status = qmp.status().map_err(qmp_err)?;
+        let expected = if paused { "paused" } else { "running" };
+        if status != expected {
+            return Err(internal(format!(
+                "QEMU reports run state {status:?} after {}",
+                if paused { "stop" } else { "cont" }
+            )));
+        }
+        Ok(())
     }
 
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {

@@ -94,6 +94,13 @@ pub enum Command {
     Kill(commands::workspace::NameArgs),
     /// Delete a workspace and its disks (refused while running unless --force).
     Delete(commands::workspace::DeleteArgs),
+    /// Pause a running workspace: its vCPUs stop, memory and connections are kept.
+    ///
+    /// A paused VM uses no host CPU. `exec` refuses until `resume`; `halt`
+    /// and `stop` resume it first so the guest can shut down. State `paused`.
+    Pause(commands::workspace::NameArgs),
+    /// Resume a paused workspace: its processes continue where they were.
+    Resume(commands::workspace::NameArgs),
     /// List workspaces.
     #[command(alias = "ls")]
     List,

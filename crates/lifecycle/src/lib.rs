@@ -15,6 +15,7 @@ mod gc;
 mod lifecycle;
 mod machine;
 mod paths;
+mod pause;
 mod process;
 pub mod vmm_files;
 

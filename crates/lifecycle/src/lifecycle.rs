@@ -75,20 +75,24 @@ impl Lifecycle {
         self.machine.as_ref()
     }
 
-    fn store(&self, request: &Request) -> Result<StateStore, ProtocolError> {
+    pub(crate) fn store(&self, request: &Request) -> Result<StateStore, ProtocolError> {
         let dir = request
             .state_dir()
             .ok_or_else(|| ProtocolError::invalid("stateDir is required"))?;
         StateStore::open(dir).map_err(state_err)
     }
 
-    fn lock(&self, store: &StateStore, name: &str) -> Result<WorkspaceLock, ProtocolError> {
+    pub(crate) fn lock(
+        &self,
+        store: &StateStore,
+        name: &str,
+    ) -> Result<WorkspaceLock, ProtocolError> {
         store
             .lock(name, LockWait::Timeout(LOCK_WAIT))
             .map_err(state_err)
     }
 
-    fn paths(store: &StateStore, name: &str) -> Result<WorkspacePaths, ProtocolError> {
+    pub(crate) fn paths(store: &StateStore, name: &str) -> Result<WorkspacePaths, ProtocolError> {
         WorkspacePaths::new(&store.workspace_dir(name).map_err(state_err)?)
     }
 
@@ -107,7 +111,7 @@ impl Lifecycle {
     }
 
     /// Moves `record` to `to`, saving it and recording the event.
-    fn transition(
+    pub(crate) fn transition(
         &self,
         store: &StateStore,
         lock: &WorkspaceLock,
@@ -133,7 +137,7 @@ impl Lifecycle {
         Ok(self.emit(store, identity, to, detail))
     }
 
-    fn load(
+    pub(crate) fn load(
         &self,
         store: &StateStore,
         lock: &WorkspaceLock,
@@ -149,7 +153,7 @@ impl Lifecycle {
     /// Brings a record in line with reality: a VM state whose VMM is gone,
     /// or whose driving `run` command died, becomes `failed`, and whatever
     /// processes remain are killed. Returns whether anything changed.
-    fn reconcile(
+    pub(crate) fn reconcile(
         &self,
         store: &StateStore,
         lock: &WorkspaceLock,
@@ -585,10 +589,15 @@ impl Lifecycle {
             let mut record = self.load(&store, &lock)?;
             self.reconcile(&store, &lock, &mut record)?;
             if record.state != State::Running {
+                let remedy = if record.state == State::Paused {
+                    "resume"
+                } else {
+                    "start"
+                };
                 return Err(ProtocolError::new(
                     ErrorCode::InvalidState,
                     format!(
-                        "workspace {name:?} is {}; `microagent start {name}` first",
+                        "workspace {name:?} is {}; `microagent {remedy} {name}` first",
                         record.state
                     ),
                 ));
@@ -621,6 +630,8 @@ impl Lifecycle {
             return Ok(Event::now(identity.clone(), record.state, "no VM running"));
         }
         let paths = Self::paths(store, &record.name)?;
+        // A paused guest cannot shut itself down: let it run for that.
+        let grace = self.unpause_for_shutdown(&record, &paths, grace);
         self.transition(
             store,
             lock,
@@ -660,7 +671,7 @@ impl Lifecycle {
         self.transition(store, lock, &mut record, identity, state, detail)
     }
 
-    fn with_lock<T>(
+    pub(crate) fn with_lock<T>(
         &self,
         request: &Request,
         f: impl FnOnce(&StateStore, &WorkspaceLock) -> Result<T, ProtocolError>,
@@ -799,6 +810,20 @@ impl Backend for Lifecycle {
             Ok(Outcome::default())
         })
     }
+
+    fn pause(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        self.with_lock(request, |store, lock| {
+            self.set_paused_locked(store, lock, &request.identity, true)
+                .map(event_outcome)
+        })
+    }
+
+    fn resume(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        self.with_lock(request, |store, lock| {
+            self.set_paused_locked(store, lock, &request.identity, false)
+                .map(event_outcome)
+        })
+    }
 }
 
 fn event_outcome(event: Event) -> Outcome {
@@ -817,7 +842,7 @@ fn identity_of(record: &WorkspaceRecord, request_id: &str) -> Identity {
     }
 }
 
-fn state_err(e: vmkit_state::StateError) -> ProtocolError {
+pub(crate) fn state_err(e: vmkit_state::StateError) -> ProtocolError {
     use vmkit_state::StateError as S;
     let code = match &e {
         S::Busy { .. } => ErrorCode::Busy,

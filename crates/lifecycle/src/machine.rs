@@ -110,4 +110,14 @@ pub trait Machine: Send + Sync {
     /// process runs; the guest's readiness is the lifecycle's business. On
     /// error, everything it started must already be gone.
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError>;
+    /// Stops (`paused` true) or restarts the vCPUs of the VM running in the
+    /// workspace at `paths`, keeping memory, devices and connections.
+    /// Returns once the VMM confirms the new run state.
+    fn set_paused(&self, paths: &WorkspacePaths, paused: bool) -> Result<(), ProtocolError> {
+        let _ = (paths, paused);
+        Err(ProtocolError::new(
+            vmkit_protocol::ErrorCode::Unsupported,
+            format!("the {} backend cannot pause a VM", self.kind()),
+        ))
+    }
 }

@@ -96,4 +96,8 @@ pub trait Backend: Send + Sync {
     fn kill(&self, request: &Request) -> Result<Outcome, ProtocolError>;
     /// Removes the workspace.
     fn delete(&self, request: &Request) -> Result<Outcome, ProtocolError>;
+    /// Stops the vCPUs of a running VM (state `paused`).
+    fn pause(&self, request: &Request) -> Result<Outcome, ProtocolError>;
+    /// Lets a paused VM run again (state `running`).
+    fn resume(&self, request: &Request) -> Result<Outcome, ProtocolError>;
 }

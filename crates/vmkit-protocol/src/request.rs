@@ -80,6 +80,10 @@ pub enum Command {
     Kill,
     /// Remove the workspace and its disks.
     Delete,
+    /// Stop the vCPUs of a running VM; memory, devices and connections kept.
+    Pause,
+    /// Let a paused VM's vCPUs run again.
+    Resume,
 }
 
 impl Command {
@@ -96,6 +100,8 @@ impl Command {
             Command::Stop => "stop",
             Command::Kill => "kill",
             Command::Delete => "delete",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
         }
     }
 

@@ -33,6 +33,7 @@ fn requests_round_trip_and_validate() {
         "request-run.json",
         "request-halt.json",
         "request-host.json",
+        "request-pause.json",
     ] {
         let r: Request = round_trip(name);
         Request::from_json(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -44,6 +45,14 @@ fn requests_round_trip_and_validate() {
     let config = start.config.unwrap();
     assert_eq!(config.memory_mib, 512);
     assert_eq!(config.disks[1].mode, DiskMode::Ro);
+    let pause = Request::from_json(&fixture("request-pause.json")).unwrap();
+    assert_eq!(pause.command, Command::Pause);
+    assert!(!pause.command.needs_config());
+    let resume = edit("request-pause.json", |v| v["command"] = "resume".into());
+    assert_eq!(
+        Request::from_json(&resume).unwrap().command,
+        Command::Resume
+    );
     let halt = Request::from_json(&fixture("request-halt.json")).unwrap();
     assert_eq!(halt.identity.backend, BackendKind::AppleVf);
     assert_eq!(halt.state_dir(), Some("/Users/me/.microagent"));
@@ -163,6 +172,12 @@ fn validation_errors_name_the_field() {
             v["config"]["workload"]["exec"] = " ".into()
         }),
         "workload.exec",
+    );
+    rejects(
+        &edit("request-pause.json", |v| {
+            v.as_object_mut().unwrap().remove("stateDir");
+        }),
+        "command pause needs stateDir",
     );
 }
 

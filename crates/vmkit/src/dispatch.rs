@@ -99,6 +99,8 @@ pub fn dispatch(backend: &dyn Backend, request: &Request) -> Response {
         Command::Stop => backend.stop(request),
         Command::Kill => backend.kill(request),
         Command::Delete => backend.delete(request),
+        Command::Pause => backend.pause(request),
+        Command::Resume => backend.resume(request),
     };
     match outcome {
         Ok(o) => Response {

@@ -279,6 +279,16 @@ impl Runtime {
         self.call(&self.request(Command::Kill, name, "workspace", None))
     }
 
+    /// Stops a running workspace's vCPUs (state `paused`).
+    pub fn pause(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Pause, name, "workspace", None))
+    }
+
+    /// Lets a paused workspace run again.
+    pub fn resume(&self, name: &str) -> Result<Event, VmkitError> {
+        self.call(&self.request(Command::Resume, name, "workspace", None))
+    }
+
     /// Removes a workspace; with `force`, kills its VM first.
     pub fn delete(&self, name: &str, force: bool) -> Result<(), VmkitError> {
         if force {

@@ -7,6 +7,7 @@ pub mod kernel;
 pub mod mcp;
 pub mod rootfs;
 pub mod run;
+pub mod snapshot;
 pub mod workspace;
 
 use std::io;
@@ -24,6 +25,8 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Stop(args) => workspace::stop(args, global),
         Command::Kill(args) => workspace::kill(args, global),
         Command::Delete(args) => workspace::delete(args, global),
+        Command::Pause(args) => snapshot::pause(args, global),
+        Command::Resume(args) => snapshot::resume(args, global),
         Command::List => workspace::list(global),
         Command::Status(args) => workspace::status(args, global),
         Command::Events(args) => workspace::events(args, global),

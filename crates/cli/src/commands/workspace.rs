@@ -327,7 +327,7 @@ fn backend_of(global: &Global, name: &str) -> anyhow::Result<Option<BackendKind>
     Ok(store(global)?.peek(name)?.map(|r| r.backend))
 }
 
-fn simple(
+pub(crate) fn simple(
     name: &str,
     global: &Global,
     f: impl FnOnce(&vmkit::Runtime) -> Result<vmkit::protocol::Event, vmkit::VmkitError>,

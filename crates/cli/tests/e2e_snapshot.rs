@@ -1,0 +1,152 @@
+//! Pause, resume and memory snapshots end to end, on real VMs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{describe, json_lines, processes_mentioning, Env};
+
+fn create(env: &Env, name: &str) {
+    let out = env
+        .cmd()
+        .args(["create", name, "--image", &env.image])
+        .arg("--kernel")
+        .arg(&env.kernel)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+fn sh(env: &Env, name: &str, script: &str) -> std::process::Output {
+    env.cmd()
+        .args(["exec", name, "--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+/// Starts, in the background of `name`, a shell that counts in memory
+/// and writes the count to `/tmp/count` every 100 ms, its pid to
+/// `/tmp/counter.pid`.
+fn start_counter(env: &Env, name: &str) {
+    let out = sh(
+        env,
+        name,
+        "setsid sh -c 'echo $$ > /tmp/counter.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+/// The counter's value and pid, once it has written both.
+fn read_counter(env: &Env, name: &str) -> (u64, u64) {
+    let out = sh(
+        env,
+        name,
+        "while ! [ -s /tmp/count ] || ! [ -s /tmp/counter.pid ]; do sleep 0.05; done; echo $(cat /tmp/count) $(cat /tmp/counter.pid)",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace().map(|w| w.parse::<u64>().unwrap());
+    (words.next().unwrap(), words.next().unwrap())
+}
+
+/// Polls until the counter passes `above`; returns the value seen.
+fn wait_count_above(env: &Env, name: &str, above: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (count, _) = read_counter(env, name);
+        if count > above {
+            return count;
+        }
+        assert!(Instant::now() < deadline, "{name}: count stuck at {count}");
+    }
+}
+
+fn vmm_pid(env: &Env, name: &str) -> i32 {
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", name]).stdout).unwrap();
+    status["vmm"]["pid"].as_i64().unwrap() as i32
+}
+
+/// User plus system CPU time of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_paused_workspace_uses_no_cpu_and_continues_on_resume() {
+    let env = Env::new();
+    create(&env, "pz");
+    env.ok(&["start", "pz"]);
+    start_counter(&env, "pz");
+    let (before, pid) = read_counter(&env, "pz");
+    let qemu = vmm_pid(&env, "pz");
+    // Running, the guest's counter costs QEMU CPU: the measurement can see it.
+    let t0 = cpu_ticks(qemu);
+    wait_count_above(&env, "pz", before + 5);
+    assert!(cpu_ticks(qemu) > t0, "a running guest should cost CPU");
+
+    env.ok(&["pause", "pz"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "pz"]).stdout).unwrap();
+    assert_eq!(status["state"], "paused");
+    let out = sh(&env, "pz", "true");
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("paused") && stderr.contains("microagent resume pz"),
+        "{stderr}"
+    );
+    // Pausing twice is not an error.
+    env.ok(&["pause", "pz"]);
+
+    let window_start = cpu_ticks(qemu);
+    std::thread::sleep(Duration::from_secs(2));
+    let window_ticks = cpu_ticks(qemu) - window_start;
+    let hz = clock_ticks_per_second();
+    // "~0": under 2% of one core over the 2 s (a busy TCG guest uses 100%).
+    assert!(
+        window_ticks * 50 <= 2 * hz,
+        "paused QEMU used {window_ticks} ticks ({hz}/s) in 2 s"
+    );
+
+    env.ok(&["resume", "pz"]);
+    let (after, same_pid) = read_counter(&env, "pz");
+    assert_eq!(same_pid, pid);
+    assert!(after >= before, "{after} < {before}");
+    wait_count_above(&env, "pz", after);
+
+    let events = json_lines(&env.ok(&["--json", "events", "pz"]));
+    let states: Vec<&str> = events
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["prepared", "starting", "running", "paused", "running"]
+    );
+    // A paused workspace still halts cleanly (it is resumed for that).
+    env.ok(&["pause", "pz"]);
+    env.ok(&["halt", "pz"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "pz"]).stdout).unwrap();
+    assert_eq!(status["state"], "halted");
+    // Resuming a halted workspace is refused with the reason.
+    let out = env.cmd().args(["resume", "pz"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is halted"));
+    env.ok(&["delete", "pz"]);
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
