@@ -34,6 +34,10 @@ pub mod frame;
 #[cfg(unix)]
 pub mod host;
 pub mod message;
+#[cfg(unix)]
+pub mod mux;
+#[cfg(unix)]
+pub mod relay;
 
 pub use bootspec::{
     config_device_from_cmdline, encode_config, kernel_args, read_config, write_config_disk,
