@@ -182,6 +182,7 @@ impl AppleVfBackend {
             event: response.event,
             host: response.host,
             result: response.result,
+            snapshots: response.snapshots,
         })
     }
 }
@@ -207,6 +208,8 @@ impl Backend for AppleVfBackend {
             },
             config: None,
             state_dir: None,
+            snapshot: None,
+            from_snapshot: None,
         };
         self.command(&request)?
             .host
@@ -243,6 +246,9 @@ impl Backend for AppleVfBackend {
         self.command(r)
     }
     fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
+    }
+    fn snapshot(&self, r: &Request) -> Result<Outcome, ProtocolError> {
         self.command(r)
     }
 }

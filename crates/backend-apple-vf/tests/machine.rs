@@ -35,6 +35,7 @@ fn boot_plan(dir: &Path) -> BootPlan {
         kernel_args: "root=/dev/vda rw init=/sbin/microagent-init microagent.config=/dev/vdd"
             .into(),
         detached: false,
+        restore: None,
     }
 }
 

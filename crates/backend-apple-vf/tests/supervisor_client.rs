@@ -27,6 +27,8 @@ fn halt() -> Request {
         },
         config: None,
         state_dir: Some("/state".into()),
+        snapshot: None,
+        from_snapshot: None,
     }
 }
 

@@ -113,7 +113,7 @@ pub struct ApiCall {
 }
 
 impl ApiCall {
-    fn new(path: impl Into<String>, body: impl Serialize, timeout: Duration) -> Self {
+    pub(crate) fn new(path: impl Into<String>, body: impl Serialize, timeout: Duration) -> Self {
         ApiCall {
             method: "PUT",
             path: path.into(),
@@ -323,6 +323,7 @@ mod tests {
             paths,
             kernel_args: "root=/dev/vda rw init=/sbin/microagent-init".into(),
             detached: false,
+            restore: None,
         }
     }
 

@@ -52,6 +52,7 @@ fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootPlan 
         kernel_args: "root=/dev/vda rw init=/sbin/microagent-init microagent.config=/dev/vdd"
             .into(),
         detached,
+        restore: None,
     }
 }
 

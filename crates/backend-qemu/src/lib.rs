@@ -12,9 +12,12 @@
 mod accel;
 mod machine;
 pub mod qmp;
+mod snapshot;
+pub mod transport;
 
 pub use accel::choose_accelerator;
 pub use machine::{QemuMachine, QMP_SOCKET};
+pub use transport::Transport;
 
 /// The QEMU backend: the shared lifecycle over a [`QemuMachine`].
 pub fn backend() -> vmkit_lifecycle::Lifecycle {

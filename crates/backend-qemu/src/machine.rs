@@ -1,10 +1,8 @@
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
 
-use vmkit_host::{find_in_path, probe_kvm, Tool};
+use vmkit_host::{probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
     clone_log, kill_child, rotate_console, spawn_console_relay, spawn_log_relay,
 };
@@ -16,25 +14,42 @@ use vmkit_protocol::{
 
 use crate::choose_accelerator;
 use crate::qmp::{self, QmpClient, QmpError};
+use crate::transport::{tool, Transport};
 
-/// The guest's vsock context ID. Each VM has its own vhost-device-vsock, so
-/// every guest can use the same one.
-const GUEST_CID: u32 = 3;
-/// How long vhost-device-vsock may take to create its socket.
-const VHOST_READY: Duration = Duration::from_secs(10);
 /// QEMU's QMP socket in the workspace folder (pause, resume, snapshots).
 pub const QMP_SOCKET: &str = "qmp.sock";
 
 /// Launches QEMU microVMs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QemuMachine {
     accel: OnceLock<(Accelerator, String)>,
+    transport: Result<Transport, ProtocolError>,
+}
+
+impl Default for QemuMachine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl QemuMachine {
-    /// A machine that probes KVM on first use.
+    /// A machine that probes KVM on first use, with the transport
+    /// `MICROAGENT_QEMU_TRANSPORT` names (serial by default).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_transport(Transport::from_env())
+    }
+
+    /// A machine with a given transport.
+    pub fn with_transport(transport: Result<Transport, ProtocolError>) -> Self {
+        QemuMachine {
+            accel: OnceLock::new(),
+            transport,
+        }
+    }
+
+    /// The host<->guest transport of this machine's VMs.
+    pub fn transport(&self) -> Result<Transport, ProtocolError> {
+        self.transport.clone()
     }
 
     /// The accelerator this host gets (probed once per process).
@@ -71,45 +86,43 @@ impl QemuMachine {
         }
     }
 
-    fn tool(tool: Tool, remedy: &str) -> Result<PathBuf, ProtocolError> {
-        find_in_path(tool.program()).ok_or_else(|| {
-            ProtocolError::new(
-                ErrorCode::Unavailable,
-                format!("{} not found in PATH; {remedy}", tool.program()),
-            )
-        })
-    }
-
     /// The QEMU command line for `plan` (without the program).
     ///
     /// x86_64 guests get `-M microvm` with virtio-mmio devices; aarch64
     /// guests `-M virt` with virtio-pci devices (PCI enumerates in command
     /// line order, so `/dev/vda` is still the root disk; virt's mmio slots
     /// are probed in reverse).
-    pub fn qemu_args(&self, plan: &BootPlan, vhost_socket: &Path) -> Vec<String> {
+    pub fn qemu_args(
+        &self,
+        plan: &BootPlan,
+        transport: Transport,
+        helper_socket: &Path,
+    ) -> Vec<String> {
         let c = &plan.config;
         let arch = c.guest_arch();
         let (accel, _) = self.accelerator_for(arch);
         let mem = format!("{}M", c.memory_mib);
-        let (machine, cpu, base, blk, vsock) = match arch {
+        let (machine, cpu, base, blk, pci) = match arch {
             GuestArch::X86_64 => (
                 vmkit_kernel::boot::qemu_microvm_machine(),
                 vmkit_kernel::boot::qemu_cpu_model(),
                 vmkit_kernel::boot::kernel_cmdline_base(true),
                 "virtio-blk-device",
-                "vhost-user-vsock-device",
+                false,
             ),
             GuestArch::Aarch64 => (
                 vmkit_kernel::boot::QEMU_VIRT_MACHINE,
                 vmkit_kernel::boot::qemu_aarch64_cpu_model(),
                 vmkit_kernel::boot::qemu_virt_cmdline_base(true),
                 "virtio-blk-pci",
-                "vhost-user-vsock-pci",
+                true,
             ),
         };
         let mut cmdline = base;
         cmdline.push(' ');
         cmdline.push_str(&plan.kernel_args);
+        cmdline.push(' ');
+        cmdline.push_str(&transport.kernel_arg());
         if let Some(extra) = &c.kernel_args {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -131,9 +144,8 @@ impl QemuMachine {
             mem.clone(),
             "-smp".into(),
             c.cpu_count.to_string(),
-            // vhost-user needs guest memory it can map: a shared memfd.
             "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            transport.memory_backend(&plan.paths.dir, &mem),
             "-kernel".into(),
             c.kernel_path.clone(),
             "-append".into(),
@@ -175,18 +187,13 @@ impl QemuMachine {
             );
         }
         drive("config", &plan.paths.config_disk, true);
-        args.extend([
-            "-chardev".into(),
-            format!("socket,id=vsock,path={}", vhost_socket.display()),
-            "-device".into(),
-            format!("{vsock},chardev=vsock"),
-        ]);
+        args.extend(transport.device_args(helper_socket, pci));
         args
     }
 }
 
 /// QEMU's option syntax splits on commas; a literal comma is doubled.
-fn qemu_escape(path: &Path) -> String {
+pub(crate) fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
@@ -207,21 +214,17 @@ impl Machine for QemuMachine {
     }
 
     fn available(&self) -> Result<(), ProtocolError> {
-        Self::tool(
+        tool(
             Tool::Qemu,
             "install it (Debian: apt-get install qemu-system-x86)",
         )?;
-        Self::tool(
-            Tool::VhostDeviceVsock,
-            "install it (cargo install --locked vhost-device-vsock)",
-        )?;
-        Ok(())
+        self.transport()?.available()
     }
 
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
         self.available()?;
         let (qemu, remedy) = Self::qemu_for(config.guest_arch());
-        Self::tool(qemu, remedy)?;
+        tool(qemu, remedy)?;
         vmkit_lifecycle::check_config_files(config)
     }
 
@@ -244,10 +247,19 @@ impl Machine for QemuMachine {
         Ok(())
     }
 
+    fn save_state(&self, paths: &WorkspacePaths, into: &Path) -> Result<(), ProtocolError> {
+        crate::snapshot::save_state(
+            self.transport()?,
+            &paths.dir.join(QMP_SOCKET),
+            &paths.dir,
+            into,
+        )
+    }
+
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
         let (qemu, remedy) = Self::qemu_for(plan.config.guest_arch());
-        let qemu = Self::tool(qemu, remedy)?;
-        let vhost = Self::tool(Tool::VhostDeviceVsock, "cargo install vhost-device-vsock")?;
+        let qemu = tool(qemu, remedy)?;
+        let transport = self.transport()?;
         let supervision = if plan.detached {
             Supervision::Detached
         } else {
@@ -256,33 +268,26 @@ impl Machine for QemuMachine {
         rotate_console(&plan.paths.console_log);
         // QEMU's warnings are the guest's to provoke: the log is capped.
         let (mut log_relay, log) = spawn_log_relay(&plan.paths.vmm_log, supervision)?;
-        let vhost_socket = plan.paths.dir.join("vhost.sock");
-        let _ = std::fs::remove_file(&vhost_socket);
+        let (mut vhost_child, helper_socket) = match transport.spawn_helper(plan, &log, supervision)
+        {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                kill_child(&mut log_relay);
+                return Err(e);
+            }
+        };
 
-        let mut vhost_child = spawn_supervised(
-            Command::new(&vhost)
-                .arg("--vm")
-                .arg(format!(
-                    "guest-cid={GUEST_CID},socket={},uds-path={}",
-                    vhost_socket.display(),
-                    plan.paths.vsock.display()
-                ))
-                .stdin(Stdio::null())
-                .stdout(clone_log(&log)?)
-                .stderr(clone_log(&log)?),
-            supervision,
-        )
-        .map_err(|e| {
-            kill_child(&mut log_relay);
-            internal(format!("starting vhost-device-vsock: {e}"))
-        })?;
-        if let Err(e) = wait_for_socket(&vhost_socket, &mut vhost_child) {
-            kill_child(&mut vhost_child);
-            kill_child(&mut log_relay);
-            return Err(e);
+        let mut args = self.qemu_args(plan, transport, &helper_socket);
+        if let Some(snapshot) = &plan.restore {
+            match crate::snapshot::prepare_restore(snapshot, &plan.paths.dir) {
+                Ok(extra) => args.extend(extra),
+                Err(e) => {
+                    kill_child(&mut vhost_child);
+                    kill_child(&mut log_relay);
+                    return Err(e);
+                }
+            }
         }
-
-        let args = self.qemu_args(plan, &vhost_socket);
         // One JSON array, so scripts/bench-run can replay the exact command.
         tracing::debug!(
             "qemu argv {}",
@@ -308,11 +313,23 @@ impl Machine for QemuMachine {
         // when they do.
         drop(log);
         match spawned {
-            Ok(vmm) => Ok(Launched {
-                vmm,
-                helpers: vec![vhost_child, log_relay],
-                relay: Some(relay),
-            }),
+            Ok(vmm) => {
+                let mut launched = Launched {
+                    vmm,
+                    helpers: vec![vhost_child, log_relay],
+                    relay: Some(relay),
+                };
+                if let Some(snapshot) = &plan.restore {
+                    let qmp = plan.paths.dir.join(QMP_SOCKET);
+                    if let Err(e) =
+                        crate::snapshot::complete_restore(&qmp, snapshot, &mut launched.vmm)
+                    {
+                        launched.shut_down();
+                        return Err(e);
+                    }
+                }
+                Ok(launched)
+            }
             Err(e) => {
                 kill_child(&mut vhost_child);
                 kill_child(&mut log_relay);
@@ -325,26 +342,4 @@ impl Machine for QemuMachine {
 
 fn internal(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Internal, message)
-}
-
-fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), ProtocolError> {
-    let deadline = Instant::now() + VHOST_READY;
-    loop {
-        if path.exists() {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(internal(format!(
-                "vhost-device-vsock exited at start ({status}); see vmm.log in the workspace"
-            )));
-        }
-        if Instant::now() >= deadline {
-            return Err(internal(format!(
-                "vhost-device-vsock did not create {} within {}s",
-                path.display(),
-                VHOST_READY.as_secs()
-            )));
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
 }

@@ -82,8 +82,8 @@ pub enum Command {
     Run(commands::run::RunArgs),
     /// Create a workspace (prepared, not booted) from an image.
     Create(commands::workspace::CreateArgs),
-    /// Boot a workspace; returns once its exec service answers.
-    Start(commands::workspace::NameArgs),
+    /// Boot a workspace (or continue it from a snapshot); returns once its exec service answers.
+    Start(commands::workspace::StartArgs),
     /// Run a command in a running workspace; exits with its exit code.
     Exec(commands::workspace::ExecArgs),
     /// Shut a workspace down cleanly, keeping its disk.
@@ -101,6 +101,9 @@ pub enum Command {
     Pause(commands::workspace::NameArgs),
     /// Resume a paused workspace: its processes continue where they were.
     Resume(commands::workspace::NameArgs),
+    /// Save, list and delete snapshots of a workspace (memory, device state, disk).
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::SnapshotCommand),
     /// List workspaces.
     #[command(alias = "ls")]
     List,
@@ -113,6 +116,12 @@ pub enum Command {
     Logs(commands::workspace::LogsArgs),
     /// Clean up VMs left behind by killed microagent commands.
     Gc,
+    /// Internal: the per-VM channel relay the QEMU backend starts (serial transport).
+    ///
+    /// Serves the hybrid-vsock convention on --uds over the multiplexed
+    /// virtio-serial link QEMU connects to on --serial; exits when QEMU does.
+    #[command(hide = true)]
+    ChannelRelay(commands::snapshot::RelayArgs),
     /// Serve one protocol request: JSON on stdin, JSON on stdout (exit 0 iff ok).
     Supervisor,
     /// Build and manage guest kernels.

@@ -150,3 +150,86 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+#[test]
+fn forks_continue_the_counting_process_and_diverge() {
+    let env = Env::new();
+    // A private copy of the kernel, so the test can change it at the end.
+    let kernel = env.state_path().join("vmlinux");
+    std::fs::copy(&env.kernel, &kernel).unwrap();
+    let out = env
+        .cmd()
+        .args(["create", "src", "--image", &env.image])
+        .arg("--kernel")
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    env.ok(&["start", "src"]);
+    start_counter(&env, "src");
+    let (before, pid) = read_counter(&env, "src");
+    let at_snapshot = wait_count_above(&env, "src", before + 3);
+
+    let made = json_lines(&env.ok(&["--json", "snapshot", "create", "src", "--tag", "t1"]));
+    assert_eq!(made[0]["snapshot"]["tag"], "t1");
+    // The source runs on after its snapshot.
+    wait_count_above(&env, "src", at_snapshot + 3);
+
+    for fork in ["f1", "f2"] {
+        env.ok(&["create", fork, "--from-snapshot", "src:t1"]);
+        let (count, same_pid) = read_counter(&env, fork);
+        assert_eq!(same_pid, pid, "{fork}: the counter is the same process");
+        assert!(count >= at_snapshot, "{fork}: {count} < {at_snapshot}");
+        wait_count_above(&env, fork, count);
+    }
+    // Each fork writes its own file; neither sees the other's, nor the source.
+    for (fork, word) in [("f1", "one"), ("f2", "two")] {
+        let out = sh(&env, fork, &format!("echo {word} > /root/fork"));
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    for (ws, expected) in [("f1", "one\n"), ("f2", "two\n"), ("src", "")] {
+        let out = sh(&env, ws, "cat /root/fork 2>/dev/null; true");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{ws}");
+    }
+    let listed = json_lines(&env.ok(&["--json", "snapshot", "list"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["snapshot"]["runtimeID"], "src");
+
+    // A changed kernel: the restore is refused with the reason, nothing starts.
+    for fork in ["f1", "f2"] {
+        env.ok(&["delete", "--force", fork]);
+    }
+    env.ok(&["stop", "src"]);
+    let mut k = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&kernel)
+        .unwrap();
+    std::io::Write::write_all(&mut k, b"changed").unwrap();
+    drop(k);
+    let out = env
+        .cmd()
+        .args(["start", "src", "--from-snapshot", "t1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the kernel changed since the snapshot"),
+        "{}",
+        describe(&out)
+    );
+    let out = env
+        .cmd()
+        .args(["create", "f3", "--from-snapshot", "src:t1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(!env.state_path().join("workspaces/f3").exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "src"]).stdout).unwrap();
+    assert_eq!(status["state"], "stopped");
+
+    env.ok(&["snapshot", "delete", "src", "t1"]);
+    assert!(json_lines(&env.ok(&["--json", "snapshot", "list", "src"])).is_empty());
+    env.ok(&["delete", "src"]);
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+}

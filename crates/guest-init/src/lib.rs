@@ -37,6 +37,8 @@ pub mod service;
 #[cfg(target_os = "linux")]
 pub mod system;
 #[cfg(target_os = "linux")]
+pub mod transport;
+#[cfg(target_os = "linux")]
 pub mod vsock;
 
 /// Logs a line to the console (PID 1's stderr is `/dev/console`).

@@ -144,6 +144,18 @@ pub fn set_hostname(name: &str) {
     }
 }
 
+/// Sets the wall clock (a guest restored from a snapshot wakes with the
+/// time it was saved at).
+pub fn set_clock_ns(ns_since_epoch: u64) {
+    let t = nix::sys::time::TimeSpec::new(
+        (ns_since_epoch / 1_000_000_000) as i64,
+        (ns_since_epoch % 1_000_000_000) as i64,
+    );
+    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, t) {
+        log(&format!("setting the clock: {e}"));
+    }
+}
+
 /// Brings `lo` up; the kernel then gives it 127.0.0.1 itself.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: creates a socket; the result is checked.

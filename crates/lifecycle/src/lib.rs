@@ -17,6 +17,7 @@ mod machine;
 mod paths;
 mod pause;
 mod process;
+mod snapshot;
 pub mod vmm_files;
 
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};

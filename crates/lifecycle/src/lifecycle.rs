@@ -1,5 +1,5 @@
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -284,6 +284,7 @@ impl Lifecycle {
         identity: &Identity,
         mode: Mode,
         detached: bool,
+        restore: Option<PathBuf>,
     ) -> Result<(Launched, Control), ProtocolError> {
         let paths = Self::paths(store, &record.name)?;
         self.transition(
@@ -295,7 +296,8 @@ impl Lifecycle {
             "launching VMM",
         )?;
         let started = Instant::now();
-        let booted = self.launch_and_connect(store, lock, record, &paths, mode, detached);
+        let restoring = restore.is_some();
+        let booted = self.launch_and_connect(store, lock, record, &paths, mode, detached, restore);
         match booted {
             Ok((launched, mut control)) => {
                 if detached {
@@ -308,7 +310,12 @@ impl Lifecycle {
                         );
                     }
                 }
-                let detail = format!("booted in {:.2}s", started.elapsed().as_secs_f64());
+                let verb = if restoring {
+                    "restored from a snapshot"
+                } else {
+                    "booted"
+                };
+                let detail = format!("{verb} in {:.2}s", started.elapsed().as_secs_f64());
                 self.transition(store, lock, record, identity, State::Running, &detail)?;
                 Ok((launched, control))
             }
@@ -351,6 +358,7 @@ impl Lifecycle {
         paths: &WorkspacePaths,
         mode: Mode,
         detached: bool,
+        restore: Option<PathBuf>,
     ) -> Result<(Launched, Control), (Option<Launched>, ProtocolError)> {
         let config = &record.config;
         // Extra disks are /dev/vdb... in request order; the config disk follows.
@@ -400,6 +408,7 @@ impl Lifecycle {
                 vmkit_channel::kernel_args(&config_device)
             ),
             detached,
+            restore,
         };
         let mut launched = self.machine.launch(&plan).map_err(|e| (None, e))?;
         tracing::debug!("VMM launched");
@@ -494,7 +503,7 @@ impl Lifecycle {
         });
         let outcome = (|| {
             let (mut launched, mut control) =
-                self.boot(&store, &lock, &mut record, identity, mode, false)?;
+                self.boot(&store, &lock, &mut record, identity, mode, false, None)?;
             // Without a run timeout the guest runs as long as it likes; the
             // backstop then only guards against a wedged channel.
             let backstop =
@@ -704,6 +713,7 @@ impl Backend for Lifecycle {
     }
 
     fn prepare(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        let request = &self.fork_request(request)?;
         self.with_lock(request, |store, lock| {
             let (_, event) = self.prepare_locked(store, lock, request)?;
             Ok(event_outcome(event))
@@ -730,8 +740,19 @@ impl Backend for Lifecycle {
                 record.config = config.clone();
                 record.config.rootfs_path = disk;
             }
-            let (launched, _control) =
-                self.boot(store, lock, &mut record, &request.identity, Mode::Workspace, true)?;
+            let restore = match &request.from_snapshot {
+                Some(from) => self.restore_source(store, &record, from)?,
+                None => None,
+            };
+            let (launched, _control) = self.boot(
+                store,
+                lock,
+                &mut record,
+                &request.identity,
+                Mode::Workspace,
+                true,
+                restore,
+            )?;
             // The VM outlives this command; dropping the handles does not
             // kill it (it is in its own session) and its exit is reaped by
             // whoever inherits it.
@@ -754,6 +775,7 @@ impl Backend for Lifecycle {
             )),
             result: Some(output.result),
             host: None,
+            snapshots: None,
         })
     }
 
@@ -816,6 +838,10 @@ impl Backend for Lifecycle {
             self.set_paused_locked(store, lock, &request.identity, true)
                 .map(event_outcome)
         })
+    }
+
+    fn snapshot(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        self.snapshot_command(request)
     }
 
     fn resume(&self, request: &Request) -> Result<Outcome, ProtocolError> {

@@ -22,6 +22,9 @@ pub struct BootPlan {
     /// Whether the VM outlives the command that launches it (a workspace
     /// `start`) or dies with it (a one-shot `run`).
     pub detached: bool,
+    /// Continue from the memory snapshot in this folder (written by
+    /// [`Machine::save_state`]) instead of booting the kernel.
+    pub restore: Option<PathBuf>,
 }
 
 /// The processes a launch started.
@@ -110,6 +113,20 @@ pub trait Machine: Send + Sync {
     /// process runs; the guest's readiness is the lifecycle's business. On
     /// error, everything it started must already be gone.
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError>;
+    /// Writes the paused VM's device state, and its memory, into the
+    /// folder `into` (which exists and is empty), so that a launch with
+    /// [`BootPlan::restore`] naming a copy of it continues the VM there.
+    fn save_state(
+        &self,
+        paths: &WorkspacePaths,
+        into: &std::path::Path,
+    ) -> Result<(), ProtocolError> {
+        let _ = (paths, into);
+        Err(ProtocolError::new(
+            vmkit_protocol::ErrorCode::Unsupported,
+            format!("the {} backend cannot snapshot a VM's memory", self.kind()),
+        ))
+    }
     /// Stops (`paused` true) or restarts the vCPUs of the VM running in the
     /// workspace at `paths`, keeping memory, devices and connections.
     /// Returns once the VMM confirms the new run state.

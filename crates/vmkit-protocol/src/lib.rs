@@ -22,6 +22,7 @@ mod event;
 mod hostname;
 mod request;
 mod response;
+mod snapshot;
 mod state;
 mod terminal;
 
@@ -34,5 +35,6 @@ pub use request::{validate_runtime_id, Command, Identity, Request, MAX_REQUEST_B
 pub use response::{
     truncate_text, Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult,
 };
+pub use snapshot::{validate_tag, SnapshotAction, SnapshotInfo, SnapshotRef, SnapshotRequest};
 pub use state::{State, TransitionError};
 pub use terminal::{terminal_safe, terminal_safe_bytes};

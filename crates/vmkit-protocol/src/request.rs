@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{BackendKind, MachineConfig, ProtocolError};
+use crate::{BackendKind, MachineConfig, ProtocolError, SnapshotRef, SnapshotRequest};
 
 /// Largest request an external supervisor accepts; anything bigger is refused
 /// before parsing.
@@ -23,6 +23,13 @@ pub struct Request {
     /// (`inspect`, `halt`, `stop`, `kill`, `delete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+    /// For `snapshot`: what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRequest>,
+    /// For `start` (and `prepare` of a fork): continue from this snapshot
+    /// instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<SnapshotRef>,
 }
 
 /// A request as it arrives, before the identity rule is applied.
@@ -36,6 +43,10 @@ struct WireRequest {
     config: Option<MachineConfig>,
     #[serde(default)]
     state_dir: Option<String>,
+    #[serde(default)]
+    snapshot: Option<SnapshotRequest>,
+    #[serde(default)]
+    from_snapshot: Option<SnapshotRef>,
 }
 
 impl TryFrom<WireRequest> for Request {
@@ -52,6 +63,8 @@ impl TryFrom<WireRequest> for Request {
             identity,
             config: w.config,
             state_dir: w.state_dir,
+            snapshot: w.snapshot,
+            from_snapshot: w.from_snapshot,
         })
     }
 }
@@ -84,6 +97,8 @@ pub enum Command {
     Pause,
     /// Let a paused VM's vCPUs run again.
     Resume,
+    /// Create, list or delete snapshots (`snapshot` says which).
+    Snapshot,
 }
 
 impl Command {
@@ -102,6 +117,7 @@ impl Command {
             Command::Delete => "delete",
             Command::Pause => "pause",
             Command::Resume => "resume",
+            Command::Snapshot => "snapshot",
         }
     }
 
@@ -236,6 +252,26 @@ impl Request {
             && self.config.as_ref().is_some_and(|c| c.workload.is_none())
         {
             return Err(ProtocolError::invalid("command run needs config.workload"));
+        }
+        match (&self.snapshot, self.command) {
+            (None, Command::Snapshot) => {
+                return Err(ProtocolError::invalid("command snapshot needs snapshot"))
+            }
+            (Some(s), Command::Snapshot) => s.validate()?,
+            (Some(_), _) => {
+                return Err(ProtocolError::invalid(
+                    "snapshot is only for command snapshot",
+                ))
+            }
+            (None, _) => {}
+        }
+        if let Some(from) = &self.from_snapshot {
+            if !matches!(self.command, Command::Start | Command::Prepare) {
+                return Err(ProtocolError::invalid(
+                    "fromSnapshot is only for commands start and prepare",
+                ));
+            }
+            from.validate()?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod doctor;
 mod error;
 mod guest_init;
 mod runtime;
+mod snapshots;
 pub mod supervisor;
 
 pub use error::VmkitError;
@@ -26,4 +27,5 @@ pub use vmkit_lifecycle::vmm_files::read_console;
 pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 
 pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};
+pub use vmkit_channel as channel;
 pub use vmkit_protocol as protocol;

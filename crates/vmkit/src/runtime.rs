@@ -142,7 +142,7 @@ impl Runtime {
         Ok(RootfsBuilder::new(&self.state_dir).build(&image, &options)?)
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         command: Command,
         name: &str,
@@ -159,6 +159,8 @@ impl Runtime {
             },
             config,
             state_dir: Some(self.state_dir.to_string_lossy().into_owned()),
+            snapshot: None,
+            from_snapshot: None,
         }
     }
 
@@ -239,6 +241,15 @@ impl Runtime {
     /// Boots a workspace with the machine it was created with; returns
     /// once its exec service is ready.
     pub fn start(&self, name: &str) -> Result<Event, VmkitError> {
+        self.start_with(name, None)
+    }
+
+    /// [`Self::start`], continuing from a snapshot when `from` is given.
+    pub(crate) fn start_with(
+        &self,
+        name: &str,
+        from: Option<vmkit_protocol::SnapshotRef>,
+    ) -> Result<Event, VmkitError> {
         let store = vmkit_state::StateStore::open(&self.state_dir)?;
         let record = store.peek(name)?.ok_or_else(|| {
             ProtocolError::new(
@@ -248,7 +259,9 @@ impl Runtime {
         })?;
         let mut config = record.config;
         config.state_dir = self.state_dir.to_string_lossy().into_owned();
-        self.call(&self.request(Command::Start, name, "workspace", Some(config)))
+        let mut request = self.request(Command::Start, name, "workspace", Some(config));
+        request.from_snapshot = from;
+        self.call(&request)
     }
 
     /// Runs a command in a running workspace.
@@ -314,7 +327,10 @@ impl Runtime {
         Ok(self.lifecycle.gc(&self.state_dir)?)
     }
 
-    fn call_outcome(&self, request: &Request) -> Result<vmkit_protocol::Response, VmkitError> {
+    pub(crate) fn call_outcome(
+        &self,
+        request: &Request,
+    ) -> Result<vmkit_protocol::Response, VmkitError> {
         let response = crate::dispatch(&self.lifecycle as &dyn Backend, request);
         match response.error {
             Some(e) => Err(e.into()),
@@ -322,7 +338,7 @@ impl Runtime {
         }
     }
 
-    fn call(&self, request: &Request) -> Result<Event, VmkitError> {
+    pub(crate) fn call(&self, request: &Request) -> Result<Event, VmkitError> {
         let response = self.call_outcome(request)?;
         response.event.ok_or_else(|| {
             ProtocolError::new(ErrorCode::Internal, "backend returned no event").into()
