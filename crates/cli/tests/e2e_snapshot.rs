@@ -181,6 +181,8 @@ fn forks_continue_the_counting_process_and_diverge() {
         assert_eq!(same_pid, pid, "{fork}: the counter is the same process");
         assert!(count >= at_snapshot, "{fork}: {count} < {at_snapshot}");
         wait_count_above(&env, fork, count);
+        let out = sh(&env, fork, "hostname");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{fork}\n"));
     }
     // Each fork writes its own file; neither sees the other's, nor the source.
     for (fork, word) in [("f1", "one"), ("f2", "two")] {
@@ -231,5 +233,51 @@ fn forks_continue_the_counting_process_and_diverge() {
     env.ok(&["snapshot", "delete", "src", "t1"]);
     assert!(json_lines(&env.ok(&["--json", "snapshot", "list", "src"])).is_empty());
     env.ok(&["delete", "src"]);
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+}
+
+/// The guest's AF_VSOCK path (Firecracker's and Apple VF's) stays covered
+/// on this host: QEMU's vhost-user-vsock transport runs a command, and a
+/// memory snapshot of such a VM is refused with the reason.
+#[test]
+fn the_vsock_transport_runs_and_refuses_memory_snapshots() {
+    let env = Env::new();
+    let vsock = |c: &mut std::process::Command| {
+        c.env("MICROAGENT_QEMU_TRANSPORT", "vsock");
+    };
+    let mut run = env.run_command(&[
+        "--exec",
+        "echo over vsock; grep -o 'microagent.transport=[a-z]*' /proc/cmdline",
+    ]);
+    vsock(&mut run);
+    let out = run.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "over vsock\nmicroagent.transport=vsock\n"
+    );
+    create(&env, "vs");
+    let mut start = env.cmd();
+    start.args(["start", "vs"]);
+    vsock(&mut start);
+    let out = start.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut snap = env.cmd();
+    snap.args(["snapshot", "create", "vs", "--tag", "t"]);
+    vsock(&mut snap);
+    let out = snap.output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vhost-user-vsock"),
+        "{}",
+        describe(&out)
+    );
+    // Nothing half-made is listed, and the workspace still runs.
+    assert!(json_lines(&env.ok(&["--json", "snapshot", "list", "vs"])).is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&sh(&env, "vs", "echo alive").stdout),
+        "alive\n"
+    );
+    env.ok(&["delete", "--force", "vs"]);
     assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
 }

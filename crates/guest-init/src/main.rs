@@ -163,6 +163,15 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             let control_port = spec.control_port;
             transport.on_restore(move |host_ns| {
                 system::set_clock_ns(host_ns);
+                // A fork is another workspace: its own hostname.
+                match system::reload_boot_spec() {
+                    Ok(spec) => {
+                        if let Some(h) = &spec.hostname {
+                            system::set_hostname(h);
+                        }
+                    }
+                    Err(e) => log(&format!("rereading the boot spec after restore: {e}")),
+                }
                 let t = t.clone();
                 let shutdown = shutdown_tx.clone();
                 std::thread::spawn(move || match connect_host(&t, control_port) {

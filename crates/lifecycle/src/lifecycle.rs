@@ -276,6 +276,7 @@ impl Lifecycle {
     /// Boots `record` in `mode`. On success the guest's init has connected
     /// back (and, for a workspace, reported ready). On failure every process
     /// is gone and the workspace is `failed`.
+    #[allow(clippy::too_many_arguments)]
     fn boot(
         &self,
         store: &StateStore,
@@ -349,7 +350,7 @@ impl Lifecycle {
         error
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn launch_and_connect(
         &self,
         store: &StateStore,

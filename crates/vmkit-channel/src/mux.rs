@@ -172,6 +172,9 @@ impl Frame {
 /// returns the local socket to pump it to, or `None` to refuse.
 pub type Incoming = dyn Fn(u32) -> Option<UnixStream> + Send + Sync;
 
+/// What runs when the peer starts a new session (gets its id).
+type SessionHook = Box<dyn Fn(u64) + Send>;
+
 /// Which ids a side allocates: the host odd, the guest even, so streams
 /// opened at the same moment from both ends never collide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +213,7 @@ pub struct Mux {
     /// The peer's current session, once it said `hello`.
     session: (Mutex<Option<u64>>, Condvar),
     /// Called when the peer starts a new session after an earlier one.
-    on_new_session: Mutex<Option<Box<dyn Fn(u64) + Send>>>,
+    on_new_session: Mutex<Option<SessionHook>>,
 }
 
 impl Mux {

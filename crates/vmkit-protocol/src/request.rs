@@ -183,19 +183,27 @@ impl Identity {
 /// A workspace name: 1-63 characters of `[a-z0-9-_.]`, starting alphanumeric,
 /// so it is safe as a folder name and a hostname.
 pub fn validate_runtime_id(id: &str) -> Result<(), ProtocolError> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if is_folder_name(id, 63) {
         Ok(())
     } else {
         Err(ProtocolError::invalid(format!(
             "identity.runtimeID must be 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit; got {id:?}"
         )))
     }
+}
+
+/// 1-`max` letters, digits, `-`, `_` or `.`, starting with a letter or
+/// digit: safe as a folder name (no `..`, no `/`).
+pub(crate) fn is_folder_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Request {

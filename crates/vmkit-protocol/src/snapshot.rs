@@ -47,16 +47,7 @@ pub struct SnapshotRef {
 /// A tag: 1-64 letters, digits, `-`, `_` or `.`, starting alphanumeric
 /// (it names a folder).
 pub fn validate_tag(tag: &str) -> Result<(), ProtocolError> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 64
-        && tag
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if crate::request::is_folder_name(tag, 64) {
         Ok(())
     } else {
         Err(ProtocolError::invalid(format!(
