@@ -145,7 +145,7 @@ impl QemuMachine {
             "-smp".into(),
             c.cpu_count.to_string(),
             "-object".into(),
-            transport.memory_backend(&plan.paths.dir, &mem),
+            transport.memory_backend(&plan.paths.memory, &mem),
             "-kernel".into(),
             c.kernel_path.clone(),
             "-append".into(),
@@ -251,7 +251,7 @@ impl Machine for QemuMachine {
         crate::snapshot::save_state(
             self.transport()?,
             &paths.dir.join(QMP_SOCKET),
-            &paths.dir,
+            &paths.memory,
             into,
         )
     }
@@ -279,7 +279,7 @@ impl Machine for QemuMachine {
 
         let mut args = self.qemu_args(plan, transport, &helper_socket);
         if let Some(snapshot) = &plan.restore {
-            match crate::snapshot::prepare_restore(snapshot, &plan.paths.dir) {
+            match crate::snapshot::prepare_restore(snapshot, &plan.paths.memory) {
                 Ok(extra) => args.extend(extra),
                 Err(e) => {
                     kill_child(&mut vhost_child);

@@ -31,7 +31,7 @@ const QMP_READY: Duration = Duration::from_secs(10);
 pub fn save_state(
     transport: Transport,
     qmp_socket: &Path,
-    workspace: &Path,
+    memory: &Path,
     into: &Path,
 ) -> Result<(), ProtocolError> {
     if transport != Transport::Serial {
@@ -47,14 +47,14 @@ pub fn save_state(
     qmp.execute("migrate", Some(json!({ "uri": uri })))
         .map_err(qmp_err)?;
     wait_migration(&mut qmp, "saving the VM state")?;
-    vmkit_rootfs::clone_disk(&workspace.join(MEMORY_FILE), &into.join(MEMORY_FILE))
+    vmkit_rootfs::clone_disk(memory, &into.join(MEMORY_FILE))
         .map_err(|e| internal(format!("copying guest memory into the snapshot: {e}")))?;
     Ok(())
 }
 
 /// Before a restoring launch: the workspace gets its own copy of the
-/// snapshot's RAM file; returns QEMU's extra arguments.
-pub fn prepare_restore(snapshot: &Path, workspace: &Path) -> Result<Vec<String>, ProtocolError> {
+/// snapshot's RAM file at `memory`; returns QEMU's extra arguments.
+pub fn prepare_restore(snapshot: &Path, memory: &Path) -> Result<Vec<String>, ProtocolError> {
     for f in [STATE_FILE, MEMORY_FILE] {
         if !snapshot.join(f).is_file() {
             return Err(ProtocolError::invalid(format!(
@@ -63,7 +63,7 @@ pub fn prepare_restore(snapshot: &Path, workspace: &Path) -> Result<Vec<String>,
             )));
         }
     }
-    vmkit_rootfs::clone_disk(&snapshot.join(MEMORY_FILE), &workspace.join(MEMORY_FILE))
+    vmkit_rootfs::clone_disk(&snapshot.join(MEMORY_FILE), memory)
         .map_err(|e| internal(format!("copying the snapshot's memory: {e}")))?;
     Ok(vec!["-incoming".into(), "defer".into()])
 }

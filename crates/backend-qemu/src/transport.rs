@@ -32,7 +32,8 @@ pub const TRANSPORT_ENV: &str = "MICROAGENT_QEMU_TRANSPORT";
 pub const RELAY_ENV: &str = "MICROAGENT_CHANNEL_RELAY";
 /// The relay's subcommand of `microagent`.
 pub const RELAY_SUBCOMMAND: &str = "channel-relay";
-/// The guest's RAM file in the workspace folder (serial transport).
+/// The guest's RAM file in a snapshot folder (in the workspace folder it
+/// is `WorkspacePaths::memory`).
 pub const MEMORY_FILE: &str = "memory.ram";
 /// The guest's vsock context ID (vsock transport). Each VM has its own
 /// vhost-device-vsock, so every guest can use the same one.
@@ -70,13 +71,13 @@ impl Transport {
     }
 
     /// The guest RAM backend (`-object` value); QEMU's `id=mem`.
-    pub fn memory_backend(self, dir: &Path, size: &str) -> String {
+    pub fn memory_backend(self, file: &Path, size: &str) -> String {
         match self {
             // vhost-user maps guest memory: a shared memfd.
             Transport::Vsock => format!("memory-backend-memfd,id=mem,size={size},share=on"),
             Transport::Serial => format!(
                 "memory-backend-file,id=mem,size={size},share=on,mem-path={}",
-                crate::machine::qemu_escape(&dir.join(MEMORY_FILE))
+                crate::machine::qemu_escape(file)
             ),
         }
     }

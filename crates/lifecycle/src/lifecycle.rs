@@ -175,7 +175,7 @@ impl Lifecycle {
         let mut procs: Vec<ProcessRecord> = record.vmm.into_iter().collect();
         procs.extend(record.helpers.iter().copied());
         terminate(&procs, Duration::ZERO);
-        remove_sockets(&Self::paths(store, &record.name)?);
+        remove_vm_files(&Self::paths(store, &record.name)?);
         let identity = identity_of(record, "gc");
         self.transition(store, lock, record, &identity, State::Failed, detail)?;
         Ok(true)
@@ -323,7 +323,7 @@ impl Lifecycle {
             Err((launched, e)) => match launched {
                 Some(l) => Err(self.fail_boot(store, lock, record, identity, l, &paths, e)),
                 None => {
-                    remove_sockets(&paths);
+                    remove_vm_files(&paths);
                     let _ =
                         self.transition(store, lock, record, identity, State::Failed, &e.message);
                     Err(e)
@@ -344,7 +344,7 @@ impl Lifecycle {
         error: ProtocolError,
     ) -> ProtocolError {
         launched.shut_down();
-        remove_sockets(paths);
+        remove_vm_files(paths);
         let error = with_console_tail(error, paths);
         let _ = self.transition(store, lock, record, identity, State::Failed, &error.message);
         error
@@ -397,7 +397,7 @@ impl Lifecycle {
                 ProtocolError::new(ErrorCode::Internal, format!("writing the config disk: {e}")),
             )
         })?;
-        remove_sockets(paths);
+        remove_vm_files(paths);
         let listener = HostListener::bind(&paths.vsock, spec.control_port)
             .map_err(|e| (None, guest_err(format!("listening for the guest: {e}"))))?;
         let plan = BootPlan {
@@ -518,7 +518,7 @@ impl Lifecycle {
             let powered_off = keep && wait_child(&mut launched.vmm, Duration::from_secs(10));
             launched.shut_down();
             let paths = Self::paths(&store, &record.name)?;
-            remove_sockets(&paths);
+            remove_vm_files(&paths);
             let report = match received {
                 Ok(report) => report,
                 Err(vmkit_channel::ChannelError::Timeout(_)) => {
@@ -668,7 +668,7 @@ impl Lifecycle {
                 STOP_GRACE.min(grace)
             },
         );
-        remove_sockets(&paths);
+        remove_vm_files(&paths);
         let (state, detail) = match (clean, final_state) {
             (true, State::Halted) => (State::Halted, "guest powered off"),
             (true, _) => (State::Stopped, "guest powered off"),
@@ -904,8 +904,11 @@ fn with_console_tail(mut error: ProtocolError, paths: &WorkspacePaths) -> Protoc
     error
 }
 
-fn remove_sockets(paths: &WorkspacePaths) {
+/// Removes what only a running VM needs: its sockets, and the guest RAM
+/// file a VMM may keep (QEMU; snapshots hold their own copies).
+fn remove_vm_files(paths: &WorkspacePaths) {
     let _ = std::fs::remove_file(&paths.vsock);
+    let _ = std::fs::remove_file(&paths.memory);
     crate::vmm_files::remove_guest_listeners(&paths.vsock);
 }
 
