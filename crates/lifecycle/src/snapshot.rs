@@ -239,9 +239,13 @@ impl Lifecycle {
         if !disk.is_file() {
             return Err(refuse(format!("{} is missing", disk.display())));
         }
-        let paths = Self::paths(store, &record.name)?;
-        vmkit_rootfs::clone_disk(&disk, &paths.disk)
-            .map_err(|e| internal(format!("copying the snapshot's disk: {e}")))?;
+        // A fork's prepare copied the snapshot's disk already; a restore
+        // into the snapshot's own workspace puts it back now.
+        if from.runtime_id == record.name {
+            let paths = Self::paths(store, &record.name)?;
+            vmkit_rootfs::clone_disk(&disk, &paths.disk)
+                .map_err(|e| internal(format!("copying the snapshot's disk: {e}")))?;
+        }
         Ok((!meta.info.disk_only).then_some(dir))
     }
 }
