@@ -108,6 +108,66 @@ public struct Workload: Codable, Equatable, Sendable {
     }
 }
 
+/// A host folder shared with the guest (virtio-fs).
+public struct Volume: Codable, Equatable, Sendable {
+    public var hostPath: String
+    public var guestPath: String
+    public var readOnly: Bool
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case hostPath, guestPath, readOnly }
+
+    public init(from decoder: Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        hostPath = try c.decode(String.self, forKey: .hostPath)
+        guestPath = try c.decode(String.self, forKey: .guestPath)
+        readOnly = try c.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
+    }
+}
+
+/// How the guest reaches the network (`public`, `allowlist`, `none`).
+public enum NetworkMode: String, Codable, CaseIterable, Sendable { case `public`, allowlist, none }
+
+/// The guest's network policy; rules are judged by microagent's network stack.
+public struct Network: Codable, Equatable, Sendable {
+    public var mode: NetworkMode
+    public var allow: [String]
+    public var deny: [String]
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case mode, allow, deny }
+
+    public init() {
+        mode = .public
+        allow = []
+        deny = []
+    }
+
+    public init(from decoder: Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        mode = c.contains(.mode) ? try decodeEnum(c, .mode) : .public
+        allow = try c.decodeIfPresent([String].self, forKey: .allow) ?? []
+        deny = try c.decodeIfPresent([String].self, forKey: .deny) ?? []
+    }
+}
+
+/// A host TCP port forwarded to a guest port.
+public struct PublishedPort: Codable, Equatable, Sendable {
+    public var hostIp: String
+    public var hostPort: UInt16
+    public var guestPort: UInt16
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case hostIp, hostPort, guestPort }
+
+    public init(from decoder: Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        hostIp = try c.decodeIfPresent(String.self, forKey: .hostIp) ?? "127.0.0.1"
+        hostPort = try decodeInteger(c, .hostPort)
+        guestPort = try decodeInteger(c, .guestPort)
+    }
+}
+
 /// Everything needed to build and boot one microVM.
 public struct MachineConfig: Codable, Equatable, Sendable {
     public var kernelPath: String
@@ -116,13 +176,17 @@ public struct MachineConfig: Codable, Equatable, Sendable {
     public var memoryMiB: UInt32
     public var cpuCount: UInt32
     public var disks: [Disk]
+    public var volumes: [Volume]
     public var kernelArgs: String?
     public var hostname: String?
     public var arch: String?
     public var workload: Workload?
+    public var network: Network
+    public var publish: [PublishedPort]
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kernelPath, rootfsPath, stateDir, memoryMiB, cpuCount, disks, kernelArgs, hostname, arch, workload
+        case kernelPath, rootfsPath, stateDir, memoryMiB, cpuCount, disks, volumes, kernelArgs, hostname, arch,
+            workload, network, publish
     }
 
     public init(from decoder: Decoder) throws {
@@ -134,10 +198,13 @@ public struct MachineConfig: Codable, Equatable, Sendable {
         memoryMiB = try decodeInteger(c, .memoryMiB)
         cpuCount = try decodeInteger(c, .cpuCount)
         disks = try c.decodeIfPresent([Disk].self, forKey: .disks) ?? []
+        volumes = try c.decodeIfPresent([Volume].self, forKey: .volumes) ?? []
         kernelArgs = try c.decodeIfPresent(String.self, forKey: .kernelArgs)
         hostname = try c.decodeIfPresent(String.self, forKey: .hostname)
         arch = try c.decodeIfPresent(String.self, forKey: .arch)
         workload = try c.decodeIfPresent(Workload.self, forKey: .workload)
+        network = try c.decodeIfPresent(Network.self, forKey: .network) ?? Network()
+        publish = try c.decodeIfPresent([PublishedPort].self, forKey: .publish) ?? []
     }
 }
 
