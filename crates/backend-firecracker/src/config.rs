@@ -350,19 +350,9 @@ mod tests {
         let paths = WorkspacePaths::new(Path::new("/s/workspaces/w1")).unwrap();
         BootPlan {
             config: MachineConfig {
-                kernel_path: "/k/vmlinux".into(),
-                rootfs_path: "/s/workspaces/w1/rootfs.ext4".into(),
-                state_dir: "/s".into(),
-                memory_mib: 512,
-                cpu_count: 2,
                 disks,
-                volumes: vec![],
                 kernel_args: Some("quiet loglevel=3".into()),
-                hostname: None,
-                arch: None,
-                workload: None,
-                network: Default::default(),
-                publish: Vec::new(),
+                ..MachineConfig::new("/k/vmlinux", "/s/workspaces/w1/rootfs.ext4", "/s", 512, 2)
             },
             root_disk: paths.disk.clone(),
             paths,

@@ -15,11 +15,6 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
     let paths = WorkspacePaths::new(Path::new("/var/lib/m/workspaces/w")).unwrap();
     BootPlan {
         config: MachineConfig {
-            kernel_path: "/k/vmlinux".into(),
-            rootfs_path: "/r.ext4".into(),
-            state_dir: "/var/lib/m".into(),
-            memory_mib: 2048,
-            cpu_count: cpus,
             disks: (0..disks)
                 .map(|i| Disk {
                     name: format!("d{i}"),
@@ -32,13 +27,7 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
                     },
                 })
                 .collect(),
-            volumes: vec![],
-            kernel_args: None,
-            hostname: None,
-            arch: None,
-            workload: None,
-            network: Default::default(),
-            publish: Vec::new(),
+            ..MachineConfig::new("/k/vmlinux", "/r.ext4", "/var/lib/m", 2048, cpus)
         },
         root_disk: paths.disk.clone(),
         paths,

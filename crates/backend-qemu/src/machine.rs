@@ -420,24 +420,13 @@ mod tests {
         let disk = "/data/x,y.img";
         let plan = BootPlan {
             config: MachineConfig {
-                kernel_path: "/k,ernel".into(),
-                rootfs_path: paths.disk.to_string_lossy().into(),
-                state_dir: "/tmp/a,b".into(),
-                memory_mib: 128,
-                cpu_count: 1,
                 disks: vec![Disk {
                     name: "d".into(),
                     path: disk.into(),
                     mountpoint: "/d".into(),
                     mode: DiskMode::Ro,
                 }],
-                volumes: vec![],
-                kernel_args: None,
-                hostname: None,
-                arch: None,
-                workload: None,
-                network: Default::default(),
-                publish: Vec::new(),
+                ..MachineConfig::new("/k,ernel", paths.disk.to_string_lossy(), "/tmp/a,b", 128, 1)
             },
             paths: paths.clone(),
             root_disk: paths.disk.clone(),

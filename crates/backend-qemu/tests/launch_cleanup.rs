@@ -16,19 +16,13 @@ fn plan(dir: &Path) -> BootPlan {
         config: MachineConfig {
             // QEMU starts and then fails to load it: the launch itself
             // (processes up) is what is tested, not a boot.
-            kernel_path: dir.join("no-kernel").to_string_lossy().into(),
-            rootfs_path: paths.disk.to_string_lossy().into(),
-            state_dir: dir.to_string_lossy().into(),
-            memory_mib: 128,
-            cpu_count: 1,
-            disks: vec![],
-            volumes: vec![],
-            kernel_args: None,
-            hostname: None,
-            arch: None,
-            workload: None,
-            network: Default::default(),
-            publish: Vec::new(),
+            ..MachineConfig::new(
+                dir.join("no-kernel").to_string_lossy(),
+                paths.disk.to_string_lossy(),
+                dir.to_string_lossy(),
+                128,
+                1,
+            )
         },
         root_disk: paths.disk.clone(),
         paths,

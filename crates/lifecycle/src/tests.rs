@@ -29,16 +29,6 @@ impl Fixture {
 
     fn config(&self, workload: Option<Workload>) -> MachineConfig {
         MachineConfig {
-            kernel_path: "/nonexistent/vmlinux".into(),
-            rootfs_path: self.dir.path().join("root.img").to_string_lossy().into(),
-            state_dir: self.dir.path().to_string_lossy().into(),
-            memory_mib: 128,
-            cpu_count: 1,
-            disks: vec![],
-            volumes: vec![],
-            kernel_args: None,
-            hostname: None,
-            arch: None,
             workload,
             // No NIC: these tests are about the lifecycle, and the fake
             // machine has no network helper to talk to.
@@ -46,7 +36,13 @@ impl Fixture {
                 mode: vmkit_protocol::NetworkMode::None,
                 ..Default::default()
             },
-            publish: Vec::new(),
+            ..MachineConfig::new(
+                "/nonexistent/vmlinux",
+                self.dir.path().join("root.img").to_string_lossy(),
+                self.dir.path().to_string_lossy(),
+                128,
+                1,
+            )
         }
     }
 

@@ -113,6 +113,34 @@ impl std::str::FromStr for GuestArch {
 }
 
 impl MachineConfig {
+    /// A config with the required fields and every optional one at its
+    /// default (no extra disks or volumes, the host's architecture, network
+    /// `public`). Callers set what they need on top, so a new optional field
+    /// means one change here, not one per caller.
+    pub fn new(
+        kernel_path: impl Into<String>,
+        rootfs_path: impl Into<String>,
+        state_dir: impl Into<String>,
+        memory_mib: u32,
+        cpu_count: u32,
+    ) -> Self {
+        MachineConfig {
+            kernel_path: kernel_path.into(),
+            rootfs_path: rootfs_path.into(),
+            state_dir: state_dir.into(),
+            memory_mib,
+            cpu_count,
+            disks: Vec::new(),
+            volumes: Vec::new(),
+            kernel_args: None,
+            hostname: None,
+            arch: None,
+            workload: None,
+            network: Network::default(),
+            publish: Vec::new(),
+        }
+    }
+
     /// The guest architecture, the host's when the config names none.
     pub fn guest_arch(&self) -> GuestArch {
         self.arch.unwrap_or_else(GuestArch::host)

@@ -26,6 +26,36 @@ fn round_trip<T: Serialize + DeserializeOwned>(name: &str) -> T {
     value
 }
 
+/// `request-run.json` sets every config field, so the conformance kit
+/// catches a supervisor whose mirror of the protocol lacks one. The
+/// destructuring has no `..`: a new field fails to compile here until the
+/// fixture (and this list) carries it.
+#[test]
+fn the_run_fixture_sets_every_config_field() {
+    let config = Request::from_json(&fixture("request-run.json"))
+        .unwrap()
+        .config
+        .unwrap();
+    let MachineConfig {
+        kernel_path: _,
+        rootfs_path: _,
+        state_dir: _,
+        memory_mib: _,
+        cpu_count: _,
+        disks: _,
+        volumes,
+        kernel_args,
+        hostname,
+        arch,
+        workload,
+        network,
+        publish,
+    } = config;
+    assert!(!volumes.is_empty() && !publish.is_empty());
+    assert!(kernel_args.is_some() && hostname.is_some() && arch.is_some() && workload.is_some());
+    assert!(!network.is_default());
+}
+
 #[test]
 fn requests_round_trip_and_validate() {
     for name in [

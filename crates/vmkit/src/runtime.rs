@@ -203,15 +203,9 @@ impl Runtime {
         workload: Option<Workload>,
     ) -> MachineConfig {
         MachineConfig {
-            kernel_path: kernel.to_string_lossy().into_owned(),
-            rootfs_path: rootfs.to_string_lossy().into_owned(),
-            state_dir: self.state_dir.to_string_lossy().into_owned(),
-            memory_mib: m.memory_mib,
-            cpu_count: m.cpus,
             disks: m.disks.clone(),
             volumes: m.volumes.clone(),
             kernel_args: m.kernel_args.clone(),
-            hostname: None,
             arch: m.arch,
             network: m.network.clone(),
             publish: m.publish.clone(),
@@ -226,6 +220,13 @@ impl Runtime {
                     timeout_seconds: None,
                 })
             }),
+            ..MachineConfig::new(
+                kernel.to_string_lossy(),
+                rootfs.to_string_lossy(),
+                self.state_dir.to_string_lossy(),
+                m.memory_mib,
+                m.cpus,
+            )
         }
     }
 

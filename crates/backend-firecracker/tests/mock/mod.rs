@@ -17,19 +17,15 @@ pub fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootP
     let paths = WorkspacePaths::new(&dir).unwrap();
     BootPlan {
         config: MachineConfig {
-            kernel_path: state.join("vmlinux").display().to_string(),
-            rootfs_path: paths.disk.display().to_string(),
-            state_dir: state.display().to_string(),
-            memory_mib: 256,
-            cpu_count: 2,
             disks,
-            volumes: vec![],
             kernel_args: Some("loglevel=4".into()),
-            hostname: None,
-            arch: None,
-            workload: None,
-            network: Default::default(),
-            publish: Vec::new(),
+            ..MachineConfig::new(
+                state.join("vmlinux").display().to_string(),
+                paths.disk.display().to_string(),
+                state.display().to_string(),
+                256,
+                2,
+            )
         },
         root_disk: paths.disk.clone(),
         paths,
