@@ -36,6 +36,7 @@ fn boot_plan(dir: &Path) -> BootPlan {
             .into(),
         detached: false,
         nic: None,
+        restore: None,
     }
 }
 

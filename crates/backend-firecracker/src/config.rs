@@ -359,6 +359,7 @@ mod tests {
             kernel_args: "root=/dev/vda rw init=/sbin/microagent-init".into(),
             detached: false,
             nic: None,
+            restore: None,
         }
     }
 

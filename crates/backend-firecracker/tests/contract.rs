@@ -34,6 +34,7 @@ fn plan(disks: usize, cpus: u32) -> BootPlan {
         kernel_args: "root=/dev/vda rw".into(),
         detached: false,
         nic: None,
+        restore: None,
     }
 }
 

@@ -12,10 +12,13 @@
 mod accel;
 mod machine;
 pub mod qmp;
+mod snapshot;
+pub mod transport;
 mod volumes;
 
 pub use accel::choose_accelerator;
 pub use machine::{QemuMachine, QMP_SOCKET};
+pub use transport::Transport;
 
 /// The QEMU backend: the shared lifecycle over a [`QemuMachine`].
 pub fn backend() -> vmkit_lifecycle::Lifecycle {

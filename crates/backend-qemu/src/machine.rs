@@ -1,10 +1,10 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmkit_host::{find_in_path, probe_kvm, Tool};
+use vmkit_host::{probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{clone_log, rotate_console, spawn_console_relay, spawn_log_relay};
 use vmkit_lifecycle::{
     spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Nic, Supervision, WorkspacePaths,
@@ -16,35 +16,54 @@ use vmkit_protocol::{
 
 use crate::choose_accelerator;
 use crate::qmp::{self, QmpClient, QmpError};
+use crate::transport::{tool, Transport};
 
-/// The guest's vsock context ID. Each VM has its own vhost-device-vsock, so
-/// every guest can use the same one.
-const GUEST_CID: u32 = 3;
-/// How long vhost-device-vsock may take to create its socket.
-const VHOST_READY: Duration = Duration::from_secs(10);
+/// How long a helper (the channel's, a volume's) may take to create its
+/// socket.
+const HELPER_READY: Duration = Duration::from_secs(10);
 /// QEMU's QMP socket in the workspace folder (pause, resume, snapshots).
 pub const QMP_SOCKET: &str = "qmp.sock";
 
 /// Launches QEMU microVMs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QemuMachine {
     accel: OnceLock<(Accelerator, String)>,
     fail_at: Option<usize>,
+    transport: Result<Transport, ProtocolError>,
+}
+
+impl Default for QemuMachine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl QemuMachine {
-    /// A machine that probes KVM on first use.
+    /// A machine that probes KVM on first use, with the transport
+    /// `MICROAGENT_QEMU_TRANSPORT` names (serial by default).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_transport(Transport::from_env())
+    }
+
+    /// A machine with a given transport.
+    pub fn with_transport(transport: Result<Transport, ProtocolError>) -> Self {
+        QemuMachine {
+            accel: OnceLock::new(),
+            fail_at: None,
+            transport,
+        }
     }
 
     /// A machine whose launches fail at their `n`-th step (see
     /// [`LaunchGuard::failing_at`]): for failure-injection tests.
-    pub fn failing_at_step(n: usize) -> Self {
-        QemuMachine {
-            fail_at: Some(n),
-            ..Self::default()
-        }
+    pub fn failing_at_step(mut self, n: usize) -> Self {
+        self.fail_at = Some(n);
+        self
+    }
+
+    /// The host<->guest transport of this machine's VMs.
+    pub fn transport(&self) -> Result<Transport, ProtocolError> {
+        self.transport.clone()
     }
 
     /// The accelerator this host gets (probed once per process).
@@ -81,45 +100,43 @@ impl QemuMachine {
         }
     }
 
-    fn tool(tool: Tool, remedy: &str) -> Result<PathBuf, ProtocolError> {
-        find_in_path(tool.program()).ok_or_else(|| {
-            ProtocolError::new(
-                ErrorCode::Unavailable,
-                format!("{} not found in PATH; {remedy}", tool.program()),
-            )
-        })
-    }
-
     /// The QEMU command line for `plan` (without the program).
     ///
     /// x86_64 guests get `-M microvm` with virtio-mmio devices; aarch64
     /// guests `-M virt` with virtio-pci devices (PCI enumerates in command
     /// line order, so `/dev/vda` is still the root disk; virt's mmio slots
     /// are probed in reverse).
-    pub fn qemu_args(&self, plan: &BootPlan, vhost_socket: &Path) -> Vec<String> {
+    pub fn qemu_args(
+        &self,
+        plan: &BootPlan,
+        transport: Transport,
+        helper_socket: &Path,
+    ) -> Vec<String> {
         let c = &plan.config;
         let arch = c.guest_arch();
         let (accel, _) = self.accelerator_for(arch);
         let mem = format!("{}M", c.memory_mib);
-        let (machine, cpu, base, blk, vsock) = match arch {
+        let (machine, cpu, base, blk, pci) = match arch {
             GuestArch::X86_64 => (
                 vmkit_kernel::boot::qemu_microvm_machine(),
                 vmkit_kernel::boot::qemu_cpu_model(),
                 vmkit_kernel::boot::kernel_cmdline_base(true),
                 "virtio-blk-device",
-                "vhost-user-vsock-device",
+                false,
             ),
             GuestArch::Aarch64 => (
                 vmkit_kernel::boot::QEMU_VIRT_MACHINE,
                 vmkit_kernel::boot::qemu_aarch64_cpu_model(),
                 vmkit_kernel::boot::qemu_virt_cmdline_base(true),
                 "virtio-blk-pci",
-                "vhost-user-vsock-pci",
+                true,
             ),
         };
         let mut cmdline = base;
         cmdline.push(' ');
         cmdline.push_str(&plan.kernel_args);
+        cmdline.push(' ');
+        cmdline.push_str(&transport.kernel_arg());
         if let Some(extra) = &c.kernel_args {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -141,9 +158,8 @@ impl QemuMachine {
             mem.clone(),
             "-smp".into(),
             c.cpu_count.to_string(),
-            // vhost-user needs guest memory it can map: a shared memfd.
             "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            transport.memory_backend(&plan.paths.memory, &mem),
             // A plain argument, not an option string: no escaping.
             "-kernel".into(),
             c.kernel_path.clone(),
@@ -186,12 +202,7 @@ impl QemuMachine {
             );
         }
         drive("config", &plan.paths.config_disk, true);
-        args.extend([
-            "-chardev".into(),
-            format!("socket,id=vsock,path={}", qemu_escape(vhost_socket)),
-            "-device".into(),
-            format!("{vsock},chardev=vsock"),
-        ]);
+        args.extend(transport.device_args(helper_socket, pci));
         args.extend(nic_args(plan.nic.as_ref()));
         args.extend(crate::volumes::qemu_args(&plan.paths.dir, c.volumes.len()));
         args
@@ -223,7 +234,7 @@ fn nic_args(nic: Option<&Nic>) -> Vec<String> {
 }
 
 /// QEMU's option syntax splits on commas; a literal comma is doubled.
-fn qemu_escape(path: &Path) -> String {
+pub(crate) fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
@@ -244,21 +255,17 @@ impl Machine for QemuMachine {
     }
 
     fn available(&self) -> Result<(), ProtocolError> {
-        Self::tool(
+        tool(
             Tool::Qemu,
             "install it (Debian: apt-get install qemu-system-x86)",
         )?;
-        Self::tool(
-            Tool::VhostDeviceVsock,
-            "install it (cargo install --locked vhost-device-vsock)",
-        )?;
-        Ok(())
+        self.transport()?.available()
     }
 
     fn check(&self, config: &MachineConfig) -> Result<(), ProtocolError> {
         self.available()?;
         let (qemu, remedy) = Self::qemu_for(config.guest_arch());
-        Self::tool(qemu, remedy)?;
+        tool(qemu, remedy)?;
         vmkit_lifecycle::check_config_files(config)
     }
 
@@ -281,49 +288,72 @@ impl Machine for QemuMachine {
         Ok(())
     }
 
+    fn save_state(
+        &self,
+        config: &MachineConfig,
+        paths: &WorkspacePaths,
+        into: &Path,
+    ) -> Result<(), ProtocolError> {
+        if !config.volumes.is_empty() {
+            // QEMU 7.2 marks vhost-user-fs unmigratable: a `migrate`
+            // fails with "State blocked by non-migratable device".
+            return Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                "QEMU cannot save the memory of a VM with volumes (its vhost-user-fs devices cannot migrate); snapshot --disk-only works, or create the workspace without --volume",
+            ));
+        }
+        crate::snapshot::save_state(
+            self.transport()?,
+            &paths.dir.join(QMP_SOCKET),
+            &paths.memory,
+            into,
+        )
+    }
+
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
         let (qemu, remedy) = Self::qemu_for(plan.config.guest_arch());
-        let qemu = Self::tool(qemu, remedy)?;
-        let vhost = Self::tool(Tool::VhostDeviceVsock, "cargo install vhost-device-vsock")?;
+        let qemu = tool(qemu, remedy)?;
+        let transport = self.transport()?;
         let supervision = if plan.detached {
             Supervision::Detached
         } else {
             Supervision::DiesWithParent
         };
         rotate_console(&plan.paths.console_log);
-        let vhost_socket = plan.paths.dir.join("vhost.sock");
-        let _ = std::fs::remove_file(&vhost_socket);
+        let helper_socket = transport.helper_socket(&plan.paths.dir);
+        let _ = std::fs::remove_file(&helper_socket);
         // From here on, every early return kills what was started.
         let mut guard = LaunchGuard::new().failing_at(self.fail_at);
-        guard.remove_on_failure(&vhost_socket);
+        guard.remove_on_failure(&helper_socket);
         // QEMU's warnings are the guest's to provoke: the log is capped.
         let (log_relay, log) = spawn_log_relay(&plan.paths.vmm_log, supervision)?;
         guard.helper(log_relay);
         guard.checkpoint("vmm log relay started")?;
 
-        // Separate flags, not `--vm key=value,...`: a path may hold a comma.
-        let vhost_child = spawn_supervised(
-            Command::new(&vhost)
-                .arg("--guest-cid")
-                .arg(GUEST_CID.to_string())
-                .arg("--socket")
-                .arg(&vhost_socket)
-                .arg("--uds-path")
-                .arg(&plan.paths.vsock)
+        let helper = spawn_supervised(
+            transport
+                .helper_command(&helper_socket, &plan.paths.vsock)?
                 .stdin(Stdio::null())
                 .stdout(clone_log(&log)?)
                 .stderr(clone_log(&log)?),
             supervision,
         )
-        .map_err(|e| internal(format!("starting vhost-device-vsock: {e}")))?;
-        guard.helper(vhost_child);
-        guard.checkpoint("vhost-device-vsock started")?;
-        let vhost_child = guard.helper_mut(1);
-        wait_for_socket(&vhost_socket, vhost_child, "vhost-device-vsock")?;
-        guard.checkpoint("vhost-device-vsock ready")?;
+        .map_err(|e| internal(format!("starting {}: {e}", transport.helper_name())))?;
+        guard.helper(helper);
+        guard.checkpoint("channel helper started")?;
+        let helper = guard.helper_mut(1);
+        wait_for_socket(&helper_socket, helper, transport.helper_name())?;
+        guard.checkpoint("channel helper ready")?;
         crate::volumes::start_servers(plan, &log, supervision, &mut guard)?;
 
-        let args = self.qemu_args(plan, &vhost_socket);
+        let mut args = self.qemu_args(plan, transport, &helper_socket);
+        if let Some(snapshot) = &plan.restore {
+            guard.remove_on_failure(&plan.paths.memory);
+            args.extend(crate::snapshot::prepare_restore(
+                snapshot,
+                &plan.paths.memory,
+            )?);
+        }
         // One JSON array, so scripts/bench-run can replay the exact command.
         tracing::debug!(
             "qemu argv {}",
@@ -346,6 +376,10 @@ impl Machine for QemuMachine {
         // when they do.
         drop(log);
         guard.checkpoint("qemu started")?;
+        if let (Some(snapshot), Some(vmm)) = (&plan.restore, guard.vmm_mut()) {
+            crate::snapshot::complete_restore(&plan.paths.dir.join(QMP_SOCKET), snapshot, vmm)?;
+            guard.checkpoint("state restored")?;
+        }
         guard.disarm()
     }
 }
@@ -360,7 +394,7 @@ pub(crate) fn wait_for_socket(
     child: &mut Child,
     what: &str,
 ) -> Result<(), ProtocolError> {
-    let deadline = Instant::now() + VHOST_READY;
+    let deadline = Instant::now() + HELPER_READY;
     loop {
         if path.exists() {
             return Ok(());
@@ -374,7 +408,7 @@ pub(crate) fn wait_for_socket(
             return Err(internal(format!(
                 "{what} did not create {} within {}s",
                 path.display(),
-                VHOST_READY.as_secs()
+                HELPER_READY.as_secs()
             )));
         }
         thread::sleep(Duration::from_millis(5));
@@ -433,9 +467,10 @@ mod tests {
             kernel_args: String::new(),
             detached: false,
             nic: None,
+            restore: None,
         };
         let vhost = dir.join("vhost.sock");
-        let args = QemuMachine::new().qemu_args(&plan, &vhost);
+        let args = QemuMachine::new().qemu_args(&plan, Transport::Vsock, &vhost);
         let values = |flag: &str| -> Vec<Vec<String>> {
             args.windows(2)
                 .filter(|w| w[0] == flag)

@@ -1,7 +1,7 @@
 //! Host folders as volumes on QEMU: one `virtiofsd` per volume (the
 //! rust-vmm file server from crates.io), speaking vhost-user to QEMU's
 //! `vhost-user-fs-device` over a socket in the workspace folder. Guest
-//! memory is already a shared memfd (vhost-user-vsock needs it too).
+//! memory is already shared (the RAM file, or a memfd for vhost-user-vsock).
 //!
 //! Read-only volumes are enforced here, by the host: `virtiofsd
 //! --readonly` refuses every write request whatever the guest mounts.

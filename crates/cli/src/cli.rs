@@ -141,6 +141,12 @@ pub enum Command {
     Egress(commands::network::EgressArgs),
     /// Clean up VMs left behind by killed microagent commands.
     Gc,
+    /// Internal: the per-VM channel relay the QEMU backend starts (serial transport).
+    ///
+    /// Serves the hybrid-vsock convention on --uds over the multiplexed
+    /// virtio-serial link QEMU connects to on --serial; exits when QEMU does.
+    #[command(hide = true)]
+    ChannelRelay(commands::relay::RelayArgs),
     /// Serve one protocol request: JSON on stdin, JSON on stdout (exit 0 iff ok).
     Supervisor,
     /// Build and manage guest kernels.

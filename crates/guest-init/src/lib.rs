@@ -46,6 +46,8 @@ pub mod service;
 #[cfg(target_os = "linux")]
 pub mod system;
 #[cfg(target_os = "linux")]
+pub mod transport;
+#[cfg(target_os = "linux")]
 pub mod volumes;
 #[cfg(target_os = "linux")]
 pub mod vsock;

@@ -11,7 +11,7 @@ use vmkit_guest_init::forward::Forwarder;
 use vmkit_guest_init::image::{Defaults, ImageConfig, IMAGE_CONFIG_PATH};
 use vmkit_guest_init::reaper::Reaper;
 use vmkit_guest_init::service::{run_workload, Connection, Service};
-use vmkit_guest_init::vsock::{VsockListener, VsockStream, HOST_CID};
+use vmkit_guest_init::transport::{Stream, Transport};
 use vmkit_guest_init::{log, network, system};
 
 /// How long to keep trying to reach the host's control port: the host binds
@@ -50,8 +50,10 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     system::ensure_console();
     system::mount_basics();
     system::ensure_console();
-    let debug = std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|c| c.split_ascii_whitespace().any(|a| a == "microagent.debug"));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let debug = cmdline
+        .split_ascii_whitespace()
+        .any(|a| a == "microagent.debug");
     if debug {
         let us = entered.unwrap_or(0);
         log(&format!(
@@ -101,11 +103,19 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     stage(debug, "disks mounted, files placed");
     let defaults = Defaults::new(&image, &spec.env, spec.cwd.as_deref(), spec.user.as_deref());
 
+    let transport = match Transport::from_cmdline(&cmdline) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            log(&format!("host channel: {e}"));
+            return;
+        }
+    };
+    stage(debug, "host channel up");
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     // The exec service listens before `ready` goes out, so the host may
     // connect the moment it reads it.
     if matches!(spec.mode, Mode::Workspace) && errors.is_empty() {
-        match VsockListener::bind(spec.exec_port) {
+        match transport.listen(spec.exec_port) {
             Ok(listener) => {
                 let service = Arc::new(Service::new(defaults.clone(), Some(shutdown_tx.clone())));
                 std::thread::spawn(move || service.serve(|| listener.accept()));
@@ -118,7 +128,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     }
 
     if let Some(publish) = &spec.publish {
-        match VsockListener::bind(publish.port) {
+        match transport.listen(publish.port) {
             Ok(listener) => {
                 let forwarder = Forwarder::new(publish.guest_ports.clone());
                 std::thread::spawn(move || forwarder.serve(|| listener.accept()));
@@ -130,7 +140,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
         }
     }
 
-    let mut control = match connect_host(spec.control_port) {
+    let mut control = match connect_host(&transport, spec.control_port) {
         Ok(c) => c,
         Err(e) => {
             log(&format!(
@@ -170,13 +180,45 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
                 log(&format!("sending ready: {e}"));
             }
             // The host may also ask for shutdown on the control connection.
-            std::thread::spawn(move || control_loop(control, shutdown_tx));
+            let shutdown = shutdown_tx.clone();
+            std::thread::spawn(move || control_loop(control, shutdown));
+            // Restored from a snapshot under a new host relay: the old
+            // connections are gone; set the clock and report ready anew.
+            let t = transport.clone();
+            let control_port = spec.control_port;
+            transport.on_restore(move |host_ns| {
+                system::set_clock_ns(host_ns);
+                // A fork is another workspace: its own hostname.
+                match system::reload_boot_spec() {
+                    Ok(spec) => {
+                        if let Some(h) = &spec.hostname {
+                            system::set_hostname(h);
+                        }
+                    }
+                    Err(e) => log(&format!("rereading the boot spec after restore: {e}")),
+                }
+                let t = t.clone();
+                let shutdown = shutdown_tx.clone();
+                std::thread::spawn(move || match connect_host(&t, control_port) {
+                    Ok(mut control) => {
+                        let ready = Message::Ready(Ready {
+                            protocol_version: PROTOCOL_VERSION,
+                            exec_port: spec.exec_port,
+                            uptime_ms: system::uptime_ms(),
+                        });
+                        if write_message(&mut control, &ready).is_ok() {
+                            control_loop(control, shutdown);
+                        }
+                    }
+                    Err(e) => log(&format!("reconnecting after restore: {e}")),
+                });
+            });
             let _ = shutdown_rx.recv();
         }
     }
 }
 
-fn control_loop(mut control: VsockStream, shutdown: mpsc::Sender<()>) {
+fn control_loop(mut control: Stream, shutdown: mpsc::Sender<()>) {
     loop {
         match vmkit_channel::read_message(&mut control) {
             Ok(Some(Message::Shutdown)) => {
@@ -194,10 +236,10 @@ fn control_loop(mut control: VsockStream, shutdown: mpsc::Sender<()>) {
     }
 }
 
-fn connect_host(port: u32) -> std::io::Result<VsockStream> {
+fn connect_host(transport: &Transport, port: u32) -> std::io::Result<Stream> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
-        match VsockStream::connect(HOST_CID, port) {
+        match transport.connect_host(port) {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),

@@ -144,6 +144,18 @@ pub fn set_hostname(name: &str) {
     }
 }
 
+/// Sets the wall clock (a guest restored from a snapshot wakes with the
+/// time it was saved at).
+pub fn set_clock_ns(ns_since_epoch: u64) {
+    let t = nix::sys::time::TimeSpec::new(
+        (ns_since_epoch / 1_000_000_000) as i64,
+        (ns_since_epoch % 1_000_000_000) as i64,
+    );
+    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, t) {
+        log(&format!("setting the clock: {e}"));
+    }
+}
+
 /// Brings `lo` up; the kernel then gives it 127.0.0.1 itself.
 pub fn loopback_up() -> io::Result<()> {
     crate::network::interface_up("lo")
@@ -171,6 +183,24 @@ pub fn load_boot_spec() -> Result<BootSpec, String> {
         }
     }
     Err("no microagent.config= on the kernel command line and no config disk found".into())
+}
+
+/// The boot spec again, after a restore from a snapshot: the host wrote
+/// the new workspace's spec (its hostname) to the config disk, but this
+/// guest's page cache still holds the old blocks, so they are dropped
+/// first (BLKFLSBUF).
+pub fn reload_boot_spec() -> Result<BootSpec, String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let dev = config_device_from_cmdline(&cmdline)
+        .ok_or("no microagent.config= on the kernel command line")?;
+    let f = std::fs::File::open(dev).map_err(|e| format!("config disk {dev}: {e}"))?;
+    /// `_IO(0x12, 97)`: flush the block device's buffers.
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is open and ours.
+    unsafe {
+        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), BLKFLSBUF as _, 0);
+    }
+    read_config(f).map_err(|e| format!("config disk {dev}: {e}"))
 }
 
 /// Mounts the extra disks in order; stops at the first failure.

@@ -10,7 +10,7 @@ use vmkit_state::ProcessRecord;
 
 use crate::lifecycle::BOOT_TIMEOUT;
 use crate::machine::{BootPlan, Launched};
-use crate::workspace::{guest_err, remove_sockets, with_console_tail, Workspace};
+use crate::workspace::{guest_err, remove_vm_files, with_console_tail, Workspace};
 
 /// A booted VM: its processes and the guest init's control connection.
 pub(crate) struct Booted {
@@ -37,7 +37,7 @@ impl Workspace<'_> {
             }
             e
         };
-        remove_sockets(self.paths());
+        remove_vm_files(self.paths());
         let listener = match HostListener::bind(&self.paths().vsock, spec.control_port) {
             Ok(l) => l,
             Err(e) => {
@@ -155,6 +155,7 @@ impl Workspace<'_> {
             ),
             detached,
             nic: net.nic.take(),
+            restore: None,
         };
         Ok((spec, plan, net.helpers))
     }
@@ -185,7 +186,7 @@ impl Workspace<'_> {
         if let Some(mut l) = launched {
             l.shut_down();
         }
-        remove_sockets(self.paths());
+        remove_vm_files(self.paths());
         let error = if had_vm {
             with_console_tail(error, self.paths())
         } else {

@@ -8,7 +8,7 @@ use vmkit_protocol::{Event, ProtocolError, State};
 
 use crate::lifecycle::STOP_GRACE;
 use crate::process::{terminate, wait_gone};
-use crate::workspace::{remove_sockets, Workspace};
+use crate::workspace::{remove_vm_files, Workspace};
 
 /// How long to wait for the guest's exec service to take a shutdown request.
 const SHUTDOWN_CONNECT: Duration = Duration::from_secs(2);
@@ -49,7 +49,7 @@ impl Workspace<'_> {
             STOP_GRACE.min(grace)
         };
         terminate(&self.processes(), kill_grace);
-        remove_sockets(self.paths());
+        remove_vm_files(self.paths());
         let (state, detail) = match (clean, final_state) {
             (true, State::Halted) => (State::Halted, "guest powered off"),
             (true, _) => (State::Stopped, "guest powered off"),

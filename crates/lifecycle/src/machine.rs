@@ -25,6 +25,9 @@ pub struct BootPlan {
     /// The network device to attach, already served by the VM's network
     /// helper; `None`: no NIC (network mode `none`).
     pub nic: Option<Nic>,
+    /// Continue from the memory snapshot in this folder (written by
+    /// [`Machine::save_state`]) instead of booting the kernel.
+    pub restore: Option<PathBuf>,
 }
 
 /// The processes a launch started.
@@ -259,6 +262,22 @@ pub trait Machine: Send + Sync {
     /// error, everything it started must already be gone: build the result
     /// in a [`LaunchGuard`].
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError>;
+    /// Writes the paused VM's device state, and its memory, into the
+    /// folder `into` (which exists and is empty), so that a launch with
+    /// [`BootPlan::restore`] naming a copy of it continues the VM there.
+    /// `config` is the machine the VM runs.
+    fn save_state(
+        &self,
+        config: &MachineConfig,
+        paths: &WorkspacePaths,
+        into: &std::path::Path,
+    ) -> Result<(), ProtocolError> {
+        let _ = (config, paths, into);
+        Err(ProtocolError::new(
+            vmkit_protocol::ErrorCode::Unsupported,
+            format!("the {} backend cannot snapshot a VM's memory", self.kind()),
+        ))
+    }
     /// Stops (`paused` true) or restarts the vCPUs of the VM running in the
     /// workspace at `paths`, keeping memory, devices and connections.
     /// Returns once the VMM confirms the new run state.

@@ -15,6 +15,9 @@ pub struct WorkspacePaths {
     /// The hybrid-vsock Unix socket (guest ports are reached through it;
     /// guest-initiated connections arrive on `<this>_<port>`).
     pub vsock: PathBuf,
+    /// The guest's RAM as a file, for VMMs that keep it in one (QEMU with
+    /// the serial transport): removed whenever the VM is gone.
+    pub memory: PathBuf,
     /// The guest's serial console.
     pub console_log: PathBuf,
     /// The VMM's own stdout/stderr.
@@ -53,6 +56,7 @@ impl WorkspacePaths {
             disk: dir.join("rootfs.ext4"),
             config_disk: dir.join("config.img"),
             vsock,
+            memory: dir.join("memory.ram"),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
             net_socket: dir.join("n.sock"),

@@ -11,7 +11,7 @@ use vmkit_protocol::{ProtocolError, Request, RunResult, State};
 
 use crate::lifecycle::{backstop, Lifecycle, RunOutput};
 use crate::process::wait_child;
-use crate::workspace::{guest_err, remove_sockets, with_console_tail, Workspace};
+use crate::workspace::{guest_err, remove_vm_files, with_console_tail, Workspace};
 
 /// How long a kept run's guest gets to power off by itself (flushing its
 /// disk) after reporting.
@@ -83,7 +83,7 @@ impl Workspace<'_> {
         // is most of a short run's tail.
         let powered_off = keep && wait_child(&mut booted.launched.vmm, POWER_OFF_WAIT);
         booted.launched.shut_down();
-        remove_sockets(self.paths());
+        remove_vm_files(self.paths());
         let report = match received {
             Ok(report) => report,
             Err(ChannelError::Timeout(_)) => {

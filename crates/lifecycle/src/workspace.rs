@@ -161,7 +161,7 @@ impl Workspace<'_> {
             "the VMM exited unexpectedly"
         };
         terminate(&self.processes(), Duration::ZERO);
-        remove_sockets(self.paths());
+        remove_vm_files(self.paths());
         self.transition(State::Failed, detail)?;
         Ok(true)
     }
@@ -213,9 +213,11 @@ pub(crate) fn guest_err(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::GuestFailure, message)
 }
 
-/// Removes the channel's sockets a VM leaves behind.
-pub(crate) fn remove_sockets(paths: &WorkspacePaths) {
+/// Removes what only a running VM needs: the channel's sockets, and the
+/// guest RAM file a VMM may keep (QEMU; snapshots hold their own copies).
+pub(crate) fn remove_vm_files(paths: &WorkspacePaths) {
     let _ = std::fs::remove_file(&paths.vsock);
+    let _ = std::fs::remove_file(&paths.memory);
     crate::vmm_files::remove_guest_listeners(&paths.vsock);
 }
 

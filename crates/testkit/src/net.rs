@@ -71,32 +71,7 @@ pub fn test_host() -> &'static TestHost {
 /// `microagent-net`, built by cargo on first use in this process (a test
 /// of the CLI does not build another package's binaries by itself).
 pub fn helper_binary() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = Command::new(cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "-p",
-                "vmkit-net",
-                "--bin",
-                "microagent-net",
-                "--message-format=short",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running cargo build -p vmkit-net");
-        assert!(out.status.success(), "cargo build -p vmkit-net failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let path = target.join("debug/microagent-net");
-        assert!(path.is_file(), "{} was not built", path.display());
-        path
-    })
-    .clone()
+    crate::process::cargo_binary("vmkit-net", "microagent-net")
 }
 
 /// A server on the host's own loopback (for `host:PORT` rules): Python's

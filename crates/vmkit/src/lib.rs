@@ -56,6 +56,7 @@ pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
 pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};
 pub use driver::{driver_for, Driver};
 /// The kernel installer, for `kernel build|install|check|list`.
+pub use vmkit_channel as channel;
 pub use vmkit_kernel as kernel;
 pub use vmkit_protocol as protocol;
 /// The rootfs builder, for `rootfs build` and image references.

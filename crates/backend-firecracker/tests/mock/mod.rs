@@ -33,5 +33,6 @@ pub fn plan(state: &Path, name: &str, disks: Vec<Disk>, detached: bool) -> BootP
             .into(),
         detached,
         nic: None,
+        restore: None,
     }
 }

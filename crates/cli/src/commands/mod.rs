@@ -8,6 +8,7 @@ pub mod image;
 pub mod kernel;
 pub mod mcp;
 pub mod network;
+pub mod relay;
 pub mod rootfs;
 pub mod run;
 pub mod snapshot;
@@ -38,6 +39,7 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Logs(args) => workspace::logs(args, global),
         Command::Egress(args) => network::egress(args, global),
         Command::Gc => workspace::gc(global),
+        Command::ChannelRelay(args) => relay::relay(args),
         Command::Supervisor => {
             let code =
                 vmkit::supervisor::serve(io::stdin().lock(), io::stdout().lock(), io::stderr());
