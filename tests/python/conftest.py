@@ -10,7 +10,10 @@ import sys
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Tuple, TypeVar, Union
+
+T = TypeVar("T")
 
 import pytest
 
@@ -110,3 +113,56 @@ def schema_checked_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[dict]
 
     monkeypatch.setattr(_protocol, "parse_line", checked)
     yield seen
+
+
+async def until(probe: Callable[[], Union[T, Awaitable[T]]], ok: Callable[[T], bool], limit: float = 60) -> T:
+    """Polls ``probe`` until ``ok`` holds for what it returns (each probe is
+    a real round trip, e.g. ``ps`` in the guest); fails after ``limit`` s."""
+    import asyncio
+    import inspect
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if ok(value):  # type: ignore[arg-type]
+            return value  # type: ignore[return-value]
+        assert time.monotonic() < deadline, f"condition never held; last: {value!r}"
+        await asyncio.sleep(0.2)
+
+
+def guest_processes(microagent_bin: str, state_dir: str, name: str) -> str:
+    """The guest's ``ps`` output, through the CLI (another channel than the one under test)."""
+    out = subprocess.run([microagent_bin, "--state-dir", state_dir, "exec", name, "--", "ps"],
+                         capture_output=True, check=True)
+    return out.stdout.decode()
+
+
+@contextmanager
+def loopback_http_server(files: Dict[str, bytes]) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 (a free port) serving ``files``: what a
+    guest reaches through a ``host:PORT`` rule. Yields the port."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path.lstrip("/"))
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,6 +4,7 @@ PyPI) over stdio, against real microVMs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from contextlib import asynccontextmanager
@@ -14,13 +15,14 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import vm_processes, workspaces
+from conftest import guest_processes, loopback_http_server, until, vm_processes, workspaces
 
 pytestmark = pytest.mark.usefixtures("clean")
 
 TOOLS = {
     "run", "workspace_create", "workspace_start", "workspace_exec", "workspace_write_file",
-    "workspace_read_file", "workspace_list", "workspace_status", "workspace_halt", "workspace_delete",
+    "workspace_read_file", "workspace_cp", "workspace_list", "workspace_status", "workspace_halt",
+    "workspace_pause", "workspace_resume", "workspace_egress_log", "workspace_delete",
 }
 
 
@@ -187,3 +189,140 @@ def test_a_client_that_disconnects_mid_run_leaves_no_vm(microagent_bin: str, sta
     asyncio.run(main())
     assert workspaces(microagent_bin, state_dir) == []
     assert vm_processes(state_dir) == []
+
+
+def test_the_servers_network_policy_only_narrows_and_files_pause_and_egress_work(
+        microagent_bin: str, state_dir: str, image: str, tmp_path: Any) -> None:
+    """One workspace under a server with an allowlist and a files folder.
+    Traffic goes only to a server on this host's loopback (host:PORT)."""
+    files = tmp_path / "files"
+    (files / "proj").mkdir(parents=True)
+    (files / "proj/hello.txt").write_text("hello via cp\n")
+    os.symlink("/etc", files / "leak")
+
+    async def main(port: int) -> None:
+        flags = ("--network", "allowlist", "--allow", f"host:{port}", "--files-dir", str(files))
+        async with session(microagent_bin, state_dir, *flags) as s:
+            # Wider than the server's policy: refused before any VM exists.
+            for args, needle in [({"network": "public"}, "public"),
+                                 ({"allow": [f"host:{port + 1}"]}, f"host:{port + 1}"),
+                                 ({"allow": ["10.0.0.1"]}, "10.0.0.1")]:
+                msg = await tool_error(s, "workspace_create", name="mcp-net", image=image, **args)
+                assert "widen" in msg and needle in msg and f"allow host:{port}" in msg, msg
+            msg = await tool_error(s, "run", image=image, command="true", allow=["bad rule!"])
+            assert "bad rule!" in msg, msg
+            assert workspaces(microagent_bin, state_dir) == []
+
+            await call(s, "workspace_create", name="mcp-net", image=image)
+            status = await call(s, "workspace_status", name="mcp-net")
+            assert status["network"] == {"mode": "allowlist", "allow": [f"host:{port}"], "deny": []}
+            got = await call(s, "workspace_exec", name="mcp-net",
+                             command=f"wget -q -O - http://host.microagent.internal:{port}/x")
+            assert (got["exitCode"], got["stdout"]) == (0, "from the loopback server\n"), got
+            # A port no rule names: the stack refuses it itself (and says so).
+            other = await call(s, "workspace_exec", name="mcp-net",
+                               command=f"wget -q -O - http://host.microagent.internal:{port + 1}/x")
+            assert other["exitCode"] != 0
+
+            async def decisions() -> List[Dict[str, Any]]:
+                log = await call(s, "workspace_egress_log", name="mcp-net")
+                assert log["total"] >= len(log["records"])
+                return list(log["records"])
+
+            def seen(records: List[Dict[str, Any]]) -> bool:
+                kinds = {(r["decision"], r["dst"].rsplit(":", 1)[-1]) for r in records if r["proto"] == "tcp"}
+                return {("allow", str(port)), ("deny", str(port + 1))} <= kinds
+
+            records = await until(decisions, seen)
+            assert all(isinstance(r["time"], str) for r in records)
+            limited = await call(s, "workspace_egress_log", name="mcp-net", limit=1)
+            assert len(limited["records"]) == 1 and limited["truncated"]
+
+            # cp: only inside the files folder.
+            cp = await call(s, "workspace_cp", name="mcp-net", direction="toGuest", hostPath="proj",
+                            guestPath="/root")
+            assert cp["entries"] == 2 and cp["bytes"] == 13, cp
+            assert (await call(s, "workspace_exec", name="mcp-net",
+                               command="cat /root/proj/hello.txt"))["stdout"] == "hello via cp\n"
+            await call(s, "workspace_exec", name="mcp-net",
+                       command="mkdir /root/out && echo made > /root/out/r.txt && ln -s /etc /root/out/l")
+            await call(s, "workspace_cp", name="mcp-net", direction="fromGuest", hostPath=".",
+                       guestPath="/root/out")
+            assert (files / "out/r.txt").read_text() == "made\n"
+            assert os.readlink(files / "out/l") == "/etc"
+            for host_path, why in [("/etc/passwd", "relative"), ("../x", ".."), ("leak/passwd", "leads out"),
+                                   ("out/l/passwd", "leads out"), ("missing", "does not exist")]:
+                msg = await tool_error(s, "workspace_cp", name="mcp-net", direction="toGuest",
+                                       hostPath=host_path, guestPath="/root")
+                assert why in msg, (host_path, msg)
+            msg = await tool_error(s, "workspace_cp", name="mcp-net", direction="fromGuest",
+                                   hostPath="leak/x", guestPath="/root/out")
+            assert "leads out" in msg, msg
+
+            # Pause and resume.
+            await call(s, "workspace_exec", name="mcp-net", command="echo before > /tmp/state")
+            assert (await call(s, "workspace_pause", name="mcp-net"))["state"] == "paused"
+            assert (await call(s, "workspace_status", name="mcp-net"))["state"] == "paused"
+            msg = await tool_error(s, "workspace_exec", name="mcp-net", command="true")
+            assert "paused" in msg, msg
+            assert (await call(s, "workspace_resume", name="mcp-net"))["state"] == "running"
+            assert (await call(s, "workspace_exec", name="mcp-net", command="cat /tmp/state"))["stdout"] \
+                == "before\n"
+
+            # A client that asks for no network gets none.
+            await call(s, "workspace_create", name="mcp-none", image=image, network="none")
+            links = await call(s, "workspace_exec", name="mcp-none", command="ls /sys/class/net")
+            assert links["stdout"].split() == ["lo"], links
+            await call(s, "workspace_delete", name="mcp-none")
+            await call(s, "workspace_delete", name="mcp-net")
+
+    with loopback_http_server({"x": b"from the loopback server\n"}) as port:
+        asyncio.run(main(port))
+
+
+def test_a_cancelled_or_abandoned_exec_has_its_guest_command_killed(microagent_bin: str, state_dir: str,
+                                                                    image: str) -> None:
+    async def ps() -> str:
+        return await asyncio.to_thread(guest_processes, microagent_bin, state_dir, "mcp-cancel")
+
+    async def main() -> None:
+        async with session(microagent_bin, state_dir) as s:
+            msg = await tool_error(s, "workspace_cp", name="x", direction="toGuest", hostPath="a",
+                                   guestPath="/root")
+            assert "--files-dir" in msg, msg
+            await call(s, "workspace_create", name="mcp-cancel", image=image)
+            # notifications/cancelled: the mcp client sends it when the awaiting task is cancelled.
+            task = asyncio.ensure_future(
+                s.call_tool("workspace_exec", {"name": "mcp-cancel", "command": "sleep 600"}))
+            await until(ps, lambda out: "sleep 600" in out)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await until(ps, lambda out: "sleep 600" not in out)
+            # The server still serves.
+            assert (await call(s, "workspace_exec", name="mcp-cancel", command="echo ok"))["stdout"] == "ok\n"
+
+        # A client that goes away mid-exec (no cancellation sent: its pipe
+        # just closes): the server exits and the command dies with it.
+        params = server(microagent_bin, state_dir)
+        proc = subprocess.Popen([params.command, *params.args], env=params.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        for message in [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": {"name": "pipe", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "workspace_exec", "arguments": {"name": "mcp-cancel", "command": "sleep 601"}}},
+        ]:
+            proc.stdin.write(json.dumps(message).encode() + b"\n")
+            proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        await until(ps, lambda out: "sleep 601" in out)
+        proc.stdin.close()
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+        await until(ps, lambda out: "sleep 601" not in out)
+        subprocess.run([microagent_bin, "--state-dir", state_dir, "delete", "--force", "mcp-cancel"], check=True)
+
+    asyncio.run(main())

@@ -15,11 +15,13 @@
 mod capture;
 mod files;
 mod framing;
+mod network;
 mod params;
 mod policy;
 mod progress;
 mod results;
 mod server;
+mod workspace_tools;
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -35,6 +37,9 @@ pub enum McpError {
     /// Setting up stdio or the async runtime failed.
     #[error("mcp server: {0}")]
     Io(#[from] std::io::Error),
+    /// The operator's settings are not usable (a bad rule, a missing folder).
+    #[error("microagent mcp: {0}")]
+    Policy(String),
     /// The MCP session could not start (e.g. a bad `initialize`).
     #[error("mcp session: {0}")]
     Session(String),
@@ -48,6 +53,7 @@ const CLEANUP_LIMIT: Duration = Duration::from_secs(60);
 /// any one-shot run still in progress and waits for its cleanup.
 pub fn serve_stdio(policy: Policy) -> Result<(), McpError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    policy.validate().map_err(McpError::Policy)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let protocol_out = claim_stdout()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

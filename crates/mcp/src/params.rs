@@ -26,6 +26,48 @@ pub struct RunInput {
     pub memory_mib: Option<u32>,
     /// vCPUs (default 1, bounded by the server).
     pub cpus: Option<u32>,
+    /// Guest network mode, at most as open as the server's own (public >
+    /// allowlist > none); default: the server's.
+    pub network: Option<NetworkInput>,
+    /// Allow rules (NAME, .NAME, IP, CIDR, each with :PORT, or host:PORT);
+    /// each must lie within the server's. Default: the server's.
+    pub allow: Option<Vec<String>>,
+    /// Extra deny rules (same forms), added to the server's.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// A guest network mode.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkInput {
+    /// The public internet (not private, loopback or metadata addresses).
+    Public,
+    /// Only what allow rules name.
+    Allowlist,
+    /// No network device.
+    None,
+}
+
+impl From<NetworkInput> for vmkit::protocol::NetworkMode {
+    fn from(n: NetworkInput) -> Self {
+        match n {
+            NetworkInput::Public => vmkit::protocol::NetworkMode::Public,
+            NetworkInput::Allowlist => vmkit::protocol::NetworkMode::Allowlist,
+            NetworkInput::None => vmkit::protocol::NetworkMode::None,
+        }
+    }
+}
+
+/// A client's network arguments (`network`, `allow`, `deny`), gathered.
+#[derive(Debug, Default)]
+pub struct NetworkAsk {
+    /// The mode asked for.
+    pub mode: Option<NetworkInput>,
+    /// Allow rules asked for.
+    pub allow: Option<Vec<String>>,
+    /// Deny rules to add.
+    pub deny: Vec<String>,
 }
 
 /// What a command did (`run`, `workspace_exec`).
@@ -74,6 +116,15 @@ pub struct CreateInput {
     pub env: BTreeMap<String, String>,
     /// Boot it right away (default true).
     pub start: Option<bool>,
+    /// Guest network mode, at most as open as the server's own (public >
+    /// allowlist > none); default: the server's.
+    pub network: Option<NetworkInput>,
+    /// Allow rules (NAME, .NAME, IP, CIDR, each with :PORT, or host:PORT);
+    /// each must lie within the server's. Default: the server's.
+    pub allow: Option<Vec<String>>,
+    /// Extra deny rules (same forms), added to the server's.
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// A workspace name.
@@ -191,6 +242,20 @@ pub struct WorkspaceInfo {
     pub cpus: u32,
     /// When it was created (RFC 3339).
     pub created_at: String,
+    /// Its guest network policy.
+    pub network: NetworkInfo,
+}
+
+/// A workspace's network policy.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInfo {
+    /// public, allowlist or none.
+    pub mode: String,
+    /// Allow rules.
+    pub allow: Vec<String>,
+    /// Deny rules (the server's and the client's).
+    pub deny: Vec<String>,
 }
 
 /// Result of `workspace_list`.
@@ -211,4 +276,69 @@ pub struct StateOutput {
     pub state: String,
     /// What happened, in a few words.
     pub detail: String,
+}
+
+/// Which way `workspace_cp` copies.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CopyDirection {
+    /// From the server's files folder into the workspace.
+    ToGuest,
+    /// From the workspace into the server's files folder.
+    FromGuest,
+}
+
+/// Arguments of `workspace_cp`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyInput {
+    /// The workspace name.
+    pub name: String,
+    /// toGuest or fromGuest.
+    pub direction: CopyDirection,
+    /// A path relative to the server's files folder (`microagent mcp
+    /// --files-dir`); "." is the folder itself. Never absolute, no "..".
+    pub host_path: String,
+    /// An absolute path in the guest.
+    pub guest_path: String,
+}
+
+/// Result of `workspace_cp`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyOutput {
+    /// "toGuest" or "fromGuest".
+    pub direction: String,
+    /// The host path, relative to the files folder, as given.
+    pub host_path: String,
+    /// The guest path.
+    pub guest_path: String,
+    /// Files, folders and links copied.
+    pub entries: u64,
+    /// File content bytes copied.
+    pub bytes: u64,
+}
+
+/// Arguments of `workspace_egress_log`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressInput {
+    /// The workspace name.
+    pub name: String,
+    /// How many of the newest decisions (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// Result of `workspace_egress_log`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressOutput {
+    /// The newest decisions, oldest first: each the JSON record of
+    /// `microagent egress NAME --json` (time, decision, proto, dst, name,
+    /// nameSource, rule, reason, bytesOut, bytesIn, durationMs).
+    pub records: Vec<serde_json::Value>,
+    /// Decisions in the log in all.
+    pub total: u64,
+    /// Older decisions were left out (by the limit or the output cap).
+    pub truncated: bool,
 }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use vmkit::protocol::Network;
 use vmkit_state::{StateStore, WorkspaceRecord};
 
 use crate::capture::DEFAULT_OUTPUT_LIMIT;
@@ -39,6 +40,11 @@ pub struct Policy {
     /// Largest JSON-RPC message accepted from the client, bytes; a larger
     /// one is answered with an error (and never held in memory).
     pub max_request_bytes: usize,
+    /// The guest network clients get, and the widest they may ask for.
+    pub network: Network,
+    /// The host folder `workspace_cp` may read and write (nothing else on
+    /// the host); `None`: `workspace_cp` is refused.
+    pub files_dir: Option<PathBuf>,
 }
 
 impl Policy {
@@ -55,7 +61,21 @@ impl Policy {
             max_file_bytes: 8 * 1024 * 1024,
             max_timeout_seconds: 3600,
             max_request_bytes: 16 * 1024 * 1024,
+            network: Network::default(),
+            files_dir: None,
         }
+    }
+
+    /// Checks the operator's settings before serving: the network policy
+    /// with the stack's own rule parser, the files folder a folder.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::network::check_server(&self.network)?;
+        if let Some(dir) = &self.files_dir {
+            if !dir.is_dir() {
+                return Err(format!("--files-dir {}: not a folder", dir.display()));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses image references that would read host files, unless allowed.

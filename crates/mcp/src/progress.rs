@@ -178,3 +178,38 @@ impl Drop for AbortOnDrop {
         }
     }
 }
+
+/// Kills a workspace command's process group in the guest when the call
+/// running it is dropped before it finished (cancelled, or the client went
+/// away): without it the command would run on, since the blocking thread
+/// keeps its exec connection open until it ends. Disarmed on completion.
+pub struct KillOnDrop {
+    handle: vmkit::ExecHandle,
+    armed: bool,
+}
+
+impl KillOnDrop {
+    /// Armed for the exec `handle` steers.
+    pub fn new(handle: vmkit::ExecHandle) -> KillOnDrop {
+        KillOnDrop {
+            handle,
+            armed: true,
+        }
+    }
+
+    /// The command finished: nothing to kill.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            // Sent now if the exec runs, at its start if it is connecting.
+            if let Err(e) = self.handle.signal(nix::sys::signal::Signal::SIGKILL as i32) {
+                tracing::warn!("killing a cancelled command: {e}");
+            }
+        }
+    }
+}

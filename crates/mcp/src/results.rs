@@ -104,5 +104,10 @@ pub fn info(r: &vmkit_state::WorkspaceRecord) -> WorkspaceInfo {
         memory_mib: r.config.memory_mib,
         cpus: r.config.cpu_count,
         created_at: r.created_at.to_rfc3339(),
+        network: crate::params::NetworkInfo {
+            mode: r.config.network.mode.to_string(),
+            allow: r.config.network.allow.clone(),
+            deny: r.config.network.deny.clone(),
+        },
     }
 }

@@ -20,15 +20,15 @@ use crate::capture::{decode_base64, encode_content, Capture};
 use crate::files;
 use crate::params::*;
 use crate::policy::{Policy, OWNER_LABEL};
-use crate::progress::{AbortOnDrop, InFlight, Progress};
-use crate::results::{blocking, command_output, command_summary, done, failed, info, ToolResult};
+use crate::progress::{AbortOnDrop, InFlight, KillOnDrop, Progress};
+use crate::results::{blocking, command_output, command_summary, done, failed, ToolResult};
 
 /// The server; cheap to clone (rmcp clones it per call).
 #[derive(Clone)]
 pub struct McpServer {
-    policy: Arc<Policy>,
+    pub(crate) policy: Arc<Policy>,
     inflight: Arc<InFlight>,
-    #[allow(dead_code)] // read by the code #[tool_handler] generates
+    /// Every tool: this file's and `workspace_tools`'.
     tool_router: ToolRouter<McpServer>,
 }
 
@@ -38,11 +38,11 @@ impl McpServer {
         McpServer {
             policy: Arc::new(policy),
             inflight,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::workspace_tools(),
         }
     }
 
-    fn runtime(
+    pub(crate) fn runtime(
         policy: &Policy,
         backend: Option<BackendKind>,
         progress: Option<&Progress>,
@@ -77,13 +77,22 @@ impl McpServer {
         Ok((kernel, rootfs.path))
     }
 
+    /// The machine a client asked for, within the server's bounds; its
+    /// network the server's policy or a narrower one (`crate::network`).
     fn machine(
         &self,
         memory: Option<u32>,
         cpus: Option<u32>,
         env: std::collections::BTreeMap<String, String>,
+        network: NetworkAsk,
     ) -> Result<vmkit::MachineParams, String> {
         let (memory_mib, cpus) = self.policy.machine(memory, cpus)?;
+        let network = crate::network::narrow(
+            &self.policy.network,
+            network.mode.map(Into::into),
+            network.allow,
+            network.deny,
+        )?;
         Ok(vmkit::MachineParams {
             memory_mib,
             cpus,
@@ -97,16 +106,16 @@ impl McpServer {
             kernel_args: None,
             // The host's own architecture: the fast path, and no choice for the model.
             arch: None,
-            // The default egress policy (public: no host, private or
-            // metadata addresses) and no published ports: the model cannot
-            // widen what the guest reaches.
-            network: Default::default(),
+            // Published ports bind host sockets: never the model's to choose.
+            network,
             publish: Vec::new(),
         })
     }
 
-    /// Runs a command in a workspace this server owns.
-    async fn exec_in(
+    /// Runs a command in a workspace this server owns. If the call is
+    /// dropped before the command ends (the client cancelled it or went
+    /// away), the command's process group in the guest is killed.
+    pub(crate) async fn exec_in(
         &self,
         name: &str,
         request: vmkit::ExecRequest,
@@ -116,24 +125,28 @@ impl McpServer {
         let record = self.policy.workspace(name)?;
         let policy = self.policy.clone();
         let name = name.to_owned();
-        blocking(move || {
+        let handle = vmkit::ExecHandle::new();
+        let mut kill = KillOnDrop::new(handle.clone());
+        let outcome = blocking(move || {
             let rt = Self::runtime(&policy, Some(record.backend), None)?;
             let (mut out, mut err) = (Capture::new(limit), Capture::new(limit));
             let options = vmkit::ExecOptions {
                 request,
                 stdin: stdin.map(|b| Box::new(Cursor::new(b)) as Box<dyn std::io::Read + Send>),
-                handle: vmkit::ExecHandle::new(),
+                handle,
             };
             let result = rt
                 .exec(&name, options, &mut out, &mut err)
                 .map_err(|e| e.to_string())?;
             Ok((result, out, err))
         })
-        .await
+        .await;
+        kill.disarm();
+        outcome
     }
 
     /// A lifecycle call on a workspace this server owns, as a tool result.
-    async fn transition(
+    pub(crate) async fn transition(
         &self,
         name: String,
         progress: Option<Progress>,
@@ -162,7 +175,7 @@ impl McpServer {
         }
     }
 
-    fn shell(script: &str, args: &[&str]) -> Vec<String> {
+    pub(crate) fn shell(script: &str, args: &[&str]) -> Vec<String> {
         let mut argv = vec![
             "/bin/sh".to_owned(),
             "-c".into(),
@@ -191,10 +204,11 @@ impl McpServer {
             Ok(t) => t,
             Err(e) => return failed(e),
         };
-        let machine = match self.machine(p.memory_mib, p.cpus, p.env) {
-            Ok(m) => m,
-            Err(e) => return failed(e),
-        };
+        let machine =
+            match self.machine(p.memory_mib, p.cpus, p.env, ask(p.network, p.allow, p.deny)) {
+                Ok(m) => m,
+                Err(e) => return failed(e),
+            };
         let name = vmkit::new_run_name();
         let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
         let params = vmkit::RunParams {
@@ -243,10 +257,11 @@ impl McpServer {
         if let Err(e) = self.policy.check_image(&p.image) {
             return failed(e);
         }
-        let machine = match self.machine(p.memory_mib, p.cpus, p.env) {
-            Ok(m) => m,
-            Err(e) => return failed(e),
-        };
+        let machine =
+            match self.machine(p.memory_mib, p.cpus, p.env, ask(p.network, p.allow, p.deny)) {
+                Ok(m) => m,
+                Err(e) => return failed(e),
+            };
         let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
         let policy = self.policy.clone();
         let start = p.start.unwrap_or(true);
@@ -297,7 +312,11 @@ impl McpServer {
     /// Run a command in a running workspace: argv (no shell) or command
     /// (/bin/sh -c). stdout and stderr are bounded; truncation is flagged.
     #[tool(output_schema = schema_for_output::<CommandOutput>())]
-    async fn workspace_exec(&self, Parameters(p): Parameters<ExecInput>) -> ToolResult {
+    async fn workspace_exec(
+        &self,
+        Parameters(p): Parameters<ExecInput>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let argv = match (p.argv, p.command) {
             (Some(argv), None) if !argv.is_empty() => argv,
             (None, Some(cmd)) => Self::shell(&cmd, &[]).into_iter().take(3).collect(),
@@ -324,10 +343,13 @@ impl McpServer {
             timeout_ms: Some(timeout.saturating_mul(1000)),
             ..vmkit::ExecRequest::default()
         };
-        match self
-            .exec_in(&p.name, request, stdin, self.policy.max_output_bytes)
-            .await
-        {
+        let work = self.exec_in(&p.name, request, stdin, self.policy.max_output_bytes);
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            // Leaving `work` behind drops it: the guest command is killed.
+            _ = ctx.ct.cancelled() => return Err(ErrorData::internal_error("cancelled; the command was killed", None)),
+        };
+        match outcome {
             Ok((result, out, err)) => {
                 let o = command_output(&result, &out, &err);
                 done(command_summary(&o), o)
@@ -431,78 +453,9 @@ impl McpServer {
             o,
         )
     }
-
-    /// List the workspaces this server created.
-    #[tool(output_schema = schema_for_output::<ListOutput>())]
-    async fn workspace_list(&self) -> ToolResult {
-        match self.policy.workspaces() {
-            Ok(records) => {
-                let o = ListOutput {
-                    workspaces: records.iter().map(info).collect(),
-                };
-                let names: Vec<String> = o
-                    .workspaces
-                    .iter()
-                    .map(|w| format!("{} ({})", w.name, w.state))
-                    .collect();
-                done(
-                    format!("{} workspaces: {}", names.len(), names.join(", ")),
-                    o,
-                )
-            }
-            Err(e) => failed(e),
-        }
-    }
-
-    /// A workspace's state and machine.
-    #[tool(output_schema = schema_for_output::<WorkspaceInfo>())]
-    async fn workspace_status(&self, Parameters(p): Parameters<NameInput>) -> ToolResult {
-        match self.policy.workspace(&p.name) {
-            Ok(r) => {
-                let o = info(&r);
-                done(format!("workspace {} is {}", o.name, o.state), o)
-            }
-            Err(e) => failed(e),
-        }
-    }
-
-    /// Shut a workspace down cleanly; its disk is kept for workspace_start.
-    #[tool(output_schema = schema_for_output::<StateOutput>())]
-    async fn workspace_halt(&self, Parameters(p): Parameters<NameInput>) -> ToolResult {
-        self.transition(p.name, None, |rt, name| rt.halt(name))
-            .await
-    }
-
-    /// Delete a workspace and its disk (its VM is killed first unless force is false).
-    #[tool(output_schema = schema_for_output::<StateOutput>())]
-    async fn workspace_delete(&self, Parameters(p): Parameters<DeleteInput>) -> ToolResult {
-        let record = match self.policy.workspace(&p.name) {
-            Ok(r) => r,
-            Err(e) => return failed(e),
-        };
-        let policy = self.policy.clone();
-        let force = p.force.unwrap_or(true);
-        let name = p.name.clone();
-        let outcome = blocking(move || {
-            let rt = Self::runtime(&policy, Some(record.backend), None)?;
-            rt.delete(&name, force).map_err(|e| e.to_string())
-        })
-        .await;
-        match outcome {
-            Ok(()) => {
-                let o = StateOutput {
-                    name: p.name,
-                    state: "deleted".into(),
-                    detail: "workspace and disk removed".into(),
-                };
-                done(format!("workspace {} deleted", o.name), o)
-            }
-            Err(e) => failed(e),
-        }
-    }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for McpServer {
     /// The stand-in for a message over the size bound (see `framing`).
     async fn on_custom_request(
@@ -534,7 +487,13 @@ impl ServerHandler for McpServer {
             .with_server_info(Implementation::new("microagent", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Runs commands in Linux microVMs. `run` is one-shot; `workspace_*` keep a VM and \
-                 its disk between calls. Output is capped per stream (truncation is flagged).",
+                 its disk between calls. Output is capped per stream (truncation is flagged). \
+                 The guest network is the server's policy; `network`/`allow`/`deny` may only \
+                 narrow it. `workspace_cp` moves files through the server's files folder.",
             )
     }
+}
+
+fn ask(mode: Option<NetworkInput>, allow: Option<Vec<String>>, deny: Vec<String>) -> NetworkAsk {
+    NetworkAsk { mode, allow, deny }
 }

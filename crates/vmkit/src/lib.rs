@@ -37,6 +37,7 @@ mod copy;
 mod dispatch;
 pub mod doctor;
 mod driver;
+mod egress;
 mod error;
 mod guest_init;
 mod inventory;
@@ -44,6 +45,7 @@ mod runtime;
 pub mod supervisor;
 
 pub use copy::CopyError;
+pub use egress::EgressTail;
 pub use error::VmkitError;
 pub use guest_init::{find_guest_init, find_guest_init_for};
 pub use runtime::{new_run_name, MachineParams, RunParams, Runtime};

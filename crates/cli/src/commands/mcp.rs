@@ -9,19 +9,28 @@ Serve the Model Context Protocol over stdin/stdout, for an agent host (Claude
 Desktop, an IDE, the `mcp` Python client) to drive microVMs.
 
 Tools: run, workspace_create, workspace_start, workspace_exec,
-workspace_write_file, workspace_read_file, workspace_list, workspace_status,
-workspace_halt, workspace_delete (schemas in docs/mcp.md).
+workspace_write_file, workspace_read_file, workspace_cp, workspace_list,
+workspace_status, workspace_halt, workspace_pause, workspace_resume,
+workspace_egress_log, workspace_delete (schemas in docs/mcp.md).
 
 The server is the trust boundary for the model: clients cannot mount host
 folders, may use only registry images (unless --allow-local-images), get
 machines no larger than --max-memory/--max-cpus, and see only the workspaces
 this server created (label microagent.mcp.owner = --owner) unless
---any-workspace. Output is capped per stream (--max-output-bytes), flagged when
-truncated. A one-shot run's VM is stopped and removed when its client cancels
-the call or disconnects.
+--any-workspace. Guests get the network of --network/--allow/--deny (the same
+forms as `run`); a client may narrow it (a stricter mode, a subset of the allow
+rules, more deny rules), never widen it. Host files are reachable only through
+workspace_cp, and only inside --files-dir (off without it). Output is capped per
+stream (--max-output-bytes), flagged when truncated. A one-shot run's VM is
+stopped and removed when its client cancels the call or disconnects; a
+cancelled workspace_exec has its command killed in the guest.
 
 Client configuration (e.g. claude_desktop_config.json):
-  {\"mcpServers\": {\"microagent\": {\"command\": \"microagent\", \"args\": [\"mcp\"]}}}";
+  {\"mcpServers\": {\"microagent\": {\"command\": \"microagent\", \"args\": [\"mcp\"]}}}
+
+Examples:
+  microagent mcp --network allowlist --allow pypi.org:443 --allow .pythonhosted.org:443
+  microagent mcp --network none --files-dir ~/agent-files --max-memory 1024";
 
 #[derive(Debug, Args)]
 pub struct McpArgs {
@@ -62,6 +71,15 @@ pub struct McpArgs {
     /// Largest JSON-RPC message accepted, bytes; a larger one gets an error.
     #[arg(long, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
     pub max_request_bytes: usize,
+
+    /// The host folder workspace_cp copies from and into (nothing else on
+    /// the host is reachable); without it, workspace_cp is refused.
+    #[arg(long, value_name = "DIR")]
+    pub files_dir: Option<std::path::PathBuf>,
+
+    /// The guests' network: clients get this, or narrower.
+    #[command(flatten)]
+    pub net: crate::commands::network::PolicyArgs,
 }
 
 pub fn run(args: McpArgs, global: &Global) -> anyhow::Result<u8> {
@@ -75,6 +93,8 @@ pub fn run(args: McpArgs, global: &Global) -> anyhow::Result<u8> {
     policy.max_file_bytes = args.max_file_bytes;
     policy.max_timeout_seconds = args.max_timeout;
     policy.max_request_bytes = args.max_request_bytes;
+    policy.network = args.net.parse()?;
+    policy.files_dir = args.files_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
     vmkit_mcp::serve_stdio(policy)?;
     Ok(0)
 }

@@ -10,10 +10,12 @@ use vmkit::protocol::{terminal_safe, Network, NetworkMode, PublishedPort};
 use crate::cli::Global;
 use crate::exit;
 
-/// Network options shared by `run` and `create`. Values are checked by
-/// the library (not by clap), so a bad one exits 125 naming the flag.
+/// The egress policy flags, shared by `run`, `create` and `mcp` (the MCP
+/// server's own policy, which its clients may only narrow). Values are
+/// checked by the library (not by clap), so a bad one exits 125 naming the
+/// flag.
 #[derive(Debug, Args)]
-pub struct NetworkArgs {
+pub struct PolicyArgs {
     /// public (default): the public internet, but not loopback, private,
     /// link-local (169.254.169.254), CGNAT, ULA or multicast ranges, the
     /// host or other VMs; allowlist: only what --allow names (DNS for
@@ -33,6 +35,31 @@ pub struct NetworkArgs {
     /// Refuse a destination (same forms as --allow); repeatable. Deny wins.
     #[arg(long, value_name = "RULE")]
     pub deny: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The parsed mode and the rules as given; the rule grammar is checked
+    /// by `vmkit::Runtime::check_network`.
+    pub fn parse(&self) -> anyhow::Result<Network> {
+        let mode: NetworkMode =
+            self.network
+                .parse()
+                .map_err(|e: vmkit::protocol::ProtocolError| {
+                    anyhow::anyhow!("--network: {}", e.message)
+                })?;
+        Ok(Network {
+            mode,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        })
+    }
+}
+
+/// Network options of `run` and `create`: the policy and published ports.
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// Forward a host TCP port to a guest port: [HOSTIP:]HOSTPORT:GUESTPORT
     /// (host IP default 127.0.0.1). Works with --network none too: it
@@ -46,12 +73,6 @@ impl NetworkArgs {
     /// The parsed values; rule grammar and port availability are checked
     /// by `vmkit::Runtime::check_network`.
     pub fn parse(&self) -> anyhow::Result<(Network, Vec<PublishedPort>)> {
-        let mode: NetworkMode =
-            self.network
-                .parse()
-                .map_err(|e: vmkit::protocol::ProtocolError| {
-                    anyhow::anyhow!("--network: {}", e.message)
-                })?;
         let publish = self
             .publish
             .iter()
@@ -60,14 +81,7 @@ impl NetworkArgs {
                     .map_err(|e: String| anyhow::anyhow!("--publish: {e}"))
             })
             .collect::<anyhow::Result<Vec<PublishedPort>>>()?;
-        Ok((
-            Network {
-                mode,
-                allow: self.allow.clone(),
-                deny: self.deny.clone(),
-            },
-            publish,
-        ))
+        Ok((self.policy.parse()?, publish))
     }
 }
 
@@ -193,9 +207,11 @@ mod tests {
 
     fn args(network: &str, publish: &[&str]) -> NetworkArgs {
         NetworkArgs {
-            network: network.into(),
-            allow: vec![],
-            deny: vec![],
+            policy: PolicyArgs {
+                network: network.into(),
+                allow: vec![],
+                deny: vec![],
+            },
             publish: publish.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -245,6 +245,30 @@ impl Rule {
         }
     }
 
+    /// Whether everything this rule allows, `wider` allows too: for a
+    /// policy that may only narrow another (an MCP client's rules within
+    /// the server's). Conservative: a name is within a name or suffix rule
+    /// only, a network within a network that contains it, `host:PORT`
+    /// within the same `host:PORT`; and the port must be covered.
+    pub fn within(&self, wider: &Rule) -> bool {
+        let port = match (wider.port, self.port) {
+            (None, _) => true,
+            (Some(w), Some(p)) => w == p,
+            (Some(_), None) => false,
+        };
+        let target = match (&self.target, &wider.target) {
+            (Target::Name(n), Target::Name(w)) => n == w,
+            (Target::Name(n), Target::Suffix(_)) => wider.matches_name(n),
+            (Target::Suffix(n), Target::Suffix(w)) => n == w || wider.matches_name(n),
+            (Target::Net(n), Target::Net(w)) => {
+                n.addr.is_ipv4() == w.addr.is_ipv4() && n.prefix >= w.prefix && w.contains(n.addr)
+            }
+            (Target::Host, Target::Host) => true,
+            _ => false,
+        };
+        port && target
+    }
+
     /// Whether an IP/CIDR rule contains `ip`. Name and host rules match no IP.
     pub fn matches_ip(&self, ip: IpAddr) -> bool {
         match &self.target {
@@ -392,6 +416,40 @@ mod tests {
         assert!(!suffix.matches_name("example.com"));
         assert!(!suffix.matches_name("badexample.com"));
         assert!(!suffix.matches_ip("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_rule_is_within_a_rule_that_allows_at_least_as_much() {
+        for (inner, outer) in [
+            ("pkg.test", "pkg.test"),
+            ("pkg.test:443", "pkg.test"),
+            ("a.example.com:443", ".example.com"),
+            (".a.example.com", ".example.com"),
+            ("203.0.113.10", "203.0.113.0/24"),
+            ("203.0.113.0/25:80", "203.0.113.0/24"),
+            ("host:8080", "host:8080"),
+            ("[fd00::1]:443", "fc00::/7"),
+        ] {
+            assert!(rule(inner).within(&rule(outer)), "{inner} within {outer}");
+        }
+        for (inner, outer) in [
+            ("pkg.test", "pkg.test:443"),
+            ("other.test", "pkg.test"),
+            ("example.com", ".example.com"),
+            (".example.com", "a.example.com"),
+            ("203.0.113.0/23", "203.0.113.0/24"),
+            ("10.0.0.1", "203.0.113.0/24"),
+            ("pkg.test", "203.0.113.10"),
+            ("203.0.113.10", "pkg.test"),
+            ("host:8081", "host:8080"),
+            ("10.0.0.1", "host:80"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ] {
+            assert!(
+                !rule(inner).within(&rule(outer)),
+                "{inner} not within {outer}"
+            );
+        }
     }
 
     #[test]
