@@ -133,6 +133,19 @@ async def until(probe: Callable[[], Union[T, Awaitable[T]]], ok: Callable[[T], b
         await asyncio.sleep(0.2)
 
 
+def wait_until(probe: Callable[[], T], ok: Callable[[T], bool], limit: float = 60) -> T:
+    """:func:`until` for synchronous code."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        value = probe()
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, f"condition never held; last: {value!r}"
+        time.sleep(0.2)
+
+
 def guest_processes(microagent_bin: str, state_dir: str, name: str) -> str:
     """The guest's ``ps`` output, through the CLI (another channel than the one under test)."""
     out = subprocess.run([microagent_bin, "--state-dir", state_dir, "exec", name, "--", "ps"],

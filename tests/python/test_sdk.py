@@ -14,7 +14,7 @@ import pytest
 import microagent
 from microagent import aio
 
-from conftest import vm_processes, workspaces
+from conftest import loopback_http_server, vm_processes, wait_until, workspaces
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -169,7 +169,7 @@ def test_keyboard_interrupt_during_run_stops_and_removes_the_vm(image: str, micr
     assert vm_processes(state_dir) == []
 
 
-def test_asyncio_runs_three_sandboxes_at_once(image: str) -> None:
+def test_asyncio_runs_three_sandboxes_at_once(image: str, tmp_path: Path) -> None:
     async def one(i: int) -> str:
         async with aio.Sandbox.create(image, memory_mib=192) as sb:
             await sb.write_file("/root/i", str(i))
@@ -181,14 +181,93 @@ def test_asyncio_runs_three_sandboxes_at_once(image: str) -> None:
         assert results == ["0", "1", "2"]
         r = await aio.run(image, "echo async")
         assert r.stdout == "async\n"
-        async with aio.Sandbox.create(image) as sb:
+        async with aio.Sandbox.create(image, network="none") as sb:
             seen = [item async for item in sb.exec_stream("echo a; echo b >&2")]
             assert isinstance(seen[-1], microagent.Result)
+            assert (await sb.info()).network == "none"
+            assert (await sb.exec("ls /sys/class/net")).stdout.split() == ["lo"]
+            assert await sb.egress() == []
+            await sb.pause()
+            assert (await sb.info()).state == "paused"
+            await sb.resume()
+            (tmp_path / "a.txt").write_text("async copy\n")
+            assert (await sb.copy_in(str(tmp_path / "a.txt"), "/root/a.txt")).bytes == 11
+            await sb.copy_out("/root/a.txt", str(tmp_path / "b.txt"))
+            assert (tmp_path / "b.txt").read_text() == "async copy\n"
         with pytest.raises(RuntimeError):
             async with aio.Sandbox.create(image):
                 raise RuntimeError("inside async with")
 
     asyncio.run(main())
+
+
+def test_network_policy_volumes_ports_copies_pause_and_egress(image: str, tmp_path: Path) -> None:
+    """One sandbox with an allowlist, a volume and a published port. Its
+    traffic goes only to a server on this host's loopback (host:PORT)."""
+    import socket
+    import urllib.request
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from the host\n")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj/a.txt").write_text("A\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    with loopback_http_server({"x": b"through the rule\n"}) as port:
+        with microagent.Sandbox.create(image, network="allowlist", allow=[f"host:{port}"], deny=["pkg.test"],
+                                       volumes=[f"{shared}:/mnt/shared"],
+                                       publish=[f"127.0.0.1:{host_port}:8080"]) as sb:
+            info = sb.info()
+            assert (info.network, info.allow, info.deny) == ("allowlist", [f"host:{port}"], ["pkg.test"])
+            url = f"http://host.microagent.internal:{port}/x"
+            assert sb.exec(f"wget -q -O - {url}").stdout == "through the rule\n"
+            assert not sb.exec(f"wget -q -O - http://host.microagent.internal:{port + 1}/x").ok
+
+            def tcp(records: list) -> set:
+                return {(r.decision, r.dst.rsplit(":", 1)[-1]) for r in records if r.proto == "tcp"}
+
+            records = wait_until(sb.egress, lambda rs: {("allow", str(port)), ("deny", str(port + 1))} <= tcp(rs))
+            allowed = next(r for r in records if r.allowed and r.proto == "tcp")
+            assert allowed.rule == f"host:{port}" and allowed.bytes_in > 0
+            denied = next(r for r in records if not r.allowed)
+            assert denied.reason and str(port + 1) in denied.reason
+
+            # The volume, both ways.
+            assert sb.exec("cat /mnt/shared/in.txt").stdout == "from the host\n"
+            sb.exec("echo from the guest > /mnt/shared/out.txt", check=True)
+            assert (shared / "out.txt").read_text() == "from the guest\n"
+
+            # The published port: busybox httpd in the guest, fetched on the host.
+            sb.exec("mkdir -p /www && echo published > /www/index.html && httpd -p 8080 -h /www", check=True)
+            with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/index.html", timeout=30) as r:
+                assert r.read() == b"published\n"
+
+            # cp, both ways; then the same on the halted sandbox (a maintenance boot).
+            assert sb.copy_in(str(tmp_path / "proj"), "/root").entries == 2
+            assert sb.exec("cat /root/proj/a.txt").stdout == "A\n"
+            assert sb.copy_out("/root/proj", str(tmp_path / "back")).bytes == 2
+            assert (tmp_path / "back/a.txt").read_text() == "A\n"
+            with pytest.raises(microagent.MicroagentError):
+                sb.copy_out("/root/missing", str(tmp_path / "nothing"))
+
+            # Pause keeps the processes; exec waits for resume.
+            sb.pause()
+            assert sb.info().state == "paused"
+            with pytest.raises(microagent.MicroagentError) as paused:
+                sb.exec("true")
+            assert "paused" in paused.value.message
+            sb.resume()
+            assert sb.exec("pidof httpd").ok
+
+    # Bad values are refused by microagent, naming the flag, and leave nothing.
+    with pytest.raises(microagent.MicroagentError) as bad:
+        microagent.Sandbox.create(image, network="allowlist", allow=["10.0.0.0/33"])
+    assert "--allow" in bad.value.message and "10.0.0.0/33" in bad.value.message
+    assert bad.value.exit_code == 125
+    with pytest.raises(TypeError):
+        microagent.Sandbox.create(image, allow="pkg.test")
 
 
 def test_the_package_is_typed() -> None:

@@ -28,7 +28,7 @@ from .errors import (
     Timeout,
 )
 from .sandbox import Sandbox, run
-from .types import Chunk, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
 
 __all__ = [
     "aio",
@@ -37,6 +37,8 @@ __all__ = [
     "Result",
     "Chunk",
     "SandboxInfo",
+    "EgressRecord",
+    "CopyStats",
     "MicroagentError",
     "BinaryNotFound",
     "ImageError",

@@ -21,7 +21,7 @@ from .errors import (  # noqa: F401 (BinaryNotFound is re-used by the clients)
     Timeout,
     error_for,
 )
-from .types import Chunk, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
 
 #: One decoded JSON line.
 Line = Dict[str, Any]
@@ -94,21 +94,49 @@ def env_flags(env: Optional[Mapping[str, str]]) -> List[str]:
     return flags
 
 
-def machine_flags(memory_mib: Optional[int], cpus: Optional[int], env: Optional[Mapping[str, str]],
-                  kernel: Optional[str] = None) -> List[str]:
-    flags = env_flags(env)
-    if kernel is not None:
-        flags += ["--kernel", str(kernel)]
-    if memory_mib is not None:
-        flags += ["--memory", str(int(memory_mib))]
-    if cpus is not None:
-        flags += ["--cpus", str(int(cpus))]
+@dataclass(frozen=True)
+class Machine:
+    """A machine as ``run`` and ``create`` take it: size, environment,
+    network policy, host folders and published ports (the CLI's flags)."""
+
+    memory_mib: Optional[int] = None
+    cpus: Optional[int] = None
+    env: Optional[Mapping[str, str]] = None
+    kernel: Optional[str] = None
+    network: Optional[str] = None
+    allow: Sequence[str] = ()
+    deny: Sequence[str] = ()
+    volumes: Sequence[str] = ()
+    publish: Sequence[str] = ()
+
+
+def _strings(what: str, values: Sequence[str]) -> List[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{what} takes a list of strings, not one string")
+    return [str(v) for v in values]
+
+
+def machine_flags(m: Machine) -> List[str]:
+    """The CLI flags for ``m``; the values are checked by microagent (a bad
+    one raises :class:`MicroagentError` naming the flag)."""
+    flags = env_flags(m.env)
+    if m.kernel is not None:
+        flags += ["--kernel", str(m.kernel)]
+    if m.memory_mib is not None:
+        flags += ["--memory", str(int(m.memory_mib))]
+    if m.cpus is not None:
+        flags += ["--cpus", str(int(m.cpus))]
+    if m.network is not None:
+        flags += ["--network", str(m.network)]
+    for flag, values in (("--allow", m.allow), ("--deny", m.deny), ("--volume", m.volumes),
+                         ("--publish", m.publish)):
+        for value in _strings(flag.lstrip("-"), values):
+            flags += [flag, value]
     return flags
 
 
-def run_args(image: str, command: str, setup: Sequence[str], env: Optional[Mapping[str, str]],
-             timeout: Optional[float], memory_mib: Optional[int], cpus: Optional[int],
-             name: Optional[str], kernel: Optional[str] = None) -> List[str]:
+def run_args(image: str, command: str, setup: Sequence[str], timeout: Optional[float],
+             name: Optional[str], machine: Machine) -> List[str]:
     args = ["run", "--image", image, "--exec", command]
     for step in setup:
         args += ["--setup", step]
@@ -116,7 +144,7 @@ def run_args(image: str, command: str, setup: Sequence[str], env: Optional[Mappi
         args += ["--timeout", str(max(1, int(timeout)))]
     if name:
         args += ["--name", name]
-    return args + machine_flags(memory_mib, cpus, env, kernel)
+    return args + machine_flags(machine)
 
 
 def exec_args(name: str, command: Command, cwd: Optional[str], env: Optional[Mapping[str, str]],
@@ -234,8 +262,45 @@ def check_ok(outcome: Outcome, returncode: int, stderr_text: str) -> List[Line]:
     return outcome.lines
 
 
+def host_side(path: str) -> str:
+    """A host path for ``cp``: one that would read as ``NAME:PATH`` (or as
+    ``-``, a tar stream) is made unambiguous with ``./``."""
+    path = os.fspath(path)
+    if path == "-" or (":" in path.split("/", 1)[0] and not path.startswith("/")):
+        return "./" + path
+    return path
+
+
+def copy_stats_of(lines: List[Line]) -> CopyStats:
+    copied = next((line for line in lines if line.get("type") == "copied"), {})
+    return CopyStats(entries=int(copied.get("entries", 0)), bytes=int(copied.get("bytes", 0)))
+
+
+def egress_of(line: Line) -> EgressRecord:
+    """One ``egress`` line (docs/json-output.md) as a record."""
+
+    def opt(key: str) -> Optional[str]:
+        value = line.get(key)
+        return None if value is None else str(value)
+
+    return EgressRecord(
+        time=str(line.get("time", "")),
+        decision=str(line.get("decision", "")),
+        proto=str(line.get("proto", "")),
+        dst=str(line.get("dst", "")),
+        name=opt("name"),
+        name_source=opt("nameSource"),
+        rule=opt("rule"),
+        reason=opt("reason"),
+        bytes_out=int(line.get("bytesOut", 0)),
+        bytes_in=int(line.get("bytesIn", 0)),
+        duration_ms=int(line.get("durationMs", 0)),
+    )
+
+
 def info_of(line: Line) -> SandboxInfo:
     config = line.get("config") or {}
+    network = config.get("network") or {}
     return SandboxInfo(
         name=str(line.get("name")),
         state=str(line.get("state")),
@@ -243,6 +308,9 @@ def info_of(line: Line) -> SandboxInfo:
         memory_mib=int(config.get("memoryMiB", 0)),
         cpus=int(config.get("cpuCount", 0)),
         labels=dict(line.get("labels") or {}),
+        network=str(network.get("mode", "public")),
+        allow=[str(r) for r in network.get("allow") or []],
+        deny=[str(r) for r in network.get("deny") or []],
     )
 
 

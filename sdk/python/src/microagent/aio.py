@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Generator, List, Mapping, Optional, Seque
 
 from . import _protocol as p
 from .errors import BinaryNotFound, MicroagentError
-from .types import Chunk, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
 
 _GRACE_SECONDS = 60
 #: Longest JSON line accepted from microagent (a chunk is at most a few hundred KiB).
@@ -125,10 +125,13 @@ class _Invocation:
 
 async def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
               timeout: Optional[float] = None, memory_mib: Optional[int] = None, cpus: Optional[int] = None,
-              check: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
+              network: Optional[str] = None, allow: Sequence[str] = (),
+        deny: Sequence[str] = (), volumes: Sequence[str] = (), publish: Sequence[str] = (),
+        check: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
         state_dir: Optional[str] = None) -> Result:
     """:func:`microagent.run`, awaitable."""
-    args = p.run_args(image, command, setup, env, timeout, memory_mib, cpus, None, kernel)
+    machine = p.Machine(memory_mib, cpus, env, kernel, network, allow, deny, volumes, publish)
+    args = p.run_args(image, command, setup, timeout, None, machine)
     return await _Invocation(p.find_binary(binary), state_dir, args).complete(check)
 
 
@@ -158,13 +161,17 @@ class Sandbox(p.SandboxBase):
     @classmethod
     def create(cls, image: str, *, name: Optional[str] = None, memory_mib: Optional[int] = None,
                cpus: Optional[int] = None, env: Optional[Mapping[str, str]] = None,
+               network: Optional[str] = None, allow: Sequence[str] = (), deny: Sequence[str] = (),
+               volumes: Sequence[str] = (), publish: Sequence[str] = (),
                keep: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
                state_dir: Optional[str] = None) -> _Creating:
-        """Creates and boots a workspace; ``await`` it or ``async with`` it."""
+        """Creates and boots a workspace; ``await`` it or ``async with`` it.
+        Arguments as for :meth:`microagent.Sandbox.create`."""
+        machine = p.Machine(memory_mib, cpus, env, kernel, network, allow, deny, volumes, publish)
 
         async def make() -> Sandbox:
             sb = cls(name or p.new_name(), keep=keep, binary=binary, state_dir=state_dir)
-            await sb._call(["create", sb.name, "--image", image] + p.machine_flags(memory_mib, cpus, env, kernel))
+            await sb._call(["create", sb.name, "--image", image] + p.machine_flags(machine))
             try:
                 await sb.start()
             except BaseException:
@@ -229,6 +236,24 @@ class Sandbox(p.SandboxBase):
         parent, base = p.split_remote(remote_path)
         r = await self.exec(["/bin/sh", "-c", p.TAR_SCRIPT, "sh", parent, base], check=True)
         p.untar_into(r.stdout_bytes, local_dir)
+
+    async def copy_in(self, local_path: str, remote_path: str) -> CopyStats:
+        p.split_remote(remote_path)
+        return p.copy_stats_of(await self._call(["cp", p.host_side(local_path), f"{self.name}:{remote_path}"]))
+
+    async def copy_out(self, remote_path: str, local_path: str) -> CopyStats:
+        p.split_remote(remote_path)
+        return p.copy_stats_of(await self._call(["cp", f"{self.name}:{remote_path}", p.host_side(local_path)]))
+
+    async def egress(self) -> List[EgressRecord]:
+        lines = await self._call(["egress", self.name])
+        return [p.egress_of(line) for line in lines if line.get("type") == "egress"]
+
+    async def pause(self) -> None:
+        await self._call(["pause", self.name])
+
+    async def resume(self) -> None:
+        await self._call(["resume", self.name])
 
     async def start(self) -> None:
         await self._call(["start", self.name])

@@ -9,7 +9,7 @@ from typing import IO, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _protocol as p
 from .errors import BinaryNotFound, MicroagentError
-from .types import Chunk, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
 
 #: How long microagent gets to clean up after an interrupt before it is killed.
 _GRACE_SECONDS = 60
@@ -120,6 +120,8 @@ class _Invocation:
 
 def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None, memory_mib: Optional[int] = None, cpus: Optional[int] = None,
+        network: Optional[str] = None, allow: Sequence[str] = (),
+        deny: Sequence[str] = (), volumes: Sequence[str] = (), publish: Sequence[str] = (),
         check: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
         state_dir: Optional[str] = None) -> Result:
     """Runs ``command`` (a shell command) in a fresh microVM from ``image``,
@@ -130,7 +132,8 @@ def run(image: str, command: str, *, setup: Sequence[str] = (), env: Optional[Ma
     with ``check=True``. An interrupt (KeyboardInterrupt) stops the VM and
     removes it before the exception propagates.
     """
-    args = p.run_args(image, command, setup, env, timeout, memory_mib, cpus, None, kernel)
+    machine = p.Machine(memory_mib, cpus, env, kernel, network, allow, deny, volumes, publish)
+    args = p.run_args(image, command, setup, timeout, None, machine)
     return _Invocation(p.find_binary(binary), state_dir, args).complete(check)
 
 
@@ -145,12 +148,21 @@ class Sandbox(p.SandboxBase):
     @classmethod
     def create(cls, image: str, *, name: Optional[str] = None, memory_mib: Optional[int] = None,
                cpus: Optional[int] = None, env: Optional[Mapping[str, str]] = None,
+               network: Optional[str] = None, allow: Sequence[str] = (), deny: Sequence[str] = (),
+               volumes: Sequence[str] = (), publish: Sequence[str] = (),
                keep: bool = False, kernel: Optional[str] = None, binary: Optional[str] = None,
                state_dir: Optional[str] = None) -> "Sandbox":
         """Creates a workspace from ``image`` and boots it. If booting fails,
-        the workspace is deleted before the exception propagates."""
+        the workspace is deleted before the exception propagates.
+
+        ``network`` is ``public`` (default), ``allowlist`` or ``none``;
+        ``allow``/``deny`` are rules (``NAME``, ``.NAME``, IP, CIDR, each with
+        ``:PORT``, or ``host:PORT``); ``volumes`` are ``HOST:GUEST[:ro]``
+        folders; ``publish`` are ``[HOSTIP:]HOSTPORT:GUESTPORT`` forwards:
+        the CLI's ``--network``, ``--allow``, ``--deny``, ``-v``, ``-p``."""
+        machine = p.Machine(memory_mib, cpus, env, kernel, network, allow, deny, volumes, publish)
         sb = cls(name or p.new_name(), keep=keep, binary=binary, state_dir=state_dir)
-        args = ["create", sb.name, "--image", image] + p.machine_flags(memory_mib, cpus, env, kernel)
+        args = ["create", sb.name, "--image", image] + p.machine_flags(machine)
         sb._call(args)
         try:
             sb.start()
@@ -228,7 +240,37 @@ class Sandbox(p.SandboxBase):
         data = self.exec(["/bin/sh", "-c", p.TAR_SCRIPT, "sh", parent, base], check=True).stdout_bytes
         p.untar_into(data, local_dir)
 
+    def copy_in(self, local_path: str, remote_path: str) -> CopyStats:
+        """Copies the host file or folder ``local_path`` into the guest, as
+        ``docker cp`` does: into ``remote_path`` if that is a folder, else as
+        it. Works on a halted sandbox too (it is booted for the copy)."""
+        p.split_remote(remote_path)
+        return p.copy_stats_of(self._call(["cp", p.host_side(local_path), f"{self.name}:{remote_path}"]))
+
+    def copy_out(self, remote_path: str, local_path: str) -> CopyStats:
+        """Copies ``remote_path`` from the guest to the host: into
+        ``local_path`` if that is a folder, else as it. Unpacked as hostile
+        (no ``..``, nothing through a symlink), renamed into place when complete."""
+        p.split_remote(remote_path)
+        return p.copy_stats_of(self._call(["cp", f"{self.name}:{remote_path}", p.host_side(local_path)]))
+
+    # -- network ---------------------------------------------------------------
+
+    def egress(self) -> List[EgressRecord]:
+        """Every decision of the sandbox's network policy so far, oldest first."""
+        lines = self._call(["egress", self.name])
+        return [p.egress_of(line) for line in lines if line.get("type") == "egress"]
+
     # -- lifecycle -------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stops the VM's vCPUs (state ``paused``); memory and connections are
+        kept, :meth:`exec` fails until :meth:`resume`."""
+        self._call(["pause", self.name])
+
+    def resume(self) -> None:
+        """Lets a paused sandbox run on from where it was."""
+        self._call(["resume", self.name])
 
     def start(self) -> None:
         """Boots the workspace; returns once commands can run."""

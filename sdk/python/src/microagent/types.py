@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional
+from typing import Dict, List, Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,48 @@ class SandboxInfo:
     memory_mib: int
     cpus: int
     labels: Dict[str, str] = field(default_factory=dict)
+    network: str = "public"
+    """Its network mode: ``public``, ``allowlist`` or ``none``."""
+    allow: List[str] = field(default_factory=list)
+    """Its allow rules."""
+    deny: List[str] = field(default_factory=list)
+    """Its deny rules."""
+
+
+@dataclass(frozen=True)
+class EgressRecord:
+    """One decision of a sandbox's network policy (``microagent egress``)."""
+
+    time: str
+    """When (RFC 3339, UTC)."""
+    decision: str
+    """``allow`` or ``deny``."""
+    proto: str
+    """``tcp``, ``udp`` or ``dns``."""
+    dst: str
+    """The destination, ``IP:PORT``."""
+    name: Optional[str] = None
+    """The name the decision was about (from the guest: untrusted text)."""
+    name_source: Optional[str] = None
+    """How that name was known: ``dns``, ``sni`` or ``host``."""
+    rule: Optional[str] = None
+    """The rule that decided, if one did."""
+    reason: Optional[str] = None
+    """Why, in words."""
+    bytes_out: int = 0
+    bytes_in: int = 0
+    duration_ms: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+
+@dataclass(frozen=True)
+class CopyStats:
+    """What :meth:`Sandbox.copy_in` / :meth:`Sandbox.copy_out` moved."""
+
+    entries: int
+    """Files, folders and links."""
+    bytes: int
+    """File content bytes."""
