@@ -25,14 +25,15 @@ impl Workspace<'_> {
     pub(crate) fn boot(&mut self, mode: Mode, detached: bool) -> Result<Booted, ProtocolError> {
         self.transition(State::Starting, "launching VMM")?;
         let started = Instant::now();
-        let (spec, plan, mut net_helpers) = match self.plan(mode, detached) {
+        let (spec, plan, mut net) = match self.plan(mode, detached) {
             Ok(p) => p,
             Err(e) => return Err(self.fail_boot(None, e)),
         };
-        // The network helper runs before the VMM (QEMU connects to it); a
+        // The network helper is started before the VMM (which connects to
+        // the socket bound for it) and says ready while the VMM starts; a
         // failure before the launch ends it here.
         let mut end_helpers = |e: ProtocolError| {
-            for h in &mut net_helpers {
+            for h in &mut net.helpers {
                 crate::network::kill_child(h);
             }
             e
@@ -52,8 +53,13 @@ impl Workspace<'_> {
                 return Err(self.fail_boot(None, e));
             }
         };
-        launched.helpers.append(&mut net_helpers);
+        launched.helpers.append(&mut net.helpers);
         tracing::debug!("VMM launched");
+        if let Some(ready) = net.ready.take() {
+            if let Err(e) = ready.wait(&mut launched.helpers) {
+                return Err(self.fail_boot(Some(launched), e));
+            }
+        }
         let connected = self.adopt(&launched, detached).and_then(|()| {
             let mut control = accept(&listener, &mut launched, &self.peers())?;
             if detached {
@@ -76,12 +82,13 @@ impl Workspace<'_> {
     }
 
     /// The boot spec (written to the config disk), the backend's plan, and
-    /// the network helper started for it (with its log relay).
+    /// the network helper started for it (with its log relay and its
+    /// pending `ready`).
     fn plan(
         &self,
         mode: Mode,
         detached: bool,
-    ) -> Result<(BootSpec, BootPlan, Vec<std::process::Child>), ProtocolError> {
+    ) -> Result<(BootSpec, BootPlan, crate::network::NetworkBoot), ProtocolError> {
         let config = &self.record.config;
         // Extra disks are /dev/vdb... in request order; the config disk
         // follows. The disk count is bounded by validation, the letters too.
@@ -157,7 +164,7 @@ impl Workspace<'_> {
             nic: net.nic.take(),
             restore: None,
         };
-        Ok((spec, plan, net.helpers))
+        Ok((spec, plan, net))
     }
 
     /// The processes allowed to forward the guest's connection: the VMM

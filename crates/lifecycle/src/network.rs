@@ -20,10 +20,13 @@ use vmkit_protocol::{
 };
 
 use crate::vmm_files::{clone_log, spawn_log_relay};
-use crate::{spawn_supervised, Supervision, WorkspacePaths};
+use crate::process::spawn_supervised_passing;
+use crate::{Supervision, WorkspacePaths};
 
 /// The helper binary's name.
 pub const HELPER: &str = "microagent-net";
+/// The descriptor the helper finds its stream socket on.
+const LISTEN_FD: std::os::fd::RawFd = 3;
 /// How long the helper may take to say `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +61,8 @@ pub(crate) struct NetworkBoot {
     pub publish: Option<PublishSpec>,
     /// The running helper and its log relay, if a helper was needed.
     pub helpers: Vec<Child>,
+    /// The helper's `ready`, to wait for once the VMM is starting.
+    pub ready: Option<HelperReady>,
 }
 
 /// Checks every `allow`/`deny` rule with the stack's own parser and that
@@ -150,17 +155,33 @@ pub(crate) fn start(
             guest_ports: config.publish.iter().map(|p| p.guest_port).collect(),
         });
     }
+    // The stream socket is bound here, not by the helper, and handed to
+    // it: the VMM can connect at once (its connection waits in the
+    // backlog), so the helper starts while the VMM does rather than before.
+    let listener = match &boot.nic {
+        Some(Nic::Stream { socket, .. }) => {
+            let l = std::os::unix::net::UnixListener::bind(socket)
+                .map_err(|e| internal(format!("binding {}: {e}", socket.display())))?;
+            command.arg("--listen-fd").arg(LISTEN_FD.to_string());
+            Some(l)
+        }
+        _ => None,
+    };
     // Its warnings (denied flows) are the guest's to provoke: the log is
     // capped like the VMM's.
     let (mut relay, log) = spawn_log_relay(&paths.net_log, supervision)?;
-    let spawned = spawn_supervised(
+    let spawned = spawn_supervised_passing(
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(clone_log(&log)?),
         supervision,
+        listener
+            .as_ref()
+            .map(|l| (std::os::fd::AsFd::as_fd(l), LISTEN_FD)),
     );
     drop(log);
+    drop(listener);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -168,13 +189,61 @@ pub(crate) fn start(
             return Err(internal(format!("starting {HELPER}: {e}")));
         }
     };
-    if let Err(e) = wait_ready(&mut child, &paths.net_log) {
-        kill_child(&mut child);
-        kill_child(&mut relay);
-        return Err(e);
-    }
+    boot.ready = Some(HelperReady::watch(&mut child, paths.net_log.clone()));
     boot.helpers = vec![child, relay];
     Ok(boot)
+}
+
+/// The helper's `ready` line, read by a thread while the VMM starts.
+#[derive(Debug)]
+pub(crate) struct HelperReady {
+    pid: u32,
+    line: mpsc::Receiver<std::io::Result<String>>,
+    log: PathBuf,
+}
+
+impl HelperReady {
+    fn watch(child: &mut Child, log: PathBuf) -> HelperReady {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        HelperReady {
+            pid: child.id(),
+            line: rx,
+            log,
+        }
+    }
+
+    /// Waits for `ready` (its socket and published ports are up by then),
+    /// or its exit, or the timeout. The helper is one of `helpers`; on
+    /// error the caller ends them all.
+    pub(crate) fn wait(self, helpers: &mut [Child]) -> Result<(), ProtocolError> {
+        match self.line.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(line)) if line == "ready\n" => Ok(()),
+            Ok(Ok(line)) if line.is_empty() => {
+                let status = helpers
+                    .iter_mut()
+                    .find(|c| c.id() == self.pid)
+                    .and_then(|c| c.wait().ok())
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                Err(refused(format!(
+                    "{HELPER} exited before it was ready ({status}): {}",
+                    last_line(&self.log)
+                )))
+            }
+            Ok(Ok(line)) => Err(internal(format!("{HELPER} said {line:?} instead of ready"))),
+            Ok(Err(e)) => Err(internal(format!("reading {HELPER}'s stdout: {e}"))),
+            Err(_) => Err(internal(format!(
+                "{HELPER} was not ready within {}s",
+                READY_TIMEOUT.as_secs()
+            ))),
+        }
+    }
 }
 
 /// Kills and reaps a helper (or its relay) that must not outlive a failed
@@ -182,34 +251,6 @@ pub(crate) fn start(
 pub(crate) fn kill_child(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Waits for the helper's `ready` line (it has created its socket and
-/// listeners by then), or its exit, or the timeout.
-fn wait_ready(child: &mut Child, log: &Path) -> Result<(), ProtocolError> {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-        let _ = tx.send(read);
-    });
-    match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Ok(line)) if line == "ready\n" => Ok(()),
-        Ok(Ok(line)) if line.is_empty() => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            Err(refused(format!(
-                "{HELPER} exited before it was ready ({status}): {}",
-                last_line(log)
-            )))
-        }
-        Ok(Ok(line)) => Err(internal(format!("{HELPER} said {line:?} instead of ready"))),
-        Ok(Err(e)) => Err(internal(format!("reading {HELPER}'s stdout: {e}"))),
-        Err(_) => Err(internal(format!(
-            "{HELPER} was not ready within {}s",
-            READY_TIMEOUT.as_secs()
-        ))),
-    }
 }
 
 /// The helper's own message (it writes one line to stderr, the VMM log,

@@ -26,11 +26,36 @@ pub enum Supervision {
 /// Python caller reads to end-of-file, a lock file taken with `flock`),
 /// or the caller hangs until the VM ends.
 pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Result<Child> {
-    // SAFETY: close_range and fcntl are async-signal-safe system calls that
-    // only change the child's descriptor flags, between fork and exec.
+    spawn_supervised_passing(cmd, supervision, None)
+}
+
+/// [`spawn_supervised`], handing the child one more descriptor: `pass`'s
+/// first (open in this process) becomes the child's second, e.g. a socket
+/// bound here so a peer can connect before the child has started.
+pub fn spawn_supervised_passing(
+    cmd: &mut Command,
+    supervision: Supervision,
+    pass: Option<(std::os::fd::BorrowedFd<'_>, std::os::fd::RawFd)>,
+) -> io::Result<Child> {
+    use std::os::fd::AsRawFd;
+    let pass = pass.map(|(fd, target)| (fd.as_raw_fd(), target));
+    // SAFETY: close_range, fcntl and dup2 are async-signal-safe system
+    // calls that only change the child's descriptor table, between fork
+    // and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             mark_inherited_cloexec();
+            if let Some((fd, target)) = pass {
+                // dup2 onto itself would keep close-on-exec set.
+                let r = if fd == target {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, target)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 
@@ -57,6 +57,41 @@ impl Listener {
                 Ok(Listener::Datagram(socket))
             }
         }
+    }
+
+    /// Adopts an inherited, already listening Unix stream socket for the
+    /// stream frontend. It is checked, not trusted: it must be a listening
+    /// stream socket bound to the frontend's path.
+    pub fn inherited_stream(fd: RawFd, frontend: &Frontend) -> io::Result<Listener> {
+        let Frontend::Stream { path } = frontend else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an inherited socket serves only the stream frontend",
+            ));
+        };
+        // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is
+        // not open fails with EBADF, which is refused here.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} is not open"),
+            ));
+        }
+        // SAFETY: the descriptor is open (checked above) and was handed to
+        // this process to own; nothing else in it uses that number.
+        let listener = unsafe { UnixListener::from_raw_fd(fd) };
+        let bound = listener.local_addr()?;
+        let accepting = socket2::SockRef::from(&listener).is_listener()?;
+        if !accepting || bound.as_pathname() != Some(path.as_path()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "descriptor {fd} is not a socket listening on {}",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Listener::Stream(listener))
     }
 
     /// The fd to poll for the VMM's connection.
@@ -440,5 +475,40 @@ mod tests {
         let mut link = FrameLink::from_stream(ours).unwrap();
         drop(theirs);
         assert_eq!(link.read_frames(|_, _| {}).unwrap(), ReadOutcome::Closed);
+    }
+
+    #[test]
+    fn an_inherited_socket_is_checked_before_it_is_served() {
+        use std::os::fd::IntoRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let frontend = Frontend::Stream { path: path.clone() };
+
+        let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
+        let listener = Listener::inherited_stream(fd, &frontend).unwrap();
+        let mut vmm = UnixStream::connect(&path).unwrap();
+        let mut link = listener.accept().unwrap();
+        vmm.write_all(b"\0\0\0\x01x").unwrap();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            link.read_frames(|f, _| got.push(f.to_vec())).unwrap();
+        }
+        assert_eq!(got, vec![b"x".to_vec()]);
+
+        let other = Frontend::Stream {
+            path: dir.path().join("other.sock"),
+        };
+        let fd = UnixListener::bind(dir.path().join("third.sock"))
+            .unwrap()
+            .into_raw_fd();
+        let e = Listener::inherited_stream(fd, &other).unwrap_err();
+        assert!(e.to_string().contains("not a socket listening on"), "{e}");
+
+        let (a, _b) = UnixStream::pair().unwrap();
+        let e = Listener::inherited_stream(a.into_raw_fd(), &frontend).unwrap_err();
+        assert!(e.to_string().contains("not a socket listening"), "{e}");
+
+        let e = Listener::inherited_stream(4000, &frontend).unwrap_err();
+        assert!(e.to_string().contains("not open"), "{e}");
     }
 }

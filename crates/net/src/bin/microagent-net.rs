@@ -46,6 +46,12 @@ struct Args {
     /// A vmkit_net::PublishConfig JSON file: published ports to forward.
     #[arg(long, value_name = "FILE")]
     publish: Option<PathBuf>,
+
+    /// The stream frontend's socket, already bound and listening, inherited
+    /// as this descriptor (the spawner binds it so the VMM can connect
+    /// before this helper has started; the connection waits in the backlog).
+    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
+    listen_fd: Option<i32>,
 }
 
 fn main() -> ExitCode {
@@ -74,8 +80,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let network = match &args.config {
         Some(path) => {
             let config = NetConfig::load(path)?;
-            let listener =
-                Listener::bind(&config.frontend).context("cannot create the frontend")?;
+            let listener = match args.listen_fd {
+                Some(fd) => Listener::inherited_stream(fd, &config.frontend),
+                None => Listener::bind(&config.frontend),
+            }
+            .context("cannot create the frontend")?;
             Some((config, listener))
         }
         None => None,
