@@ -19,8 +19,8 @@ use vmkit_protocol::{
     BackendKind, ErrorCode, MachineConfig, Network, NetworkMode, ProtocolError, PublishedPort,
 };
 
-use crate::vmm_files::{clone_log, spawn_log_relay};
 use crate::process::spawn_supervised_passing;
+use crate::vmm_files::{clone_log, spawn_log_relay};
 use crate::{Supervision, WorkspacePaths};
 
 /// The helper binary's name.

@@ -109,6 +109,27 @@ impl Env {
     }
 }
 
+/// A test that fails (panics) between `create` and `delete` would leave
+/// its kept workspaces running, detached, after the test binary ends: the
+/// environment deletes whatever is left in its state folder.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.state.path().join("workspaces")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Some(name) = entry.file_name().to_str() {
+                let _ = self
+                    .cmd()
+                    .args(["delete", "--force", name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 /// Reads the `started\n` a test command prints first: it is running then.
 pub fn wait_started(child: &mut std::process::Child) {
     let mut buf = [0u8; 8];
