@@ -201,7 +201,8 @@ def test_the_servers_network_policy_only_narrows_and_files_pause_and_egress_work
     os.symlink("/etc", files / "leak")
 
     async def main(port: int) -> None:
-        flags = ("--network", "allowlist", "--allow", f"host:{port}", "--files-dir", str(files))
+        flags = ("--network", "allowlist", "--allow", f"host:{port}", "--files-dir", str(files),
+                 "--max-copy-bytes", "100000")
         async with session(microagent_bin, state_dir, *flags) as s:
             # Wider than the server's policy: refused before any VM exists.
             for args, needle in [({"network": "public"}, "public"),
@@ -258,6 +259,13 @@ def test_the_servers_network_policy_only_narrows_and_files_pause_and_egress_work
             msg = await tool_error(s, "workspace_cp", name="mcp-net", direction="fromGuest",
                                    hostPath="leak/x", guestPath="/root/out")
             assert "leads out" in msg, msg
+            # A guest cannot fill the host's disk: past --max-copy-bytes nothing is kept.
+            await call(s, "workspace_exec", name="mcp-net", command="head -c 300000 /dev/zero > /root/big")
+            before = sorted(os.listdir(files))
+            msg = await tool_error(s, "workspace_cp", name="mcp-net", direction="fromGuest", hostPath=".",
+                                   guestPath="/root/big")
+            assert "limit of 100000 bytes" in msg, msg
+            assert sorted(os.listdir(files)) == before
 
             # Pause and resume.
             await call(s, "workspace_exec", name="mcp-net", command="echo before > /tmp/state")

@@ -42,6 +42,8 @@ pub struct Policy {
     pub max_request_bytes: usize,
     /// The guest network clients get, and the widest they may ask for.
     pub network: Network,
+    /// Largest archive `workspace_cp` takes from a guest, bytes.
+    pub max_copy_bytes: u64,
     /// The host folder `workspace_cp` may read and write (nothing else on
     /// the host); `None`: `workspace_cp` is refused.
     pub files_dir: Option<PathBuf>,
@@ -63,6 +65,7 @@ impl Policy {
             max_request_bytes: 16 * 1024 * 1024,
             network: Network::default(),
             files_dir: None,
+            max_copy_bytes: 1 << 30,
         }
     }
 

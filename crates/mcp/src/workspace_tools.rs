@@ -171,6 +171,7 @@ impl McpServer {
             Err(e) => return failed(e),
         };
         let (policy, name, guest) = (self.policy.clone(), p.name.clone(), p.guest_path.clone());
+        let limit = self.policy.max_copy_bytes;
         let outcome = blocking(move || {
             let rt = Self::runtime(&policy, Some(record.backend), None)?;
             let stats = if to_guest {
@@ -178,7 +179,7 @@ impl McpServer {
                 let root_owner = vmkit::CopyOwner { uid: 0, gid: 0 };
                 rt.copy_to_guest(&name, &host, &guest, Some(root_owner))
             } else {
-                rt.copy_from_guest(&name, &guest, &host)
+                rt.copy_from_guest_limited(&name, &guest, &host, Some(limit))
             };
             stats.map_err(|e| e.to_string())
         })

@@ -183,6 +183,19 @@ impl Runtime {
         guest_src: &str,
         dst: &Path,
     ) -> Result<CopyStats, VmkitError> {
+        self.copy_from_guest_limited(name, guest_src, dst, None)
+    }
+
+    /// [`Runtime::copy_from_guest`], refusing (and leaving nothing behind)
+    /// once the guest's archive passes `limit` bytes: for callers that must
+    /// bound what a guest can put on the host's disk.
+    pub fn copy_from_guest_limited(
+        &self,
+        name: &str,
+        guest_src: &str,
+        dst: &Path,
+        limit: Option<u64>,
+    ) -> Result<CopyStats, VmkitError> {
         let top = top_name(Path::new(guest_src))?;
         let dst = std::path::absolute(dst)
             .map_err(|e| CopyError::Invalid(format!("{}: {e}", dst.display())))?;
@@ -202,7 +215,7 @@ impl Runtime {
             .into());
         }
         let tmp = vmkit_archive::TempDir::new_in(&parent).map_err(CopyError::from)?;
-        let (mut reader, mut writer) = stream_pair()?;
+        let (mut reader, writer) = stream_pair()?;
         let unpacker = {
             let root = tmp.path().to_path_buf();
             std::thread::spawn(move || {
@@ -216,13 +229,24 @@ impl Runtime {
                 r
             })
         };
-        let copied = self.copy_out(name, guest_src, &mut writer);
-        drop(writer);
+        let mut bounded = Bounded {
+            inner: writer,
+            left: limit.unwrap_or(u64::MAX),
+            limit: limit.unwrap_or(u64::MAX),
+            exceeded: false,
+        };
+        let copied = self.copy_out(name, guest_src, &mut bounded);
+        let exceeded = bounded.exceeded.then(|| bounded.error().to_string());
+        drop(bounded);
         let unpacked = unpacker.join().unwrap_or_else(|_| {
             Err(vmkit_archive::ArchiveError::Malformed(
                 "the unpacking thread panicked".into(),
             ))
         });
+        if let Some(message) = exceeded {
+            // The cut archive's own complaint ("truncated") is only the symptom.
+            return Err(CopyError::Invalid(message).into());
+        }
         let stats = match (copied, unpacked) {
             (_, Err(e)) => return Err(CopyError::from(e).into()),
             (Err(e), _) => return Err(e),
@@ -235,6 +259,39 @@ impl Runtime {
             CopyError::Invalid(format!("moving the copy to {}: {e}", target.display()))
         })?;
         Ok(stats)
+    }
+}
+
+/// A writer that fails once more than `left` bytes went through it.
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl<W> Bounded<W> {
+    fn error(&self) -> std::io::Error {
+        std::io::Error::other(format!(
+            "the guest's archive is larger than the limit of {} bytes; nothing was kept",
+            self.limit
+        ))
+    }
+}
+
+impl<W: Write> Write for Bounded<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len() as u64;
+        if n > self.left {
+            self.exceeded = true;
+            return Err(self.error());
+        }
+        let written = self.inner.write(buf)?;
+        self.left -= written as u64;
+        Ok(written)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -3,6 +3,9 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use vmkit_protocol::{ErrorCode, ProtocolError};
 
 use crate::{Runtime, VmkitError};
 
@@ -29,53 +32,59 @@ impl Runtime {
         let path = self.egress_log(name)?;
         let mut rotated = path.clone().into_os_string();
         rotated.push(".1");
-        let mut tail = EgressTail::default();
-        let mut kept: VecDeque<serde_json::Value> = VecDeque::new();
-        for file in [std::path::PathBuf::from(rotated), path] {
-            let f = match std::fs::File::open(&file) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(read_error(&file, e).into()),
-            };
-            let mut reader = BufReader::new(f);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = (&mut reader)
-                    .take(MAX_LINE as u64 + 1)
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| read_error(&file, e))?;
-                if n == 0 {
-                    break;
-                }
-                if line.last() != Some(&b'\n') && n > MAX_LINE {
-                    skip_line(&mut reader).map_err(|e| read_error(&file, e))?;
-                    tail.skipped += 1;
-                    continue;
-                }
-                match serde_json::from_slice::<serde_json::Value>(&line) {
-                    Ok(v) if v.is_object() => {
-                        tail.total += 1;
-                        if max > 0 {
-                            if kept.len() == max {
-                                kept.pop_front();
-                            }
-                            kept.push_back(v);
-                        }
-                    }
-                    _ if line.iter().all(u8::is_ascii_whitespace) => {}
-                    _ => tail.skipped += 1,
-                }
-            }
-        }
-        tail.records = kept.into();
-        Ok(tail)
+        Ok(tail(&[PathBuf::from(rotated), path], max)?)
     }
 }
 
-fn read_error(file: &std::path::Path, e: std::io::Error) -> vmkit_protocol::ProtocolError {
-    vmkit_protocol::ProtocolError::new(
-        vmkit_protocol::ErrorCode::Internal,
+/// The last `max` JSON-object lines of `files`, read in order (a missing
+/// file counts as empty).
+fn tail(files: &[PathBuf], max: usize) -> Result<EgressTail, ProtocolError> {
+    let mut tail = EgressTail::default();
+    let mut kept: VecDeque<serde_json::Value> = VecDeque::new();
+    for file in files {
+        let f = match std::fs::File::open(file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_error(file, e)),
+        };
+        let mut reader = BufReader::new(f);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| read_error(file, e))?;
+            if n == 0 {
+                break;
+            }
+            if n > MAX_LINE && line.last() != Some(&b'\n') {
+                skip_line(&mut reader).map_err(|e| read_error(file, e))?;
+                tail.skipped += 1;
+                continue;
+            }
+            match serde_json::from_slice::<serde_json::Value>(&line) {
+                Ok(v) if v.is_object() => {
+                    tail.total += 1;
+                    if max > 0 {
+                        if kept.len() == max {
+                            kept.pop_front();
+                        }
+                        kept.push_back(v);
+                    }
+                }
+                _ if line.iter().all(u8::is_ascii_whitespace) => {}
+                _ => tail.skipped += 1,
+            }
+        }
+    }
+    tail.records = kept.into();
+    Ok(tail)
+}
+
+fn read_error(file: &Path, e: std::io::Error) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Internal,
         format!("reading {}: {e}", file.display()),
     )
 }
@@ -97,5 +106,26 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
                 reader.consume(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_records_come_back_in_order_and_damage_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("e.1"), dir.path().join("e"));
+        std::fs::write(&old, "{\"n\":1}\n{\"n\":2}\nnot json\n").unwrap();
+        let long = format!("{{\"n\":\"{}\"}}\n", "x".repeat(MAX_LINE + 10));
+        std::fs::write(&new, format!("[1]\n{long}{{\"n\":3}}\n\n{{\"n\":4}}")).unwrap();
+        let t = tail(&[old.clone(), new.clone()], 3).unwrap();
+        let ns: Vec<_> = t.records.iter().map(|r| r["n"].clone()).collect();
+        assert_eq!(ns, [2, 3, 4]);
+        assert_eq!((t.total, t.skipped), (4, 3));
+        let none = tail(&[dir.path().join("missing")], 10).unwrap();
+        assert_eq!((none.total, none.records.len()), (0, 0));
+        assert!(tail(&[old, new], 0).unwrap().records.is_empty());
     }
 }

@@ -77,6 +77,10 @@ pub struct McpArgs {
     #[arg(long, value_name = "DIR")]
     pub files_dir: Option<std::path::PathBuf>,
 
+    /// Largest archive workspace_cp takes from a guest into --files-dir, bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    pub max_copy_bytes: u64,
+
     /// The guests' network: clients get this, or narrower.
     #[command(flatten)]
     pub net: crate::commands::network::PolicyArgs,
@@ -94,6 +98,7 @@ pub fn run(args: McpArgs, global: &Global) -> anyhow::Result<u8> {
     policy.max_timeout_seconds = args.max_timeout;
     policy.max_request_bytes = args.max_request_bytes;
     policy.network = args.net.parse()?;
+    policy.max_copy_bytes = args.max_copy_bytes;
     policy.files_dir = args.files_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
     vmkit_mcp::serve_stdio(policy)?;
     Ok(0)
