@@ -91,3 +91,49 @@ fn host_commands_print_schema_lines() {
     );
     assert!(json_lines(&env.ok(&["--json", "image", "ls"])).is_empty());
 }
+
+#[test]
+fn doctor_says_whether_the_firecracker_nic_can_be_made_here() {
+    let env = Env::new();
+    let tap_check = |out: std::process::Output| {
+        let doctor = json_line(&out);
+        doctor["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "tap")
+            .cloned()
+            .expect("a tap check")
+    };
+    // Root (CI runs as root): the TAP, its packet socket and its chain.
+    let ok = tap_check(env.cmd().args(["--json", "doctor"]).output().unwrap());
+    assert_eq!(ok["status"], "ok", "{ok}");
+    // Without the two capabilities: a warning naming them, nothing left.
+    let mut limited = std::process::Command::new("setpriv");
+    limited
+        .args(["--bounding-set=-net_admin,-net_raw", "--"])
+        .arg(env!("CARGO_BIN_EXE_microagent"))
+        .args(["--json", "doctor"])
+        .env("MICROAGENT_STATE_DIR", env.state.path());
+    let warn = tap_check(limited.output().unwrap());
+    assert_eq!(warn["status"], "warn", "{warn}");
+    assert!(
+        warn["detail"].as_str().unwrap().contains("not permitted"),
+        "{warn}"
+    );
+    assert!(
+        warn["remedy"].as_str().unwrap().contains("CAP_NET_RAW"),
+        "{warn}"
+    );
+    let detail = warn["detail"].as_str().unwrap();
+    let tried = detail
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(':');
+    assert!(tried.starts_with("madoc"), "{detail}");
+    assert!(
+        !std::path::Path::new("/sys/class/net").join(tried).exists(),
+        "doctor left {tried} behind"
+    );
+}

@@ -265,6 +265,12 @@ fn last_line(log: &Path) -> String {
         .to_owned()
 }
 
+/// Removes the workspace's TAP (Firecracker) if a helper that was killed
+/// outright left it behind; the helper removes it itself on SIGTERM.
+pub(crate) fn remove_leftover_tap(paths: &WorkspacePaths) {
+    vmkit_net::tap::remove_leftover(&tap_name(&paths.dir));
+}
+
 /// A TAP name unique to the workspace folder and at most 15 bytes.
 fn tap_name(dir: &Path) -> String {
     use std::hash::{Hash, Hasher};

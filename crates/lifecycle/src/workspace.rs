@@ -219,6 +219,7 @@ pub(crate) fn remove_vm_files(paths: &WorkspacePaths) {
     let _ = std::fs::remove_file(&paths.vsock);
     let _ = std::fs::remove_file(&paths.memory);
     crate::vmm_files::remove_guest_listeners(&paths.vsock);
+    crate::network::remove_leftover_tap(paths);
 }
 
 /// Appends the console's last lines: a boot failure is unreadable without them.

@@ -64,10 +64,11 @@ pub enum Frontend {
         /// The socket's path (the workspace's `frontend.socket`).
         path: PathBuf,
     },
-    /// A TAP device (Firecracker); one read or write is one frame.
-    /// Privileges: opening an existing persistent TAP owned by this user
-    /// (`ip tuntap add NAME mode tap user UID`) needs none; creating one
-    /// needs CAP_NET_ADMIN.
+    /// A TAP device for Firecracker: the helper creates it persistent and
+    /// owned by its user, Firecracker opens it, and the helper reads and
+    /// writes its frames through a packet socket on the host side (see
+    /// [`crate::tap`]). The helper needs CAP_NET_ADMIN and CAP_NET_RAW and
+    /// `nft`; it removes the device when it exits.
     Tap {
         /// The TAP interface's name.
         name: String,

@@ -3,18 +3,20 @@
 //! - `stream`: a Unix stream socket (QEMU `-netdev stream`); each frame is a
 //!   4-byte big-endian length and the frame. Output frames are appended to
 //!   one buffer and written with as few `write` calls as the socket allows.
-//! - `tap`: a TAP device (Firecracker); one `read`/`write` is one frame.
+//! - `tap`: a TAP device that Firecracker owns, reached through a packet
+//!   socket on its host side ([`crate::tap`]); one `recv`/`send` is one
+//!   frame behind a virtio_net_hdr.
 //! - `datagram`: a Unix datagram socket (Apple VF's
 //!   `VZFileHandleNetworkDeviceAttachment`); one datagram is one frame.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 
 use crate::config::Frontend;
+use crate::tap::{self, TapLink, VNET_HDR_LEN};
 
 /// The largest frame accepted or produced (a 9000-byte MTU plus headers).
 pub const MAX_FRAME: usize = 9022;
@@ -29,22 +31,24 @@ const RX_CHUNK: usize = 256 << 10;
 pub enum Listener {
     /// Listening on the stream socket.
     Stream(UnixListener),
-    /// An opened TAP device (ready at once).
-    Tap(File),
+    /// The TAP device made for Firecracker and the packet socket on it
+    /// (ready at once).
+    Tap(TapLink),
     /// A bound datagram socket (ready at once; the peer is whoever sends
     /// the first frame).
     Datagram(UnixDatagram),
 }
 
 impl Listener {
-    /// Creates the stream socket (replacing a stale one) or opens the TAP.
+    /// Creates the stream socket (replacing a stale one), the datagram
+    /// socket, or the TAP device with its packet socket.
     pub fn bind(frontend: &Frontend) -> io::Result<Listener> {
         match frontend {
             Frontend::Stream { path } => {
                 remove_stale(path)?;
                 Ok(Listener::Stream(UnixListener::bind(path)?))
             }
-            Frontend::Tap { name } => Ok(Listener::Tap(open_tap(name)?)),
+            Frontend::Tap { name } => Ok(Listener::Tap(TapLink::create(name)?)),
             Frontend::Datagram { path } => {
                 remove_stale(path)?;
                 let socket = UnixDatagram::bind(path)?;
@@ -98,7 +102,7 @@ impl Listener {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Listener::Stream(l) => l.as_fd(),
-            Listener::Tap(f) => f.as_fd(),
+            Listener::Tap(t) => t.socket(),
             Listener::Datagram(d) => d.as_fd(),
         }
     }
@@ -111,7 +115,7 @@ impl Listener {
                 stream.set_nonblocking(true)?;
                 Io::Stream(stream)
             }
-            Listener::Tap(file) => Io::Tap(file),
+            Listener::Tap(link) => Io::Tap(link),
             Listener::Datagram(socket) => Io::Datagram {
                 socket,
                 peer: false,
@@ -132,7 +136,7 @@ fn remove_stale(path: &Path) -> io::Result<()> {
 #[derive(Debug)]
 enum Io {
     Stream(UnixStream),
-    Tap(File),
+    Tap(TapLink),
     Datagram { socket: UnixDatagram, peer: bool },
 }
 
@@ -161,7 +165,10 @@ pub struct FrameLink {
 /// The link's output queue: frames waiting for the VMM.
 #[derive(Debug)]
 pub struct TxQueue {
+    /// One frame per `send` (tap, datagram) rather than a byte stream.
     tap: bool,
+    /// Zero bytes before each frame (the tap's virtio_net_hdr).
+    prefix: usize,
     buf: Vec<u8>,
     start: usize,
     frames: VecDeque<Vec<u8>>,
@@ -182,9 +189,9 @@ impl TxQueue {
     /// Queues one frame of `len` bytes, filled in place by `fill`.
     pub fn queue<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
         if self.tap {
-            let mut frame = vec![0u8; len];
-            let r = fill(&mut frame);
-            self.frame_bytes += len;
+            let mut frame = vec![0u8; self.prefix + len];
+            let r = fill(&mut frame[self.prefix..]);
+            self.frame_bytes += frame.len();
             self.frames.push_back(frame);
             r
         } else {
@@ -205,6 +212,11 @@ impl FrameLink {
 
     fn new(io: Io) -> FrameLink {
         let tap = !matches!(io, Io::Stream(_));
+        let prefix = if matches!(io, Io::Tap(_)) {
+            VNET_HDR_LEN
+        } else {
+            0
+        };
         FrameLink {
             io,
             rx: if tap {
@@ -215,6 +227,7 @@ impl FrameLink {
             rx_len: 0,
             tx: TxQueue {
                 tap,
+                prefix,
                 buf: Vec::with_capacity(TX_HIGH_WATER),
                 start: 0,
                 frames: VecDeque::new(),
@@ -232,7 +245,7 @@ impl FrameLink {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.io {
             Io::Stream(s) => s.as_fd(),
-            Io::Tap(f) => f.as_fd(),
+            Io::Tap(t) => t.socket(),
             Io::Datagram { socket, .. } => socket.as_fd(),
         }
     }
@@ -271,20 +284,35 @@ impl FrameLink {
                 }
                 Ok(ReadOutcome::More)
             }
-            Io::Tap(file) => {
-                let mut buf = [0u8; MAX_FRAME];
+            Io::Tap(link) => {
+                let mut buf = [0u8; VNET_HDR_LEN + MAX_FRAME];
                 while budget > 0 {
-                    match file.read(&mut buf) {
-                        Ok(0) => return Ok(ReadOutcome::Closed),
-                        Ok(n) => {
-                            budget = budget.saturating_sub(n.max(64));
-                            frame(&buf[..n], &mut self.tx);
+                    // SAFETY: recv writes at most `buf.len()` bytes into
+                    // `buf`; MSG_TRUNC makes it return the frame's real
+                    // length, so an oversized one is seen and dropped.
+                    let n = unsafe {
+                        libc::recv(
+                            link.socket().as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_TRUNC,
+                        )
+                    };
+                    if n < 0 {
+                        let e = io::Error::last_os_error();
+                        match e.kind() {
+                            io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Drained),
+                            io::ErrorKind::Interrupted => continue,
+                            _ => return Err(e),
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(ReadOutcome::Drained)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                    }
+                    let n = n as usize;
+                    budget = budget.saturating_sub(n.max(64));
+                    if n > buf.len() {
+                        continue;
+                    }
+                    if let tap::Received::Frame(f) = tap::receive(&mut buf[..n]) {
+                        frame(f, &mut self.tx);
                     }
                 }
                 Ok(ReadOutcome::More)
@@ -371,7 +399,7 @@ impl FrameLink {
             Io::Tap(_) | Io::Datagram { .. } => {
                 while let Some(frame) = tx.frames.front() {
                     let sent = match &mut self.io {
-                        Io::Tap(file) => file.write(frame),
+                        Io::Tap(link) => send_frame(link, frame),
                         Io::Datagram { socket, .. } => socket.send(frame),
                         Io::Stream(_) => unreachable!("stream frames are in the byte buffer"),
                     };
@@ -391,46 +419,26 @@ impl FrameLink {
     }
 }
 
-/// `struct ifreq` as TUNSETIFF reads it: a name and the flags.
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-
-fn open_tap(name: &str) -> io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(Path::new("/dev/net/tun"))?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-        _pad: [0; 22],
+fn send_frame(link: &TapLink, frame: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads `frame.len()` bytes from `frame`.
+    let n = unsafe {
+        libc::send(
+            link.socket().as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+        )
     };
-    for (dst, src) in req
-        .name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: TUNSETIFF reads a `struct ifreq` (name + flags, 40 bytes),
-    // which `IfReq` lays out with repr(C); the fd is the open tun device.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-    if rc < 0 {
+    if n < 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("TAP device {name}: {e}")));
+        // No carrier (Firecracker has not opened the TAP yet, or is gone):
+        // the frame is lost, as on a wire nobody listens to.
+        if e.raw_os_error() == Some(libc::ENETDOWN) || e.raw_os_error() == Some(libc::ENOBUFS) {
+            return Ok(frame.len());
+        }
+        return Err(e);
     }
-    let fd: OwnedFd = file.into();
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-    // SAFETY: `fd` is an owned, open fd; ownership moves into the File.
-    Ok(unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) })
+    Ok(n as usize)
 }
 
 #[cfg(test)]

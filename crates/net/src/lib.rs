@@ -1,7 +1,8 @@
 //! The host-side userspace network stack of one VM.
 //!
 //! The guest's virtio-net frames arrive over a [`frontend`] (QEMU's
-//! `-netdev stream` Unix socket, a TAP device for Firecracker, or a Unix
+//! `-netdev stream` Unix socket, a packet socket on the TAP device that
+//! Firecracker owns ([`tap`]), or a Unix
 //! datagram socket for Apple VF's file-handle attachment). A
 //! [smoltcp](https://docs.rs/smoltcp) interface answers ARP and ICMP echo as
 //! the gateway and terminates the guest's TCP; the stack itself answers DNS
@@ -42,6 +43,7 @@ pub mod resolver;
 mod serve;
 pub mod sniff;
 pub mod stack;
+pub mod tap;
 
 pub use config::{ConfigError, Frontend, MacAddr, NetConfig};
 pub use policy::{Limits, Mode, Policy, Rule, RuleError};

@@ -1,23 +1,129 @@
-//! The helper binary with a real Linux TCP/IP stack as the guest: the
-//! helper opens a TAP device, the test moves it into a network namespace
-//! it creates and configures it as the guest's eth0 (10.0.2.15/24, default
-//! route via 10.0.2.2, resolv.conf -> 10.0.2.2). That namespace has no other
-//! way out, so every packet the "guest" sends, including those to refused
-//! addresses, goes to the stack; allowed flows reach only loopback servers
-//! of this test. Needs root (CI runs as root), iproute2 and curl.
+//! The helper binary with Firecracker's TAP and a real Linux TCP/IP stack
+//! as the guest. The helper creates the TAP; the test then opens it the
+//! way Firecracker does (`TUNSETIFF` with `IFF_TAP | IFF_NO_PI |
+//! IFF_VNET_HDR`, a 12-byte vnet header, checksum offload on) and plays
+//! Firecracker's virtio-net device: it copies frames between that fd and a
+//! second TAP, the guest's eth0, in a network namespace it creates
+//! (10.0.2.15/24, default route via 10.0.2.2, resolv.conf -> 10.0.2.2).
+//! That namespace has no other way out, so every packet the "guest" sends,
+//! including those to refused addresses, goes to the stack; allowed flows
+//! reach only loopback servers of this test. Needs root (CI runs as root),
+//! iproute2, nftables, curl and socat.
 
 mod common;
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command};
 
 use common::{start_helper, terminate};
 
+/// Firecracker's vnet header: `struct virtio_net_hdr_v1`.
+const FC_VNET_HDR: usize = 12;
+
 struct Guest {
     ns: String,
+    tap: String,
     helper: Child,
     dir: tempfile::TempDir,
+    pump: Option<(OwnedFd, std::thread::JoinHandle<()>)>,
+}
+
+/// Opens `/dev/net/tun` and attaches to TAP `name` with `flags`.
+fn open_tap(name: &str, flags: libc::c_int) -> File {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: flags as libc::c_short,
+        pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads/writes a 40-byte `struct ifreq`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), 0x4004_54ca, &mut req) };
+    assert!(
+        rc == 0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    file
+}
+
+/// Opens the helper's TAP as Firecracker's `Tap::open_named` and its
+/// device activation do.
+fn open_like_firecracker(name: &str) -> File {
+    let tap = open_tap(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
+    let size: libc::c_int = FC_VNET_HDR as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads an int; TUNSETOFFLOAD takes flags by value.
+    unsafe {
+        assert_eq!(libc::ioctl(tap.as_raw_fd(), 0x4004_54d8, &size), 0);
+        // TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6: what a guest that acked
+        // GUEST_CSUM and GUEST_TSO gets.
+        assert_eq!(
+            libc::ioctl(tap.as_raw_fd(), 0x4004_54d0, 0x1 | 0x2 | 0x4),
+            0
+        );
+    }
+    tap
+}
+
+/// Copies frames between Firecracker's fd (vnet header on) and the guest's
+/// eth0 TAP (none) until `stop` is written.
+fn pump(fc: File, guest: File) -> (OwnedFd, std::thread::JoinHandle<()>) {
+    let (stop_rx, stop_tx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut fc, mut guest) = (fc, guest);
+        let mut buf = vec![0u8; 65536 + FC_VNET_HDR];
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: fc.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: guest.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop_rx.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: three initialised pollfds.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) } < 0 {
+                continue;
+            }
+            if fds[2].revents != 0 {
+                return;
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                let n = fc.read(&mut buf).unwrap();
+                assert!(n >= FC_VNET_HDR, "a frame without its vnet header");
+                assert_eq!(buf[0] & 1, 0, "the stack sends full checksums");
+                let _ = guest.write(&buf[FC_VNET_HDR..n]);
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                let n = guest.read(&mut buf[FC_VNET_HDR..]).unwrap();
+                buf[..FC_VNET_HDR].fill(0);
+                let _ = fc.write(&buf[..FC_VNET_HDR + n]);
+            }
+        }
+    });
+    (stop_tx.into(), thread)
 }
 
 impl Guest {
@@ -31,6 +137,7 @@ impl Guest {
             % 1000;
         let ns = format!("mnet{id}-{unique}");
         let tap = format!("mt{id}{unique}");
+        let eth0 = format!("mg{id}{unique}");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("net.json");
         std::fs::write(
@@ -42,16 +149,26 @@ impl Guest {
         )
         .unwrap();
         let helper = start_helper(&config);
+        // Firecracker opens the TAP after the helper is ready; it must
+        // succeed, not fail with EBUSY.
+        let fc = open_like_firecracker(&tap);
+        let guest_tap = open_tap(&eth0, libc::IFF_TAP | libc::IFF_NO_PI);
         run(&["ip", "netns", "add", &ns]);
         let netns_etc = format!("/etc/netns/{ns}");
         std::fs::create_dir_all(&netns_etc).unwrap();
         std::fs::write(format!("{netns_etc}/resolv.conf"), "nameserver 10.0.2.2\n").unwrap();
-        run(&["ip", "link", "set", &tap, "netns", &ns]);
-        let guest = Guest { ns, helper, dir };
+        run(&["ip", "link", "set", &eth0, "netns", &ns]);
+        let guest = Guest {
+            ns,
+            tap,
+            helper,
+            dir,
+            pump: Some(pump(fc, guest_tap)),
+        };
         guest.exec(&["ip", "link", "set", "lo", "up"]);
-        guest.exec(&["ip", "link", "set", &tap, "address", "52:54:00:12:34:56"]);
-        guest.exec(&["ip", "addr", "add", "10.0.2.15/24", "dev", &tap]);
-        guest.exec(&["ip", "link", "set", &tap, "up"]);
+        guest.exec(&["ip", "link", "set", &eth0, "address", "52:54:00:12:34:56"]);
+        guest.exec(&["ip", "addr", "add", "10.0.2.15/24", "dev", &eth0]);
+        guest.exec(&["ip", "link", "set", &eth0, "up"]);
         guest.exec(&["ip", "route", "add", "default", "via", "10.0.2.2"]);
         guest
     }
@@ -86,9 +203,17 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.pump.take() {
+            let _ = File::from(stop).write_all(b"x");
+            let _ = thread.join();
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
-        terminate(&self.helper);
+        // SIGTERM, so the helper removes its TAP (it may be gone already).
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.helper.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = self.helper.wait();
     }
 }
@@ -191,4 +316,103 @@ fn a_linux_guest_reaches_allowed_host_services_and_nothing_else() {
             "no deny for {dst}: {audit:?}"
         );
     }
+}
+
+/// Packets the ingress chain of the helper's TAP dropped.
+fn dropped_by_ingress_chain(tap: &str) -> u64 {
+    let out = run(&[
+        "nft",
+        "list",
+        "table",
+        "netdev",
+        &format!("microagent-{tap}"),
+    ]);
+    let at = out.find("counter packets ").expect("a counter") + "counter packets ".len();
+    out[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_host_kernel_never_acts_on_the_guests_frames_and_the_tap_goes_with_the_helper() {
+    let guest = Guest::start(r#"{}"#);
+    let tap = guest.tap.clone();
+    // The host side: up, no ARP, no address of any family.
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{tap}/flags")).unwrap();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 0x1, 0x1, "up");
+    assert_eq!(flags & 0x80, 0x80, "IFF_NOARP");
+    assert_eq!(run(&["ip", "-o", "addr", "show", "dev", &tap]), "");
+
+    // A host UDP service on every address: a broadcast and an all-hosts
+    // multicast from the guest would reach it if the host kernel took the
+    // guest's frames in.
+    let service = UdpSocket::bind("0.0.0.0:0").unwrap();
+    service.set_nonblocking(true).unwrap();
+    let port = service.local_addr().unwrap().port();
+    for dst in ["255.255.255.255", "224.0.0.1"] {
+        guest.exec(&[
+            "sh",
+            "-c",
+            &format!("echo leak | socat - UDP-DATAGRAM:{dst}:{port},broadcast"),
+        ]);
+    }
+    // Something the stack answers, after them on the same path.
+    let hosts = guest.exec(&["getent", "ahostsv4", "host.microagent.internal"]);
+    assert!(hosts.starts_with("10.0.2.2"), "{hosts}");
+    let mut buf = [0u8; 64];
+    let got = service.recv_from(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host kernel delivered a guest datagram: {got:?}"
+    );
+    assert!(
+        dropped_by_ingress_chain(&tap) >= 2,
+        "the chain saw the frames"
+    );
+
+    // The helper ends (SIGTERM, as every stop path sends) while
+    // "Firecracker" still holds the TAP: the device and its chain go.
+    terminate(&guest.helper);
+    let mut guest = guest;
+    assert!(guest.helper.wait().unwrap().success());
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{tap}")).exists(),
+        "the TAP is gone"
+    );
+    let tables = run(&["nft", "list", "tables"]);
+    assert!(!tables.contains(&format!("microagent-{tap}")), "{tables}");
+}
+
+#[test]
+fn a_tap_left_by_a_killed_helper_is_removed_by_the_cleanup_path() {
+    let tap = format!("mk{}", std::process::id() % 1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("net.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"frontend":{{"kind":"tap","name":"{tap}"}}}}"#),
+    )
+    .unwrap();
+    let mut helper = start_helper(&config);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let device = format!("/sys/class/net/{tap}");
+    assert!(std::path::Path::new(&device).exists(), "SIGKILL left it");
+    // A new helper for the same workspace takes the stale device over.
+    let mut again = start_helper(&config);
+    terminate(&again);
+    assert!(again.wait().unwrap().success());
+    assert!(!std::path::Path::new(&device).exists());
+    // And what stop and gc run after killing helpers removes it.
+    let mut helper = start_helper(&config);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    vmkit_net::tap::remove_leftover(&tap);
+    assert!(!std::path::Path::new(&device).exists());
+    let tables = run(&["nft", "list", "tables"]);
+    assert!(!tables.contains(&format!("microagent-{tap}")), "{tables}");
 }

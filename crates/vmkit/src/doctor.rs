@@ -235,25 +235,24 @@ fn tool_check(tool: Tool, remedy: &str) -> CheckItem {
     }
 }
 
-/// Whether a TAP device can be made here (Firecracker's only NIC; the
-/// qemu backend needs none): a real one is opened and closed again, so it
-/// vanishes at once.
+/// Whether the firecracker backend's NIC can be made here (the qemu
+/// backend needs none): a real TAP with its packet socket and nftables
+/// ingress chain is set up and removed again, as the network helper does.
 fn tap_check() -> CheckItem {
     let name = format!("madoc{}", std::process::id() % 1_000_000);
-    let frontend = vmkit_net::Frontend::Tap { name: name.clone() };
-    match vmkit_net::frontend::Listener::bind(&frontend) {
+    match vmkit_net::tap::TapLink::create(&name) {
         Ok(tap) => {
             drop(tap);
             ok(
                 "tap",
-                format!("TAP devices can be created here (tried {name}); the firecracker backend's NIC works"),
+                format!("a TAP device, a packet socket on it and its nftables ingress chain can be made here (tried {name}); the firecracker backend's NIC works"),
             )
         }
         Err(e) => item(
             "tap",
             CheckStatus::Warn,
-            format!("cannot create a TAP device: {e} (only --backend firecracker needs one)"),
-            "run as root or with CAP_NET_ADMIN, or create a persistent TAP for your user (ip tuntap add NAME mode tap user $USER)",
+            format!("{e} (only --backend firecracker needs it)"),
+            "run as root, or with CAP_NET_ADMIN and CAP_NET_RAW (the network helper needs both: setcap cap_net_admin,cap_net_raw+ep microagent-net); install nftables",
         ),
     }
 }
