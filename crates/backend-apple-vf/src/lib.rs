@@ -15,7 +15,9 @@
 
 mod machine;
 
-pub use machine::{AppleVfMachine, PlanDisk, VmPlan};
+pub use machine::{
+    control, control_socket, AppleVfMachine, PlanDisk, PlanNetwork, PlanVolume, VmPlan,
+};
 
 /// The apple-vf backend: the shared lifecycle over an [`AppleVfMachine`].
 pub fn backend() -> vmkit_lifecycle::Lifecycle {

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use vmkit_lifecycle::vmm_files::{clone_log, open_log, rotate_console};
-use vmkit_lifecycle::{spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision};
+use vmkit_lifecycle::{
+    spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Nic, Supervision, WorkspacePaths,
+};
 use vmkit_protocol::{
     Accelerator, BackendKind, CheckStatus, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
     ProtocolError,
@@ -55,6 +57,42 @@ pub struct VmPlan {
     pub console_log: String,
     /// The console log's cap per file.
     pub console_limit_bytes: u64,
+    /// The per-VM process's control socket: pause and resume reach the VM
+    /// there (Virtualization.framework VMs live in the process that made
+    /// them).
+    pub control_socket: String,
+    /// The NIC, if the VM has one: a virtio-net device on a
+    /// `VZFileHandleNetworkDeviceAttachment` whose datagram socket is bound
+    /// at `vmSocket` and connected to the network helper's `stackSocket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<PlanNetwork>,
+    /// Host folders, one virtio-fs device each
+    /// (`VZVirtioFileSystemDeviceConfiguration` + `VZSingleDirectoryShare`).
+    pub volumes: Vec<PlanVolume>,
+}
+
+/// The NIC of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanNetwork {
+    /// The network helper's datagram socket (it is bound already).
+    pub stack_socket: String,
+    /// Where the VM's end of the link is bound.
+    pub vm_socket: String,
+    /// The guest NIC's MAC address.
+    pub mac_address: String,
+}
+
+/// One shared host folder of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanVolume {
+    /// The virtio-fs tag the guest init mounts (`vol<i>`).
+    pub tag: String,
+    /// The host folder.
+    pub path: String,
+    /// Shared read-only.
+    pub read_only: bool,
 }
 
 /// One disk of a plan.
@@ -100,8 +138,36 @@ impl VmPlan {
             host_ports: vec![vmkit_channel::DEFAULT_CONTROL_PORT],
             console_log: path(&plan.paths.console_log),
             console_limit_bytes: CONSOLE_LIMIT,
+            control_socket: path(&control_socket(&plan.paths)),
+            network: match &plan.nic {
+                Some(Nic::Datagram {
+                    socket,
+                    vmm_socket,
+                    mac,
+                }) => Some(PlanNetwork {
+                    stack_socket: path(socket),
+                    vm_socket: path(vmm_socket),
+                    mac_address: mac.clone(),
+                }),
+                _ => None,
+            },
+            volumes: c
+                .volumes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| PlanVolume {
+                    tag: vmkit_lifecycle::volumes::tag(i),
+                    path: v.host_path.clone(),
+                    read_only: v.read_only,
+                })
+                .collect(),
         }
     }
+}
+
+/// The per-VM process's control socket in the workspace folder.
+pub fn control_socket(paths: &WorkspacePaths) -> PathBuf {
+    paths.dir.join("vm-control.sock")
 }
 
 /// Launches VMs through the Swift supervisor's per-VM process.
@@ -180,6 +246,23 @@ impl Machine for AppleVfMachine {
         vmkit_lifecycle::check_config_files(config)
     }
 
+    /// Pause and resume are the per-VM process's `pause`/`resume` control
+    /// verbs (`VZVirtualMachine.pause`/`resume`).
+    fn set_paused(&self, paths: &WorkspacePaths, paused: bool) -> Result<(), ProtocolError> {
+        let (verb, want) = if paused {
+            ("pause", vmkit_protocol::State::Paused)
+        } else {
+            ("resume", vmkit_protocol::State::Running)
+        };
+        let got = control(paths, verb)?;
+        if got != want {
+            return Err(internal(format!(
+                "the VM's process answered {verb} with state {got}, not {want}"
+            )));
+        }
+        Ok(())
+    }
+
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
         let supervision = if plan.detached {
             Supervision::Detached
@@ -187,6 +270,7 @@ impl Machine for AppleVfMachine {
             Supervision::DiesWithParent
         };
         let plan_path = plan.paths.dir.join("vm-plan.json");
+        let _ = std::fs::remove_file(control_socket(&plan.paths));
         let body = serde_json::to_vec(&VmPlan::for_boot(plan)).expect("plans serialize");
         std::fs::write(&plan_path, body)
             .map_err(|e| internal(format!("writing {}: {e}", plan_path.display())))?;
@@ -233,6 +317,71 @@ impl Machine for AppleVfMachine {
                 ))
             }
         }
+    }
+}
+
+/// How long the per-VM process may take to pause or resume the VM (it
+/// waits up to 30 s for the framework itself).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(35);
+/// Largest control answer read (the Swift side's `maxControlLine`).
+const MAX_CONTROL_LINE: u64 = 64 << 10;
+
+/// The per-VM process's answer on its control socket (Swift
+/// `ControlResponse`).
+#[derive(Debug, serde::Deserialize)]
+struct ControlResponse {
+    ok: bool,
+    state: Option<vmkit_protocol::State>,
+    error: Option<ProtocolError>,
+}
+
+/// Sends one control verb (`pause`, `resume`) to the per-VM process and
+/// returns the state it reports. Its answer is untrusted: bounded, parsed,
+/// checked.
+pub fn control(paths: &WorkspacePaths, verb: &str) -> Result<vmkit_protocol::State, ProtocolError> {
+    use std::io::Write;
+    let socket = control_socket(paths);
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| {
+        ProtocolError::new(
+            ErrorCode::InvalidState,
+            format!(
+                "the VM's process is not answering on {}: {e}",
+                socket.display()
+            ),
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(CONTROL_TIMEOUT)))
+        .map_err(|e| internal(format!("control socket: {e}")))?;
+    let request = serde_json::json!({ "verb": verb }).to_string() + "\n";
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| internal(format!("sending {verb} to the VM's process: {e}")))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_CONTROL_LINE))
+        .read_line(&mut line)
+        .map_err(|e| internal(format!("reading the VM's process's answer to {verb}: {e}")))?;
+    let answer: ControlResponse = serde_json::from_str(line.trim_end()).map_err(|e| {
+        internal(format!(
+            "the VM's process answered {verb} with something else than a control response: {e}"
+        ))
+    })?;
+    match answer {
+        ControlResponse {
+            ok: true,
+            state: Some(state),
+            ..
+        } => Ok(state),
+        ControlResponse {
+            ok: false,
+            error: Some(error),
+            ..
+        } => Err(error),
+        _ => Err(internal(format!(
+            "the VM's process gave an incomplete answer to {verb}: {}",
+            line.trim_end()
+        ))),
     }
 }
 

@@ -10,7 +10,7 @@ mod common;
 
 use common::swift_supervisor;
 use vmkit_apple_vf::{AppleVfBackend, AppleVfMachine, VmPlan};
-use vmkit_lifecycle::{BootPlan, Machine, WorkspacePaths};
+use vmkit_lifecycle::{BootPlan, Machine, Nic, WorkspacePaths};
 use vmkit_protocol::{ErrorCode, MachineConfig};
 
 fn boot_plan(dir: &Path) -> BootPlan {
@@ -24,10 +24,19 @@ fn boot_plan(dir: &Path) -> BootPlan {
         "disks": [
             {"name": "data", "path": "/srv/data.ext4", "mountpoint": "/data", "mode": "rw"},
             {"name": "refs", "path": "/srv/refs.ext4", "mountpoint": "/refs", "mode": "ro"}
+        ],
+        "volumes": [
+            {"hostPath": "/src", "guestPath": "/work", "readOnly": false},
+            {"hostPath": "/docs", "guestPath": "/docs", "readOnly": true}
         ]
     }))
     .unwrap();
     let paths = WorkspacePaths::new(dir).unwrap();
+    let nic = Some(Nic::Datagram {
+        socket: paths.net_socket.clone(),
+        vmm_socket: paths.net_vmm_socket.clone(),
+        mac: "52:54:00:12:34:56".into(),
+    });
     BootPlan {
         config,
         root_disk: paths.disk.clone(),
@@ -35,7 +44,7 @@ fn boot_plan(dir: &Path) -> BootPlan {
         kernel_args: "root=/dev/vda rw init=/sbin/microagent-init microagent.config=/dev/vdd"
             .into(),
         detached: false,
-        nic: None,
+        nic,
         restore: None,
     }
 }
@@ -79,6 +88,100 @@ fn the_plan_lists_disks_in_guest_order_with_the_console_on_hvc0() {
     let json = serde_json::to_value(&plan).unwrap();
     assert_eq!(json["memoryMiB"], 512);
     assert_eq!(json["disks"][2]["readOnly"], true);
+}
+
+#[test]
+fn the_plan_carries_the_nic_volumes_and_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = serde_json::to_value(VmPlan::for_boot(&boot_plan(dir.path()))).unwrap();
+    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    assert_eq!(
+        json["network"],
+        serde_json::json!({"stackSocket": at("n.sock"), "vmSocket": at("nv.sock"), "macAddress": "52:54:00:12:34:56"})
+    );
+    // Tags as the guest init mounts them (vmkit_lifecycle::volumes::tag).
+    assert_eq!(
+        json["volumes"],
+        serde_json::json!([
+            {"tag": "vol0", "path": "/src", "readOnly": false},
+            {"tag": "vol1", "path": "/docs", "readOnly": true}
+        ])
+    );
+    assert_eq!(json["controlSocket"], at("vm-control.sock"));
+    let mut no_nic = boot_plan(dir.path());
+    no_nic.nic = None;
+    let json = serde_json::to_value(VmPlan::for_boot(&no_nic)).unwrap();
+    assert!(json.get("network").is_none(), "{json}");
+}
+
+/// A stand-in for the per-VM process's control socket (Swift
+/// `ControlServer`: one JSON line in, one out), answering with `answer`
+/// and handing back what it was asked.
+fn control_stand_in(paths: &WorkspacePaths, answer: &str) -> std::thread::JoinHandle<String> {
+    let answer = answer.to_owned();
+    use std::io::{BufRead, Write};
+    let listener =
+        std::os::unix::net::UnixListener::bind(vmkit_apple_vf::control_socket(paths)).unwrap();
+    std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+        (&conn).write_all(answer.as_bytes()).unwrap();
+        line
+    })
+}
+
+#[test]
+fn pause_and_resume_are_the_vm_processs_control_verbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = WorkspacePaths::new(dir.path()).unwrap();
+    let vf = machine(Path::new("/unused"));
+    let cases: [(bool, &str, &str); 2] = [
+        (
+            true,
+            r#"{"ok":true,"state":"paused"}"#,
+            r#"{"verb":"pause"}"#,
+        ),
+        (
+            false,
+            r#"{"ok":true,"state":"running"}"#,
+            r#"{"verb":"resume"}"#,
+        ),
+    ];
+    for (paused, answer, asked) in cases {
+        let server = control_stand_in(&paths, &format!("{answer}\n"));
+        vf.set_paused(&paths, paused).unwrap();
+        assert_eq!(server.join().unwrap().trim_end(), asked);
+        std::fs::remove_file(vmkit_apple_vf::control_socket(&paths)).unwrap();
+    }
+}
+
+#[test]
+fn a_refusing_or_misbehaving_vm_process_is_an_error_and_no_process_is_invalid_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = WorkspacePaths::new(dir.path()).unwrap();
+    let vf = machine(Path::new("/unused"));
+    let err = vf.set_paused(&paths, true).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidState, "{err:?}");
+    assert!(err.message.contains("vm-control.sock"), "{err:?}");
+    for (answer, code, says) in [
+        (
+            "{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":\"the framework said no\"}}\n",
+            ErrorCode::Internal,
+            "the framework said no",
+        ),
+        ("{\"ok\":true,\"state\":\"running\"}\n", ErrorCode::Internal, "not paused"),
+        ("{\"ok\":true}\n", ErrorCode::Internal, "incomplete"),
+        ("garbage\n", ErrorCode::Internal, "control response"),
+        ("", ErrorCode::Internal, "control response"),
+    ] {
+        let server = control_stand_in(&paths, answer);
+        let err = vf.set_paused(&paths, true).unwrap_err();
+        server.join().unwrap();
+        assert_eq!(err.code, code, "{answer}: {err:?}");
+        assert!(err.message.contains(says), "{answer}: {err:?}");
+        std::fs::remove_file(vmkit_apple_vf::control_socket(&paths)).unwrap();
+    }
 }
 
 #[test]

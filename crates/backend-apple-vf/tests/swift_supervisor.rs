@@ -77,6 +77,8 @@ fn state_commands_on_a_missing_workspace_are_not_found() {
         Verb::Stop,
         Verb::Kill,
         Verb::Delete,
+        Verb::Pause,
+        Verb::Resume,
     ] {
         let request = Request {
             command: verb,

@@ -229,6 +229,22 @@ fn nic_args(nic: Option<&Nic>) -> Vec<String> {
             "-device".into(),
             format!("virtio-net-device,netdev=net0,mac={mac}"),
         ],
+        // QEMU's own datagram netdev speaks the same one-frame-per-datagram
+        // frontend as Apple VF's file-handle attachment.
+        Some(Nic::Datagram {
+            socket,
+            vmm_socket,
+            mac,
+        }) => vec![
+            "-netdev".into(),
+            format!(
+                "dgram,id=net0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                qemu_escape(vmm_socket),
+                qemu_escape(socket)
+            ),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={mac}"),
+        ],
         None => Vec::new(),
     }
 }

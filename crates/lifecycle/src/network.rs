@@ -48,6 +48,17 @@ pub enum Nic {
         /// The guest NIC's MAC address.
         mac: String,
     },
+    /// A Unix datagram socket the helper has bound, one frame per datagram
+    /// (Apple VF's `VZFileHandleNetworkDeviceAttachment`): the VMM binds
+    /// `vmm_socket` and connects it to `socket`.
+    Datagram {
+        /// The helper's socket.
+        socket: PathBuf,
+        /// Where the VMM binds its end.
+        vmm_socket: PathBuf,
+        /// The guest NIC's MAC address.
+        mac: String,
+    },
 }
 
 /// What a boot gets from the network setup.
@@ -102,11 +113,7 @@ pub(crate) fn start(
     backend: BackendKind,
     supervision: Supervision,
 ) -> Result<NetworkBoot, ProtocolError> {
-    // The apple-vf supervisor does not attach a NIC yet (its datagram
-    // frontend, VZFileHandleNetworkDeviceAttachment, is the Swift side's
-    // to build): a guest told to configure eth0 without one would fail
-    // its boot. Published ports work there all the same.
-    let with_nic = config.network.mode != NetworkMode::None && backend != BackendKind::AppleVf;
+    let with_nic = config.network.mode != NetworkMode::None;
     if !with_nic && config.publish.is_empty() {
         return Ok(NetworkBoot::default());
     }
@@ -117,18 +124,27 @@ pub(crate) fn start(
             BackendKind::Firecracker => Frontend::Tap {
                 name: tap_name(&paths.dir),
             },
-            _ => Frontend::Stream {
+            BackendKind::AppleVf => Frontend::Datagram {
+                path: paths.net_socket.clone(),
+            },
+            BackendKind::Qemu => Frontend::Stream {
                 path: paths.net_socket.clone(),
             },
         };
         let _ = std::fs::remove_file(&paths.net_socket);
+        let _ = std::fs::remove_file(&paths.net_vmm_socket);
         let mut net = NetConfig::new(frontend.clone());
         net.policy = policy(&config.network)?;
         net.audit_path = Some(paths.egress_log.clone());
         let mac = net.guest_mac.to_string();
         boot.nic = Some(match frontend {
             Frontend::Tap { name } => Nic::Tap { name, mac },
-            _ => Nic::Stream {
+            Frontend::Datagram { path } => Nic::Datagram {
+                socket: path,
+                vmm_socket: paths.net_vmm_socket.clone(),
+                mac,
+            },
+            Frontend::Stream { .. } => Nic::Stream {
                 socket: paths.net_socket.clone(),
                 mac,
             },

@@ -24,6 +24,9 @@ pub struct WorkspacePaths {
     pub vmm_log: PathBuf,
     /// The network helper's frontend socket (QEMU connects to it).
     pub net_socket: PathBuf,
+    /// The VMM's own end of a datagram NIC (Apple VF binds it and
+    /// connects to `net_socket`, so the helper can answer it).
+    pub net_vmm_socket: PathBuf,
     /// The network helper's `NetConfig`, rewritten at every start.
     pub net_config: PathBuf,
     /// The published-port forwarder's config, rewritten at every start.
@@ -60,6 +63,7 @@ impl WorkspacePaths {
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
             net_socket: dir.join("n.sock"),
+            net_vmm_socket: dir.join("nv.sock"),
             net_config: dir.join("net.json"),
             publish_config: dir.join("publish.json"),
             net_log: dir.join("net.log"),

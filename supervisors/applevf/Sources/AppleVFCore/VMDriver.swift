@@ -26,6 +26,10 @@ public struct VMPlan: Codable, Equatable, Sendable {
     /// For workspaces this supervisor runs itself: where to record state.
     public var stateDir: String?
     public var identity: Identity?
+    /// The NIC, if any (see NetworkLink.swift).
+    public var network: PlanNetwork?
+    /// Host folders shared over virtio-fs, one device each.
+    public var volumes: [PlanVolume]?
 
     public init(kernelPath: String, commandLine: String, disks: [PlanDisk], cpuCount: UInt32, memoryMiB: UInt32,
                 vsockPath: String, hostPorts: [UInt32], consoleLog: String) {
@@ -46,6 +50,37 @@ public struct PlanDisk: Codable, Equatable, Sendable {
     public var readOnly: Bool
 
     public init(path: String, readOnly: Bool) {
+        self.path = path
+        self.readOnly = readOnly
+    }
+}
+
+/// The NIC of a plan: a virtio-net device whose frames travel over a
+/// datagram socket bound at `vmSocket` and connected to `stackSocket`.
+public struct PlanNetwork: Codable, Equatable, Sendable {
+    /// microagent's network stack (already bound when the VM boots).
+    public var stackSocket: String
+    /// Where the VM's end is bound.
+    public var vmSocket: String
+    /// The guest NIC's MAC address, `aa:bb:cc:dd:ee:ff`.
+    public var macAddress: String
+
+    public init(stackSocket: String, vmSocket: String, macAddress: String) {
+        self.stackSocket = stackSocket
+        self.vmSocket = vmSocket
+        self.macAddress = macAddress
+    }
+}
+
+/// A host folder of a plan, exported under the virtio-fs `tag` the guest
+/// init mounts.
+public struct PlanVolume: Codable, Equatable, Sendable {
+    public var tag: String
+    public var path: String
+    public var readOnly: Bool
+
+    public init(tag: String, path: String, readOnly: Bool) {
+        self.tag = tag
         self.path = path
         self.readOnly = readOnly
     }

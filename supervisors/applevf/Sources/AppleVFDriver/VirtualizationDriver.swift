@@ -7,10 +7,13 @@
 // Apple silicon) with the plan's command line; virtio-blk disks in plan
 // order (/dev/vda the root, then the extra disks, then the config disk);
 // a virtio console (hvc0) into a bounded log; a virtio socket device (the
-// vsock the bridge serves); entropy; a memory balloon. Later issues add the
-// network (VZFileHandleNetworkDeviceAttachment on a datagram socket pair to
-// microagent's network stack), volumes (VZVirtioFileSystemDeviceConfiguration)
-// and snapshots (saveMachineStateTo / restoreMachineStateFrom, macOS 14).
+// vsock the bridge serves); entropy; a memory balloon; with a plan network,
+// a virtio-net device on a VZFileHandleNetworkDeviceAttachment whose
+// connected datagram socket leads to microagent's network stack (see
+// NetworkLink.swift in the core); one VZVirtioFileSystemDeviceConfiguration
+// (a VZSingleDirectoryShare) per plan volume, under the tag the guest init
+// mounts. Snapshots (saveMachineStateTo / restoreMachineStateFrom, macOS
+// 14) wait for the protocol's snapshot command.
 //
 // Every VZVirtualMachine call happens on the machine's own serial queue, as
 // the framework requires.
@@ -80,6 +83,10 @@ public final class VirtualizationDriver: VMDriver {
         config.entropyDevices = [VZVirtioEntropyDeviceConfiguration()]
         config.memoryBalloonDevices = [VZVirtioTraditionalMemoryBalloonDeviceConfiguration()]
         config.socketDevices = [VZVirtioSocketDeviceConfiguration()]
+        if let network = plan.network {
+            config.networkDevices = [try networkDevice(network)]
+        }
+        config.directorySharingDevices = try (plan.volumes ?? []).map(directoryShare)
         do {
             try config.validate()
         } catch {
@@ -88,6 +95,39 @@ public final class VirtualizationDriver: VMDriver {
         let machine = FrameworkMachine(configuration: config, console: console, onStop: onStop)
         try machine.start()
         return machine
+    }
+
+    /// The guest NIC: virtio-net with the plan's MAC, its frames on a
+    /// datagram socket connected to the network stack (MTU 1500, the
+    /// attachment's default and the stack's).
+    func networkDevice(_ network: PlanNetwork) throws -> VZVirtioNetworkDeviceConfiguration {
+        guard let mac = VZMACAddress(string: network.macAddress) else {
+            throw ProtocolError.invalid("network.macAddress \(network.macAddress) is not a MAC address")
+        }
+        let fd: Int32
+        do {
+            fd = try connectedDatagramSocket(bindPath: network.vmSocket, peerPath: network.stackSocket)
+        } catch {
+            throw ProtocolError(.internal, "the VM's network link to \(network.stackSocket): \(error)")
+        }
+        let device = VZVirtioNetworkDeviceConfiguration()
+        device.macAddress = mac
+        device.attachment = VZFileHandleNetworkDeviceAttachment(
+            fileHandle: FileHandle(fileDescriptor: fd, closeOnDealloc: true))
+        return device
+    }
+
+    /// One host folder as a virtio-fs device under the guest init's tag.
+    func directoryShare(_ volume: PlanVolume) throws -> VZVirtioFileSystemDeviceConfiguration {
+        do {
+            try VZVirtioFileSystemDeviceConfiguration.validateTag(volume.tag)
+        } catch {
+            throw ProtocolError.invalid("volume tag \(volume.tag): \(error.localizedDescription)")
+        }
+        let device = VZVirtioFileSystemDeviceConfiguration(tag: volume.tag)
+        let folder = VZSharedDirectory(url: URL(fileURLWithPath: volume.path, isDirectory: true), readOnly: volume.readOnly)
+        device.share = VZSingleDirectoryShare(directory: folder)
+        return device
     }
 
     func hasEntitlement() -> Bool {

@@ -20,6 +20,8 @@ open class VZVirtualMachineConfiguration: NSObject {
     open var entropyDevices: [VZEntropyDeviceConfiguration] = []
     open var memoryBalloonDevices: [VZMemoryBalloonDeviceConfiguration] = []
     open var socketDevices: [VZSocketDeviceConfiguration] = []
+    open var networkDevices: [VZNetworkDeviceConfiguration] = []
+    open var directorySharingDevices: [VZDirectorySharingDeviceConfiguration] = []
     open func validate() throws {}
 }
 
@@ -50,6 +52,43 @@ open class VZMemoryBalloonDeviceConfiguration: NSObject {}
 open class VZVirtioTraditionalMemoryBalloonDeviceConfiguration: VZMemoryBalloonDeviceConfiguration { public override init() {} }
 open class VZSocketDeviceConfiguration: NSObject {}
 open class VZVirtioSocketDeviceConfiguration: VZSocketDeviceConfiguration { public override init() {} }
+
+// Network (macOS 11+; maximumTransmissionUnit macOS 13+).
+open class VZMACAddress: NSObject {
+    public init?(string: String) {}
+    open class func randomLocallyAdministered() -> VZMACAddress { fatalError("stub") }
+    open var string: String { "" }
+}
+open class VZNetworkDeviceAttachment: NSObject {}
+open class VZFileHandleNetworkDeviceAttachment: VZNetworkDeviceAttachment {
+    public init(fileHandle: FileHandle) {}
+    open var fileHandle: FileHandle { fatalError("stub") }
+    open var maximumTransmissionUnit: Int = 1500
+}
+open class VZNetworkDeviceConfiguration: NSObject {
+    open var macAddress: VZMACAddress { get { fatalError("stub") } set {} }
+    open var attachment: VZNetworkDeviceAttachment?
+}
+open class VZVirtioNetworkDeviceConfiguration: VZNetworkDeviceConfiguration { public override init() {} }
+
+// Directory sharing (macOS 12+).
+open class VZSharedDirectory: NSObject {
+    public init(url: URL, readOnly: Bool) {}
+    open var url: URL { fatalError("stub") }
+    open var isReadOnly: Bool { false }
+}
+open class VZDirectoryShare: NSObject {}
+open class VZSingleDirectoryShare: VZDirectoryShare {
+    public init(directory: VZSharedDirectory) {}
+    open var directory: VZSharedDirectory { fatalError("stub") }
+}
+open class VZDirectorySharingDeviceConfiguration: NSObject {}
+open class VZVirtioFileSystemDeviceConfiguration: VZDirectorySharingDeviceConfiguration {
+    public init(tag: String) {}
+    open class func validateTag(_ tag: String) throws {}
+    open var tag: String = ""
+    open var share: VZDirectoryShare?
+}
 
 @objc public enum VZVirtualMachineState: Int {
     case stopped, running, paused, error, starting, pausing, resuming, stopping
