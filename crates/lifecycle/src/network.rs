@@ -205,8 +205,22 @@ pub(crate) fn start(
             return Err(internal(format!("starting {HELPER}: {e}")));
         }
     };
-    boot.ready = Some(HelperReady::watch(&mut child, paths.net_log.clone()));
+    let ready = HelperReady::watch(&mut child, paths.net_log.clone());
     boot.helpers = vec![child, relay];
+    if matches!(boot.nic, Some(Nic::Tap { .. } | Nic::Datagram { .. })) {
+        // The helper makes these frontends itself, and the VMM must find
+        // them when it starts: Firecracker would create a TAP of its own
+        // (and the helper's would then be busy), Apple VF's socket would
+        // have nothing to connect to. So the VMM waits for `ready`.
+        if let Err(e) = ready.wait(&mut boot.helpers) {
+            for h in &mut boot.helpers {
+                kill_child(h);
+            }
+            return Err(e);
+        }
+    } else {
+        boot.ready = Some(ready);
+    }
     Ok(boot)
 }
 
@@ -378,6 +392,46 @@ mod tests {
             .unwrap()];
         let e = validate(&c.network, &c.publish).unwrap_err().message;
         assert!(e.contains("--publish 127.0.0.1:"), "{e}");
+    }
+
+    /// The VMMs that find their frontend by name (Firecracker's TAP, Apple
+    /// VF's datagram socket) are launched only once it exists. Needs root
+    /// for the TAP (CI runs as root).
+    #[test]
+    fn the_tap_and_the_datagram_socket_exist_when_start_returns() {
+        std::env::set_var("MICROAGENT_NET", vmkit_testkit::net::helper_binary());
+        for backend in [BackendKind::Firecracker, BackendKind::AppleVf] {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = WorkspacePaths::new(dir.path()).unwrap();
+            let mut c = config();
+            c.network.mode = NetworkMode::Public;
+            let mut boot = start(&c, &paths, backend, Supervision::DiesWithParent).unwrap();
+            assert!(boot.ready.is_none(), "{backend}: ready was awaited already");
+            let device = match boot.nic.as_ref().unwrap() {
+                Nic::Tap { name, .. } => Path::new("/sys/class/net").join(name),
+                Nic::Datagram { socket, .. } => socket.clone(),
+                other => panic!("{backend}: {other:?}"),
+            };
+            assert!(
+                device.exists(),
+                "{backend}: {} is missing",
+                device.display()
+            );
+            // SIGTERM, as every stop path sends: the helper removes it.
+            let helper = &mut boot.helpers[0];
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(helper.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            assert!(helper.wait().unwrap().success());
+            if backend == BackendKind::Firecracker {
+                assert!(!device.exists(), "the TAP went with the helper");
+            }
+            for h in &mut boot.helpers {
+                kill_child(h);
+            }
+        }
     }
 
     #[test]
