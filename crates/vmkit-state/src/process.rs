@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 pub struct ProcessRecord {
     /// The process ID.
     pub pid: i32,
-    /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
+    /// When the process started: on Linux field 22 of `/proc/<pid>/stat`
+    /// (clock ticks since boot); on macOS `pbi_start_tvsec * 1_000_000 +
+    /// pbi_start_tvusec` from `proc_pidinfo` (microseconds since the epoch).
     pub start_time: u64,
 }
 
@@ -53,9 +55,46 @@ fn read_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Without /proc (macOS, the apple-vf backend): a pid that exists is taken
-/// at its word, with start time 0, so a recycled pid is not told apart there.
-#[cfg(not(target_os = "linux"))]
+/// On macOS (the apple-vf backend) the kernel's BSD process info has the
+/// start time: `proc_pidinfo(PROC_PIDTBSDINFO)`, seconds and microseconds.
+/// Its status `SZOMB` is a zombie, reported as `Z` like Linux's.
+#[cfg(target_os = "macos")]
+fn read_stat(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: proc_bsdinfo is plain data (integers and char arrays), so
+    // all-zero is a valid value.
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: proc_pidinfo writes at most `size` bytes into `info`, which
+    // is exactly that large; it returns how many it wrote.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            size,
+        )
+    };
+    if n != size {
+        return None; // no such process (or not ours to see)
+    }
+    let state = if info.pbi_status == libc::SZOMB {
+        'Z'
+    } else {
+        'S'
+    };
+    Some((
+        state,
+        info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+    ))
+}
+
+/// Elsewhere: a pid that exists is taken at its word, with start time 0,
+/// so a recycled pid is not told apart there.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 fn read_stat(pid: i32) -> Option<(char, u64)> {
     if pid <= 0 {
         return None;
