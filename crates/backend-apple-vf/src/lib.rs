@@ -16,7 +16,7 @@
 mod machine;
 
 pub use machine::{
-    control, control_socket, AppleVfMachine, PlanDisk, PlanNetwork, PlanVolume, VmPlan,
+    control, control_socket, AppleVfMachine, PlanDisk, PlanNetwork, PlanVolume, VmPlan, STATE_FILE,
 };
 
 /// The apple-vf backend: the shared lifecycle over an [`AppleVfMachine`].

@@ -69,7 +69,15 @@ pub struct VmPlan {
     /// Host folders, one virtio-fs device each
     /// (`VZVirtioFileSystemDeviceConfiguration` + `VZSingleDirectoryShare`).
     pub volumes: Vec<PlanVolume>,
+    /// Continue from this saved machine state (`restoreMachineStateFrom`,
+    /// macOS 14) instead of booting the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
 }
+
+/// The machine state file in a snapshot folder (what
+/// `saveMachineStateTo` writes).
+pub const STATE_FILE: &str = "vm.vzstate";
 
 /// The NIC of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -161,6 +169,7 @@ impl VmPlan {
                     read_only: v.read_only,
                 })
                 .collect(),
+            restore_from: plan.restore.as_ref().map(|dir| path(&dir.join(STATE_FILE))),
         }
     }
 }
@@ -254,7 +263,7 @@ impl Machine for AppleVfMachine {
         } else {
             ("resume", vmkit_protocol::State::Running)
         };
-        let got = control(paths, verb)?;
+        let got = control(paths, verb, None)?;
         if got != want {
             return Err(internal(format!(
                 "the VM's process answered {verb} with state {got}, not {want}"
@@ -263,7 +272,33 @@ impl Machine for AppleVfMachine {
         Ok(())
     }
 
+    /// The paused VM's state (devices and memory, one file) goes into the
+    /// snapshot folder through the per-VM process's `save` verb
+    /// (`saveMachineStateTo`, macOS 14); disks are the lifecycle's.
+    fn save_state(
+        &self,
+        _config: &MachineConfig,
+        paths: &WorkspacePaths,
+        into: &Path,
+    ) -> Result<(), ProtocolError> {
+        let got = control(paths, "save", Some(&into.join(STATE_FILE)))?;
+        if got != vmkit_protocol::State::Paused {
+            return Err(internal(format!(
+                "the VM's process answered save with state {got}, not paused"
+            )));
+        }
+        Ok(())
+    }
+
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
+        if let Some(snapshot) = &plan.restore {
+            if !snapshot.join(STATE_FILE).is_file() {
+                return Err(ProtocolError::invalid(format!(
+                    "snapshot {} has no {STATE_FILE}: it was not taken on apple-vf",
+                    snapshot.display()
+                )));
+            }
+        }
         let supervision = if plan.detached {
             Supervision::Detached
         } else {
@@ -338,7 +373,11 @@ struct ControlResponse {
 /// Sends one control verb (`pause`, `resume`) to the per-VM process and
 /// returns the state it reports. Its answer is untrusted: bounded, parsed,
 /// checked.
-pub fn control(paths: &WorkspacePaths, verb: &str) -> Result<vmkit_protocol::State, ProtocolError> {
+pub fn control(
+    paths: &WorkspacePaths,
+    verb: &str,
+    path: Option<&Path>,
+) -> Result<vmkit_protocol::State, ProtocolError> {
     use std::io::Write;
     let socket = control_socket(paths);
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| {
@@ -354,7 +393,11 @@ pub fn control(paths: &WorkspacePaths, verb: &str) -> Result<vmkit_protocol::Sta
         .set_read_timeout(Some(CONTROL_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(CONTROL_TIMEOUT)))
         .map_err(|e| internal(format!("control socket: {e}")))?;
-    let request = serde_json::json!({ "verb": verb }).to_string() + "\n";
+    let mut request = serde_json::json!({ "verb": verb });
+    if let Some(path) = path {
+        request["path"] = path.to_string_lossy().into_owned().into();
+    }
+    let request = request.to_string() + "\n";
     stream
         .write_all(request.as_bytes())
         .map_err(|e| internal(format!("sending {verb} to the VM's process: {e}")))?;

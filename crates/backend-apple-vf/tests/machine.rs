@@ -108,10 +108,50 @@ fn the_plan_carries_the_nic_volumes_and_control_socket() {
         ])
     );
     assert_eq!(json["controlSocket"], at("vm-control.sock"));
+    assert!(json.get("restoreFrom").is_none(), "{json}");
     let mut no_nic = boot_plan(dir.path());
     no_nic.nic = None;
     let json = serde_json::to_value(VmPlan::for_boot(&no_nic)).unwrap();
     assert!(json.get("network").is_none(), "{json}");
+}
+
+#[test]
+fn a_snapshot_is_the_vm_processs_save_verb_and_a_restore_names_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = WorkspacePaths::new(dir.path()).unwrap();
+    let snapshot = dir.path().join("snap");
+    std::fs::create_dir(&snapshot).unwrap();
+    let server = control_stand_in(&paths, "{\"ok\":true,\"state\":\"paused\"}\n");
+    let config = boot_plan(dir.path()).config;
+    machine(Path::new("/unused"))
+        .save_state(&config, &paths, &snapshot)
+        .unwrap();
+    let asked: serde_json::Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+    assert_eq!(
+        asked,
+        serde_json::json!({"verb": "save", "path": snapshot.join("vm.vzstate")})
+    );
+    std::fs::remove_file(vmkit_apple_vf::control_socket(&paths)).unwrap();
+
+    // Restoring from a folder without the state file is refused up front.
+    let mut plan = boot_plan(dir.path());
+    plan.restore = Some(snapshot.clone());
+    let err = machine(swift_supervisor()).launch(&plan).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest, "{err:?}");
+    assert!(err.message.contains("vm.vzstate"), "{err:?}");
+    // With it, the plan names it, and the real Swift supervisor reads that
+    // plan (then, on Linux, has no framework to restore into).
+    std::fs::write(snapshot.join("vm.vzstate"), b"state").unwrap();
+    let json = serde_json::to_value(VmPlan::for_boot(&plan)).unwrap();
+    assert_eq!(
+        json["restoreFrom"],
+        snapshot.join("vm.vzstate").to_str().unwrap()
+    );
+    let err = machine(swift_supervisor()).launch(&plan).unwrap_err();
+    if cfg!(target_os = "linux") {
+        assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+        assert!(!err.message.contains("not a VM plan"), "{err:?}");
+    }
 }
 
 /// A stand-in for the per-VM process's control socket (Swift

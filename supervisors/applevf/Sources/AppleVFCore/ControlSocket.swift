@@ -15,14 +15,17 @@ import Darwin
 
 /// What the control socket carries.
 public struct ControlRequest: Codable, Equatable, Sendable {
-    public enum Verb: String, Codable, Sendable { case inspect, halt, stop, kill, pause, resume }
+    public enum Verb: String, Codable, Sendable { case inspect, halt, stop, kill, pause, resume, save }
     public var verb: Verb
     /// Seconds the guest gets to power off before the VM is stopped.
     public var graceSeconds: Double?
+    /// `save`: the file the paused VM's state is written to.
+    public var path: String?
 
-    public init(verb: Verb, graceSeconds: Double? = nil) {
+    public init(verb: Verb, graceSeconds: Double? = nil, path: String? = nil) {
         self.verb = verb
         self.graceSeconds = graceSeconds
+        self.path = path
     }
 }
 

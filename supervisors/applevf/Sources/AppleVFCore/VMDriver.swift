@@ -30,6 +30,10 @@ public struct VMPlan: Codable, Equatable, Sendable {
     public var network: PlanNetwork?
     /// Host folders shared over virtio-fs, one device each.
     public var volumes: [PlanVolume]?
+    /// Continue from this saved machine state (written by the `save`
+    /// control verb) instead of booting the kernel; the configuration must
+    /// be the one the state was saved from.
+    public var restoreFrom: String?
 
     public init(kernelPath: String, commandLine: String, disks: [PlanDisk], cpuCount: UInt32, memoryMiB: UInt32,
                 vsockPath: String, hostPorts: [UInt32], consoleLog: String) {
@@ -97,6 +101,14 @@ public protocol RunningVM: AnyObject {
     func forceStop(completion: @escaping @Sendable (Error?) -> Void)
     func pause(completion: @escaping @Sendable (Error?) -> Void)
     func resume(completion: @escaping @Sendable (Error?) -> Void)
+    /// Writes the paused VM's whole state (devices and memory) to `path`.
+    func saveState(to path: String, completion: @escaping @Sendable (Error?) -> Void)
+}
+
+extension RunningVM {
+    public func saveState(to path: String, completion: @escaping @Sendable (Error?) -> Void) {
+        completion(ProtocolError(.unsupported, "this VM cannot save its state"))
+    }
 }
 
 /// A hypervisor the core can boot plans on.

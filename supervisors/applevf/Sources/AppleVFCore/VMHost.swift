@@ -199,7 +199,32 @@ public final class VMHost: @unchecked Sendable {
             _ = done.wait(timeout: .now() + 30)
             if let e = failure.value { return ControlResponse(ok: false, error: ProtocolError(.internal, "\(e)")) }
             return ControlResponse(ok: true, state: request.verb == .pause ? .paused : .running)
+        case .save:
+            return save(request.path)
         }
+    }
+
+    /// The `save` verb: the framework saves only a paused VM, and the state
+    /// goes to a file the caller names (the snapshot folder).
+    private func save(_ path: String?) -> ControlResponse {
+        guard let vm else { return ControlResponse(ok: false, error: ProtocolError(.invalidState, "no VM")) }
+        guard let path, path.hasPrefix("/") else {
+            return ControlResponse(ok: false, error: ProtocolError.invalid("save needs an absolute path"))
+        }
+        guard vm.runState == .paused else {
+            return ControlResponse(ok: false, error: ProtocolError(.invalidState,
+                "the VM is \(vm.runState.rawValue); pause it before saving its state"))
+        }
+        let done = DispatchSemaphore(value: 0)
+        let failure = Box<Error?>(nil)
+        vm.saveState(to: path) { failure.value = $0; done.signal() }
+        guard done.wait(timeout: .now() + 300) == .success else {
+            return ControlResponse(ok: false, error: ProtocolError(.timeout, "saving the VM state took over 300 s"))
+        }
+        if let e = failure.value {
+            return ControlResponse(ok: false, error: e as? ProtocolError ?? ProtocolError(.internal, "saving the VM state: \(e)"))
+        }
+        return ControlResponse(ok: true, state: .paused, detail: "state saved to \(path)")
     }
 
     private func recordUnaskedStop(_ reason: String) {

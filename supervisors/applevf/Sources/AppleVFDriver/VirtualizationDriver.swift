@@ -12,8 +12,11 @@
 // connected datagram socket leads to microagent's network stack (see
 // NetworkLink.swift in the core); one VZVirtioFileSystemDeviceConfiguration
 // (a VZSingleDirectoryShare) per plan volume, under the tag the guest init
-// mounts. Snapshots (saveMachineStateTo / restoreMachineStateFrom, macOS
-// 14) wait for the protocol's snapshot command.
+// mounts. Memory snapshots (macOS 14+): the `save` control verb writes a
+// paused VM's state with saveMachineStateTo; a plan with `restoreFrom`
+// restores that state into the freshly configured VM
+// (restoreMachineStateFrom, which leaves it paused) and resumes it,
+// instead of booting the kernel.
 //
 // Every VZVirtualMachine call happens on the machine's own serial queue, as
 // the framework requires.
@@ -93,7 +96,11 @@ public final class VirtualizationDriver: VMDriver {
             throw ProtocolError(.invalidRequest, "Virtualization.framework refused the machine: \(error.localizedDescription)")
         }
         let machine = FrameworkMachine(configuration: config, console: console, onStop: onStop)
-        try machine.start()
+        if let state = plan.restoreFrom {
+            try machine.restore(from: state)
+        } else {
+            try machine.start()
+        }
         return machine
     }
 
@@ -172,6 +179,43 @@ final class FrameworkMachine: NSObject, RunningVM, VZVirtualMachineDelegate, @un
         done.wait()
         if let e = failure.value {
             throw ProtocolError(.internal, "Virtualization.framework could not start the VM: \(e.localizedDescription)")
+        }
+    }
+
+    /// Restores a saved state into this never-started VM and lets it run
+    /// (a restored VM is paused until resumed).
+    func restore(from path: String) throws {
+        guard #available(macOS 14, *) else {
+            throw ProtocolError(.unsupported, "restoring a VM's saved state needs macOS 14 or later")
+        }
+        let done = DispatchSemaphore(value: 0)
+        let failure = Box<Error?>(nil)
+        queue.async { [self] in
+            machine.restoreMachineStateFrom(url: URL(fileURLWithPath: path)) { [self] error in
+                if let error {
+                    failure.value = error
+                    done.signal()
+                    return
+                }
+                machine.resume { result in
+                    if case .failure(let e) = result { failure.value = e }
+                    done.signal()
+                }
+            }
+        }
+        done.wait()
+        if let e = failure.value {
+            throw ProtocolError(.internal, "Virtualization.framework could not restore the VM from \(path): \(e.localizedDescription)")
+        }
+    }
+
+    func saveState(to path: String, completion: @escaping @Sendable (Error?) -> Void) {
+        guard #available(macOS 14, *) else {
+            completion(ProtocolError(.unsupported, "saving a VM's state needs macOS 14 or later"))
+            return
+        }
+        queue.async { [self] in
+            machine.saveMachineStateTo(url: URL(fileURLWithPath: path)) { error in completion(error) }
         }
     }
 

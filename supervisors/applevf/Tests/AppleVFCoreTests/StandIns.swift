@@ -94,6 +94,12 @@ final class StandInVM: RunningVM, @unchecked Sendable {
         runState = .running
         completion(nil)
     }
+
+    /// What the framework's saveMachineStateTo leaves: a file of state.
+    func saveState(to path: String, completion: @escaping @Sendable (Error?) -> Void) {
+        let written = FileManager.default.createFile(atPath: path, contents: Data("stand-in VM state".utf8))
+        completion(written ? nil : ProtocolError(.internal, "cannot write \(path)"))
+    }
 }
 
 final class StandInDriver: VMDriver, @unchecked Sendable {

@@ -95,6 +95,41 @@ final class VMHostTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: layout.vsock), "vsock socket removed")
     }
 
+    /// As the Rust apple-vf backend drives it (no identity: the lifecycle
+    /// records state): pause, then `save` writes the state file; a running
+    /// VM or a relative path is refused.
+    func testSaveWritesThePausedVMsStateThroughTheControlSocket() throws {
+        let dir = makeTempDir()
+        defer { removeTree(dir) }
+        let device = StandInVsock(dir: dir)
+        let driver = StandInDriver(device: device)
+        var plan = VMPlan(kernelPath: "/k", commandLine: "console=hvc0", disks: [], cpuCount: 1, memoryMiB: 256,
+                          vsockPath: "\(dir)/v.sock", hostPorts: [], consoleLog: "\(dir)/console.log")
+        plan.controlSocket = "\(dir)/vm-control.sock"
+        let host = VMHost(plan: plan, driver: driver)
+        let ready = DispatchSemaphore(value: 0)
+        let finished = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = host.run { _ in ready.signal() }
+            finished.signal()
+        }
+        XCTAssertEqual(ready.wait(timeout: .now() + 10), .success)
+        let control = plan.controlSocket!
+        let state = "\(dir)/vm.vzstate"
+        let running = try controlCall(control, ControlRequest(verb: .save, path: state))
+        XCTAssertFalse(running.ok)
+        XCTAssertEqual(running.error?.code, .invalidState, "\(running)")
+        XCTAssertTrue(try controlCall(control, ControlRequest(verb: .pause)).ok)
+        let relative = try controlCall(control, ControlRequest(verb: .save, path: "vm.vzstate"))
+        XCTAssertEqual(relative.error?.code, .invalidRequest, "\(relative)")
+        let saved = try controlCall(control, ControlRequest(verb: .save, path: state))
+        XCTAssertTrue(saved.ok, "\(saved)")
+        XCTAssertEqual(saved.state, .paused)
+        XCTAssertEqual(FileManager.default.contents(atPath: state), Data("stand-in VM state".utf8))
+        XCTAssertTrue(try controlCall(control, ControlRequest(verb: .kill)).ok)
+        XCTAssertEqual(finished.wait(timeout: .now() + 10), .success)
+    }
+
     func testAGuestThatSendsGarbageInsteadOfReadyFailsTheBoot() throws {
         let dir = makeTempDir()
         defer { removeTree(dir) }

@@ -92,6 +92,7 @@ open class VZVirtioFileSystemDeviceConfiguration: VZDirectorySharingDeviceConfig
 
 @objc public enum VZVirtualMachineState: Int {
     case stopped, running, paused, error, starting, pausing, resuming, stopping
+    case saving, restoring // macOS 14+
 }
 
 public protocol VZVirtualMachineDelegate: NSObjectProtocol {
@@ -131,4 +132,7 @@ open class VZVirtualMachine: NSObject {
     open func pause(completionHandler: @escaping (Result<Void, Error>) -> Void) {}
     open func resume(completionHandler: @escaping (Result<Void, Error>) -> Void) {}
     open func requestStop() throws {}
+    // macOS 14+.
+    open func saveMachineStateTo(url saveFileURL: URL, completionHandler: @escaping (Error?) -> Void) {}
+    open func restoreMachineStateFrom(url saveFileURL: URL, completionHandler: @escaping (Error?) -> Void) {}
 }
