@@ -514,4 +514,21 @@ mod tests {
         let kernel = args.iter().position(|a| a == "-kernel").unwrap();
         assert_eq!(args[kernel + 1], "/k,ernel");
     }
+
+    #[test]
+    fn a_datagram_nic_is_qemus_dgram_netdev_between_the_two_sockets() {
+        let nic = Nic::Datagram {
+            socket: "/w,1/n.sock".into(),
+            vmm_socket: "/w,1/nv.sock".into(),
+            mac: "52:54:00:12:34:56".into(),
+        };
+        let args = nic_args(Some(&nic));
+        assert_eq!(args[0], "-netdev");
+        let netdev = qemu_options(&args[1]);
+        assert_eq!(netdev[0], "dgram");
+        assert_eq!(option(&netdev, "local.path"), Some("/w,1/nv.sock"));
+        assert_eq!(option(&netdev, "remote.path"), Some("/w,1/n.sock"));
+        assert_eq!(option(&netdev, "local.type"), Some("unix"));
+        assert_eq!(args[3], "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56");
+    }
 }

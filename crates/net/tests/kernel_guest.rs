@@ -5,6 +5,9 @@
 //! Firecracker's virtio-net device: it copies frames between that fd and a
 //! second TAP, the guest's eth0, in a network namespace it creates
 //! (10.0.2.15/24, default route via 10.0.2.2, resolv.conf -> 10.0.2.2).
+//! The same guest also runs behind Apple VF's link: a datagram socket
+//! bound to its own path and connected to the helper's datagram frontend,
+//! as the Swift driver gives `VZFileHandleNetworkDeviceAttachment`.
 //! That namespace has no other way out, so every packet the "guest" sends,
 //! including those to refused addresses, goes to the stack; allowed flows
 //! reach only loopback servers of this test. Needs root (CI runs as root),
@@ -16,6 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command};
 
 use common::{start_helper, terminate};
@@ -78,31 +82,66 @@ fn open_like_firecracker(name: &str) -> File {
     tap
 }
 
-/// Copies frames between Firecracker's fd (vnet header on) and the guest's
-/// eth0 TAP (none) until `stop` is written.
-fn pump(fc: File, guest: File) -> (OwnedFd, std::thread::JoinHandle<()>) {
+/// The VMM's end of the link, as the test plays it.
+enum VmmEnd {
+    /// Firecracker's TAP fd: a 12-byte vnet header before each frame.
+    Firecracker(File),
+    /// Apple VF's `VZFileHandleNetworkDeviceAttachment` socket: a datagram
+    /// socket bound to its own path and connected to the helper's.
+    AppleVf(UnixDatagram),
+}
+
+impl VmmEnd {
+    fn fd(&self) -> i32 {
+        match self {
+            VmmEnd::Firecracker(f) => f.as_raw_fd(),
+            VmmEnd::AppleVf(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// One frame from the stack, into `buf`; returns its length.
+    fn recv(&mut self, buf: &mut [u8]) -> usize {
+        match self {
+            VmmEnd::Firecracker(f) => {
+                let n = f.read(buf).unwrap();
+                assert!(n >= FC_VNET_HDR, "a frame without its vnet header");
+                assert_eq!(buf[0] & 1, 0, "the stack sends full checksums");
+                buf.copy_within(FC_VNET_HDR..n, 0);
+                n - FC_VNET_HDR
+            }
+            VmmEnd::AppleVf(s) => s.recv(buf).unwrap(),
+        }
+    }
+
+    /// One frame to the stack.
+    fn send(&mut self, frame: &[u8]) {
+        match self {
+            VmmEnd::Firecracker(f) => {
+                let mut out = vec![0u8; FC_VNET_HDR];
+                out.extend_from_slice(frame);
+                let _ = f.write(&out);
+            }
+            VmmEnd::AppleVf(s) => {
+                let _ = s.send(frame);
+            }
+        }
+    }
+}
+
+/// Copies frames between the VMM's end and the guest's eth0 TAP, as the
+/// VMM's virtio-net device does, until `stop` is written.
+fn pump(vmm: VmmEnd, guest: File) -> (OwnedFd, std::thread::JoinHandle<()>) {
     let (stop_rx, stop_tx) = std::os::unix::net::UnixStream::pair().unwrap();
     let thread = std::thread::spawn(move || {
-        let (mut fc, mut guest) = (fc, guest);
+        let (mut vmm, mut guest) = (vmm, guest);
         let mut buf = vec![0u8; 65536 + FC_VNET_HDR];
         loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: fc.as_raw_fd(),
+            let mut fds =
+                [vmm.fd(), guest.as_raw_fd(), stop_rx.as_raw_fd()].map(|fd| libc::pollfd {
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
-                },
-                libc::pollfd {
-                    fd: guest.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: stop_rx.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
+                });
             // SAFETY: three initialised pollfds.
             if unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) } < 0 {
                 continue;
@@ -111,24 +150,34 @@ fn pump(fc: File, guest: File) -> (OwnedFd, std::thread::JoinHandle<()>) {
                 return;
             }
             if fds[0].revents & libc::POLLIN != 0 {
-                let n = fc.read(&mut buf).unwrap();
-                assert!(n >= FC_VNET_HDR, "a frame without its vnet header");
-                assert_eq!(buf[0] & 1, 0, "the stack sends full checksums");
-                let _ = guest.write(&buf[FC_VNET_HDR..n]);
+                let n = vmm.recv(&mut buf);
+                let _ = guest.write(&buf[..n]);
             }
             if fds[1].revents & libc::POLLIN != 0 {
-                let n = guest.read(&mut buf[FC_VNET_HDR..]).unwrap();
-                buf[..FC_VNET_HDR].fill(0);
-                let _ = fc.write(&buf[..FC_VNET_HDR + n]);
+                let n = guest.read(&mut buf).unwrap();
+                vmm.send(&buf[..n]);
             }
         }
     });
     (stop_tx.into(), thread)
 }
 
+/// Which VMM's link the guest is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Firecracker,
+    AppleVf,
+}
+
 impl Guest {
-    /// Starts the helper with `policy` (JSON) and builds the namespace.
+    /// Starts the helper with `policy` (JSON) behind Firecracker's TAP and
+    /// builds the namespace.
     fn start(policy: &str) -> Guest {
+        Guest::behind(Link::Firecracker, policy)
+    }
+
+    /// The same behind `link`.
+    fn behind(link: Link, policy: &str) -> Guest {
         let id = std::process::id() % 100_000;
         let unique = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -140,18 +189,34 @@ impl Guest {
         let eth0 = format!("mg{id}{unique}");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("net.json");
+        let stack_socket = dir.path().join("n.sock");
+        let frontend = match link {
+            Link::Firecracker => format!(r#"{{"kind":"tap","name":"{tap}"}}"#),
+            Link::AppleVf => format!(
+                r#"{{"kind":"datagram","path":{:?}}}"#,
+                stack_socket.to_str().unwrap()
+            ),
+        };
         std::fs::write(
             &config,
             format!(
-                r#"{{"frontend":{{"kind":"tap","name":"{tap}"}},"auditPath":{:?},"policy":{policy}}}"#,
+                r#"{{"frontend":{frontend},"auditPath":{:?},"policy":{policy}}}"#,
                 dir.path().join("egress.jsonl").to_str().unwrap()
             ),
         )
         .unwrap();
         let helper = start_helper(&config);
-        // Firecracker opens the TAP after the helper is ready; it must
-        // succeed, not fail with EBUSY.
-        let fc = open_like_firecracker(&tap);
+        let vmm = match link {
+            // Firecracker opens the TAP after the helper is ready; it must
+            // succeed, not fail with EBUSY.
+            Link::Firecracker => VmmEnd::Firecracker(open_like_firecracker(&tap)),
+            // What the Swift driver's connectedDatagramSocket makes.
+            Link::AppleVf => {
+                let end = UnixDatagram::bind(dir.path().join("nv.sock")).unwrap();
+                end.connect(&stack_socket).unwrap();
+                VmmEnd::AppleVf(end)
+            }
+        };
         let guest_tap = open_tap(&eth0, libc::IFF_TAP | libc::IFF_NO_PI);
         run(&["ip", "netns", "add", &ns]);
         let netns_etc = format!("/etc/netns/{ns}");
@@ -163,7 +228,7 @@ impl Guest {
             tap,
             helper,
             dir,
-            pump: Some(pump(fc, guest_tap)),
+            pump: Some(pump(vmm, guest_tap)),
         };
         guest.exec(&["ip", "link", "set", "lo", "up"]);
         guest.exec(&["ip", "link", "set", &eth0, "address", "52:54:00:12:34:56"]);
@@ -259,6 +324,17 @@ fn http_server(size: usize) -> u16 {
 
 #[test]
 fn a_linux_guest_reaches_allowed_host_services_and_nothing_else() {
+    reaches_allowed_host_services_and_nothing_else(Link::Firecracker);
+}
+
+/// Apple VF's link, with a real guest stack: the datagram frontend as the
+/// Swift driver's socket reaches it.
+#[test]
+fn behind_the_apple_vf_datagram_link_too() {
+    reaches_allowed_host_services_and_nothing_else(Link::AppleVf);
+}
+
+fn reaches_allowed_host_services_and_nothing_else(link: Link) {
     let size = 8 << 20;
     let port = http_server(size);
     let closed = TcpListener::bind("127.0.0.1:0")
@@ -266,7 +342,7 @@ fn a_linux_guest_reaches_allowed_host_services_and_nothing_else() {
         .local_addr()
         .unwrap()
         .port();
-    let guest = Guest::start(&format!(r#"{{"allow":["host:{port}"]}}"#));
+    let guest = Guest::behind(link, &format!(r#"{{"allow":["host:{port}"]}}"#));
 
     // DNS: the gateway's own name.
     let hosts = guest.exec(&["getent", "ahostsv4", "host.microagent.internal"]);
