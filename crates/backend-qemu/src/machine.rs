@@ -529,6 +529,9 @@ mod tests {
         assert_eq!(option(&netdev, "local.path"), Some("/w,1/nv.sock"));
         assert_eq!(option(&netdev, "remote.path"), Some("/w,1/n.sock"));
         assert_eq!(option(&netdev, "local.type"), Some("unix"));
-        assert_eq!(args[3], "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56");
+        assert_eq!(
+            args[3],
+            "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"
+        );
     }
 }
