@@ -206,4 +206,103 @@ mod tests {
         let many: Vec<String> = (0..300).map(|i| format!("h{i}.test")).collect();
         assert!(narrow(&public, None, Some(many), vec![]).is_err());
     }
+
+    /// Up to `n - 1` rules from `corpus`, a quarter of them with one byte changed.
+    fn pick(next: &mut impl FnMut() -> u64, corpus: &[&str], n: u64) -> Vec<String> {
+        (0..next() % n)
+            .map(|_| {
+                let mut r = corpus[next() as usize % corpus.len()].as_bytes().to_vec();
+                if next().is_multiple_of(4) && !r.is_empty() {
+                    let i = next() as usize % r.len();
+                    r[i] = (next() % 128) as u8;
+                }
+                String::from_utf8_lossy(&r).into_owned()
+            })
+            .collect()
+    }
+
+    /// Client arguments are hostile: random combinations and byte-level
+    /// mutations of rules never panic, and whatever is accepted is never
+    /// wider than the server's policy.
+    #[test]
+    fn mutated_requests_never_panic_and_never_widen() {
+        use NetworkMode::{Allowlist, Public};
+        let corpus = [
+            "pkg.test",
+            "pkg.test:443",
+            ".test",
+            ".example.com:443",
+            "a.example.com",
+            "203.0.113.10",
+            "203.0.113.0/24",
+            "203.0.113.0/24:80",
+            "10.0.0.1",
+            "0.0.0.0/0",
+            "host:8080",
+            "host:1",
+            "[fd00::1]:443",
+            "fc00::/7",
+            "169.254.169.254:80",
+            "",
+            "host",
+            "a..b",
+            "x:99999",
+        ];
+        let servers = [
+            net(Public, &[], &["pkg.test"]),
+            net(Public, &["203.0.113.0/24", "host:8080"], &[]),
+            net(
+                Allowlist,
+                &[".example.com:443", "203.0.113.10", "host:8080"],
+                &["b.example.com"],
+            ),
+            net(NetworkMode::None, &[], &[]),
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let rank = |m: NetworkMode| match m {
+            NetworkMode::None => 0,
+            Allowlist => 1,
+            Public => 2,
+        };
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let server = &servers[next() as usize % servers.len()];
+            let allow = (!next().is_multiple_of(3)).then(|| pick(&mut next, &corpus, 4));
+            let deny = pick(&mut next, &corpus, 3);
+            let mode =
+                [None, Some(Public), Some(Allowlist), Some(NetworkMode::None)][next() as usize % 4];
+            let Ok(got) = narrow(server, mode, allow, deny) else {
+                continue;
+            };
+            accepted += 1;
+            assert!(rank(got.mode) <= rank(server.mode), "{server:?} -> {got:?}");
+            if got.mode == NetworkMode::None {
+                continue;
+            }
+            assert!(server.deny.iter().all(|d| got.deny.contains(d)), "{got:?}");
+            let wide: Vec<Rule> = server
+                .allow
+                .iter()
+                .map(|r| Rule::parse(r).unwrap())
+                .collect();
+            for text in &got.allow {
+                let rule = Rule::parse(text).expect("accepted rules parse");
+                let name_in_public = server.mode == Public && rule.is_name_rule();
+                assert!(
+                    name_in_public || wide.iter().any(|w| rule.within(w)),
+                    "{text} accepted under {server:?}"
+                );
+            }
+        }
+        assert!(
+            accepted > 2_000,
+            "the cases do reach acceptance: {accepted}"
+        );
+    }
 }
