@@ -184,6 +184,7 @@ impl AppleVfBackend {
             event: response.event,
             host: response.host,
             result: response.result,
+            snapshots: response.snapshots,
         })
     }
 }
@@ -210,6 +211,8 @@ impl Backend for AppleVfBackend {
             config: None,
             state_dir: None,
             image: None,
+            snapshot: None,
+            from_snapshot: None,
         };
         self.command(&request)?
             .host
@@ -246,6 +249,9 @@ impl Backend for AppleVfBackend {
         self.command(r)
     }
     fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.command(r)
+    }
+    fn snapshot(&self, r: &Request) -> Result<Outcome, ProtocolError> {
         self.command(r)
     }
 }

@@ -28,6 +28,8 @@ fn halt() -> Request {
         config: None,
         state_dir: Some("/state".into()),
         image: None,
+        snapshot: None,
+        from_snapshot: None,
     }
 }
 

@@ -61,6 +61,8 @@ fn without_the_framework_start_is_unavailable_and_nothing_is_written() {
         config: Some(config(state.path())),
         state_dir: None,
         image: None,
+        snapshot: None,
+        from_snapshot: None,
     };
     let err = client().start(&request).unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
@@ -86,6 +88,8 @@ fn state_commands_on_a_missing_workspace_are_not_found() {
             config: None,
             state_dir: Some(state.path().to_string_lossy().into_owned()),
             image: None,
+            snapshot: None,
+            from_snapshot: None,
         };
         let err = client().call(&request).unwrap().error.unwrap();
         assert_eq!(err.code, ErrorCode::NotFound, "{verb:?}: {err:?}");
@@ -104,6 +108,8 @@ fn the_swift_validation_names_the_field_like_the_rust_one() {
         config: Some(config.clone()),
         state_dir: None,
         image: None,
+        snapshot: None,
+        from_snapshot: None,
     };
     let swift = client().call(&request).unwrap().error.unwrap();
     let rust = request.validate().unwrap_err();

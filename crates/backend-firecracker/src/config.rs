@@ -125,7 +125,7 @@ pub struct ApiCall {
 }
 
 impl ApiCall {
-    fn new(path: impl Into<String>, body: impl Serialize, timeout: Duration) -> Self {
+    pub(crate) fn new(path: impl Into<String>, body: impl Serialize, timeout: Duration) -> Self {
         ApiCall {
             method: "PUT",
             path: path.into(),
@@ -141,6 +141,8 @@ impl ApiCall {
 pub const ROOT_DRIVE: &str = "root";
 /// The drive id of the config disk.
 pub const CONFIG_DRIVE: &str = "config";
+/// The guest NIC's interface id.
+pub const IFACE_ID: &str = "eth0";
 
 /// The drive id of extra disk `i` (Firecracker allows letters, digits
 /// and `_` in ids; the user's disk names may hold `-`, so they are not used).
@@ -281,7 +283,7 @@ pub fn configuration(plan: &BootPlan) -> Result<Vec<ApiCall>, ProtocolError> {
         Some(vmkit_lifecycle::Nic::Tap { name, mac }) => calls.push(ApiCall::new(
             "/network-interfaces/eth0",
             NetworkInterface {
-                iface_id: "eth0".into(),
+                iface_id: IFACE_ID.into(),
                 host_dev_name: name.clone(),
                 guest_mac: mac.clone(),
             },

@@ -64,6 +64,7 @@
 pub mod api;
 pub mod config;
 mod machine;
+pub mod snapshot;
 
 pub use machine::{FirecrackerMachine, API_SOCKET};
 use vmkit_lifecycle::Lifecycle;

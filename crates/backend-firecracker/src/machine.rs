@@ -104,6 +104,18 @@ impl Machine for FirecrackerMachine {
         vmkit_lifecycle::check_config_files(config)
     }
 
+    fn save_state(
+        &self,
+        _config: &MachineConfig,
+        paths: &WorkspacePaths,
+        into: &Path,
+    ) -> Result<(), ProtocolError> {
+        let call = crate::snapshot::create(into)?;
+        ApiClient::new(paths.dir.join(API_SOCKET))
+            .send_json(call.method, &call.path, &call.body, call.timeout)
+            .map_err(|e| internal(format!("firecracker refused PUT /snapshot/create: {e}")))
+    }
+
     fn set_paused(&self, paths: &WorkspacePaths, paused: bool) -> Result<(), ProtocolError> {
         let call = config::vm_state(paused);
         ApiClient::new(paths.dir.join(API_SOCKET))
@@ -119,7 +131,15 @@ impl Machine for FirecrackerMachine {
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
         let firecracker = binary()?;
         // Everything that can be refused is refused before a process runs.
-        let calls = config::configuration(plan)?;
+        // A restore loads the snapshot instead of configuring and booting.
+        let calls = match &plan.restore {
+            Some(snapshot) => crate::snapshot::restore(plan, snapshot)?,
+            None => {
+                let mut calls = config::configuration(plan)?;
+                calls.push(config::instance_start());
+                calls
+            }
+        };
         let supervision = if plan.detached {
             Supervision::Detached
         } else {
@@ -183,7 +203,8 @@ impl Machine for FirecrackerMachine {
     }
 }
 
-/// Waits for the API socket, then makes every call and `InstanceStart`.
+/// Waits for the API socket, then makes every call (the last one starts
+/// or resumes the guest).
 fn configure_and_start(
     child: &mut Child,
     relay: &mut Child,
@@ -194,14 +215,14 @@ fn configure_and_start(
 ) -> Result<(), ProtocolError> {
     wait_for_api(child, relay, socket, plan)?;
     let client = ApiClient::new(socket);
-    for call in calls.iter().chain([&config::instance_start()]) {
+    for call in calls {
         note(log, &format!("{} {} {}", call.method, call.path, call.body));
         match client.send_json(call.method, &call.path, &call.body, call.timeout) {
             Ok(()) => {}
             Err(e) => return Err(api_error(child, relay, &call.path, e, plan)),
         }
     }
-    note(log, "InstanceStart accepted; the guest is booting");
+    note(log, "the guest is booting (or resuming)");
     Ok(())
 }
 

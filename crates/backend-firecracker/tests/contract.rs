@@ -86,6 +86,61 @@ fn pause_and_resume_follow_the_contract() {
         .is_err());
 }
 
+#[test]
+fn snapshot_create_and_restore_follow_the_contract() {
+    let spec = Spec::load();
+    let create = vmkit_firecracker::snapshot::create(Path::new("/s/w/snapshots/t")).unwrap();
+    let mut calls = vec![create];
+    let mut restore = plan(2, 1);
+    restore.restore = Some("/s/w/snapshots/t".into());
+    // The fork's own TAP device replaces the source's.
+    restore.nic = Some(vmkit_lifecycle::Nic::Tap {
+        name: "ma0fork000".into(),
+        mac: "52:54:00:12:34:56".into(),
+    });
+    calls.extend(
+        vmkit_firecracker::snapshot::restore(&restore, Path::new("/s/w/snapshots/t")).unwrap(),
+    );
+    let sequence: Vec<String> = calls
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        sequence,
+        [
+            "PUT /snapshot/create",
+            "PUT /snapshot/load",
+            "PATCH /drives/root",
+            "PATCH /drives/disk0",
+            "PATCH /drives/disk1",
+            "PATCH /drives/config",
+            "PATCH /vm",
+        ]
+    );
+    for call in &calls {
+        let body = serde_json::to_vec(&call.body).unwrap();
+        spec.check_request(call.method, &call.path, Some(&body))
+            .unwrap_or_else(|e| panic!("{} {} {}: {e}", call.method, call.path, call.body));
+        assert_eq!(spec.success_status(call.method, &call.path), Some(204));
+    }
+    // Loading is pre-boot only; the drive patches and resume come after.
+    assert!(spec.pre_boot_only("PUT", "/snapshot/load"));
+    assert!(!spec.pre_boot_only("PATCH", "/drives/root"));
+    assert_eq!(
+        calls[1].body["vsock_override"]["uds_path"],
+        json!(restore.paths.vsock.to_str().unwrap())
+    );
+    assert_eq!(calls[1].body["resume_vm"], json!(false));
+    assert_eq!(
+        calls[1].body["network_overrides"],
+        json!([{"iface_id": "eth0", "host_dev_name": "ma0fork000"}])
+    );
+    assert_eq!(
+        calls[2].body["path_on_host"],
+        json!(restore.root_disk.to_str().unwrap())
+    );
+}
+
 /// The validator must say no, or the launch tests prove nothing.
 #[test]
 fn the_validator_refuses_what_firecracker_would() {

@@ -318,18 +318,16 @@ impl Machine for QemuMachine {
                 "QEMU cannot save the memory of a VM with volumes (its vhost-user-fs devices cannot migrate); snapshot --disk-only works, or create the workspace without --volume",
             ));
         }
-        crate::snapshot::save_state(
-            self.transport()?,
-            &paths.dir.join(QMP_SOCKET),
-            &paths.memory,
-            into,
-        )
+        crate::snapshot::save_state(&paths.dir.join(QMP_SOCKET), &paths.memory, into)
     }
 
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {
         let (qemu, remedy) = Self::qemu_for(plan.config.guest_arch());
         let qemu = tool(qemu, remedy)?;
         let transport = self.transport()?;
+        if plan.restore.is_some() && transport != Transport::Serial {
+            return Err(crate::snapshot::vsock_refusal());
+        }
         let supervision = if plan.detached {
             Supervision::Detached
         } else {

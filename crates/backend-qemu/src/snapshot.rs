@@ -18,7 +18,7 @@ use serde_json::json;
 use vmkit_protocol::{ErrorCode, ProtocolError};
 
 use crate::qmp::{QmpClient, QmpError};
-use crate::transport::{Transport, MEMORY_FILE};
+use crate::transport::MEMORY_FILE;
 
 /// The device-state stream in a snapshot folder.
 pub const STATE_FILE: &str = "state.qemu";
@@ -28,17 +28,11 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 const QMP_READY: Duration = Duration::from_secs(10);
 
 /// Writes the stopped VM's device state and a copy of its RAM into `into`.
-pub fn save_state(
-    transport: Transport,
-    qmp_socket: &Path,
-    memory: &Path,
-    into: &Path,
-) -> Result<(), ProtocolError> {
-    if transport != Transport::Serial {
-        return Err(ProtocolError::new(
-            ErrorCode::Unsupported,
-            "QEMU cannot migrate a VM with vhost-user-vsock (MICROAGENT_QEMU_TRANSPORT=vsock); memory snapshots need the serial transport",
-        ));
+/// The RAM is a file only on the serial transport: a VM without one was
+/// launched on vhost-user-vsock, which QEMU cannot migrate.
+pub fn save_state(qmp_socket: &Path, memory: &Path, into: &Path) -> Result<(), ProtocolError> {
+    if !memory.is_file() {
+        return Err(vsock_refusal());
     }
     let state = into.join(STATE_FILE);
     let uri = format!("exec:cat > {}", shell_quote(&state)?);
@@ -50,6 +44,14 @@ pub fn save_state(
     vmkit_disk_clone::clone_disk(memory, &into.join(MEMORY_FILE))
         .map_err(|e| internal(format!("copying guest memory into the snapshot: {e}")))?;
     Ok(())
+}
+
+/// Why a VM on the vsock transport has no memory snapshots.
+pub fn vsock_refusal() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Unsupported,
+        "QEMU cannot migrate a VM with vhost-user-vsock (MICROAGENT_QEMU_TRANSPORT=vsock); memory snapshots need the serial transport (the default)",
+    )
 }
 
 /// Before a restoring launch: the workspace gets its own copy of the

@@ -90,10 +90,10 @@ pub enum Command {
     /// fails, 127 when the VM does not boot. With --json the result line's
     /// exitCodeSource says whether the code is the guest's or microagent's.
     Run(commands::run::RunArgs),
-    /// Create a workspace (prepared, not booted) from an image.
+    /// Create a workspace from an image (prepared, not booted), or fork one from a snapshot (running).
     Create(commands::workspace::CreateArgs),
-    /// Boot a workspace; returns once its exec service answers.
-    Start(commands::workspace::NameArgs),
+    /// Boot a workspace (or continue it from one of its snapshots); returns once its exec service answers.
+    Start(commands::workspace::StartArgs),
     /// Run a command in a running workspace; exits with its exit code.
     ///
     /// `-i` streams stdin, `-t` gives the command a pseudo-terminal (with
@@ -122,6 +122,9 @@ pub enum Command {
     Pause(commands::workspace::NameArgs),
     /// Resume a paused workspace: its processes continue where they were.
     Resume(commands::workspace::NameArgs),
+    /// Save, list and delete snapshots of a workspace (memory, device state, disk).
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::SnapshotCommand),
     /// List workspaces.
     #[command(alias = "ls")]
     List,

@@ -61,6 +61,23 @@ fn wait_count_above(env: &Env, name: &str, above: u64) -> u64 {
     }
 }
 
+/// The VMM's and every helper's pid, as the record has them.
+fn recorded_pids(env: &Env, name: &str) -> Vec<i32> {
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", name]).stdout).unwrap();
+    let mut pids = vec![status["vmm"]["pid"].as_i64().unwrap() as i32];
+    for h in status["helpers"].as_array().unwrap() {
+        pids.push(h["pid"].as_i64().unwrap() as i32);
+    }
+    pids
+}
+
+/// Whether `pid` runs (a zombie has exited: it holds nothing but its pid).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i..].starts_with(") Z")))
+}
+
 fn vmm_pid(env: &Env, name: &str) -> i32 {
     let status: serde_json::Value =
         serde_json::from_slice(&env.ok(&["--json", "status", name]).stdout).unwrap();
@@ -152,10 +169,10 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// The guest's AF_VSOCK path (Firecracker's and Apple VF's) stays covered
-/// on this host: QEMU's vhost-user-vsock transport runs a command, and a
-/// workspace on it runs and answers execs.
+/// on this host: QEMU's vhost-user-vsock transport runs a command and a
+/// workspace, whose memory snapshot is refused with the reason.
 #[test]
-fn the_vsock_transport_runs_a_workspace() {
+fn the_vsock_transport_runs_and_refuses_memory_snapshots() {
     let env = Env::new();
     let vsock = |c: &mut std::process::Command| {
         c.env("MICROAGENT_QEMU_TRANSPORT", "vsock");
@@ -177,10 +194,142 @@ fn the_vsock_transport_runs_a_workspace() {
     vsock(&mut start);
     let out = start.output().unwrap();
     assert!(out.status.success(), "{}", describe(&out));
+    // QEMU cannot migrate vhost-user-vsock: the memory snapshot fails with
+    // the reason, leaves nothing listed, and the workspace runs on.
+    let mut snap = env.cmd();
+    snap.args(["snapshot", "create", "vs", "--tag", "t"]);
+    vsock(&mut snap);
+    let out = snap.output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vhost-user-vsock"),
+        "{}",
+        describe(&out)
+    );
+    assert!(json_lines(&env.ok(&["--json", "snapshot", "list", "vs"])).is_empty());
+    assert!(!env
+        .state_path()
+        .join("workspaces/vs/snapshots/.staging-t")
+        .exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "vs"]).stdout).unwrap();
+    assert_eq!(status["state"], "running");
     assert_eq!(
         String::from_utf8_lossy(&sh(&env, "vs", "echo alive").stdout),
         "alive\n"
     );
     env.ok(&["delete", "--force", "vs"]);
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+}
+
+#[test]
+fn forks_continue_the_counting_process_and_diverge() {
+    let env = Env::new();
+    // A private copy of the kernel, so the test can change it at the end.
+    let kernel = env.state_path().join("vmlinux");
+    std::fs::copy(&env.kernel, &kernel).unwrap();
+    let out = env
+        .cmd()
+        .args(["create", "src", "--image", &env.image])
+        .arg("--kernel")
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    // A memory snapshot of a workspace that is not running: refused, with
+    // the remedy.
+    let out = env
+        .cmd()
+        .args(["snapshot", "create", "src", "--tag", "early"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--disk-only works on a stopped one"),
+        "{}",
+        describe(&out)
+    );
+    env.ok(&["start", "src"]);
+    start_counter(&env, "src");
+    let (before, pid) = read_counter(&env, "src");
+    let at_snapshot = wait_count_above(&env, "src", before + 3);
+
+    let made = json_lines(&env.ok(&["--json", "snapshot", "create", "src", "--tag", "t1"]));
+    for line in &made {
+        common::check_schema(line);
+    }
+    assert_eq!(made[0]["snapshot"]["tag"], "t1");
+    assert_eq!(made[0]["snapshot"]["diskOnly"], false);
+    // The source runs on after its snapshot.
+    wait_count_above(&env, "src", at_snapshot + 3);
+
+    let mut pids = recorded_pids(&env, "src");
+    for fork in ["f1", "f2"] {
+        env.ok(&["create", fork, "--from-snapshot", "src:t1"]);
+        let (count, same_pid) = read_counter(&env, fork);
+        assert_eq!(same_pid, pid, "{fork}: the counter is the same process");
+        assert!(count >= at_snapshot, "{fork}: {count} < {at_snapshot}");
+        wait_count_above(&env, fork, count);
+        let out = sh(&env, fork, "hostname");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{fork}\n"));
+        let own = recorded_pids(&env, fork);
+        assert!(
+            own.iter().all(|p| !pids.contains(p)),
+            "{fork}: own processes"
+        );
+        pids.extend(own);
+    }
+    // Each fork writes its own file; neither sees the other's, nor the source.
+    for (fork, word) in [("f1", "one"), ("f2", "two")] {
+        let out = sh(&env, fork, &format!("echo {word} > /root/fork"));
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    for (ws, expected) in [("f1", "one\n"), ("f2", "two\n"), ("src", "")] {
+        let out = sh(&env, ws, "cat /root/fork 2>/dev/null; true");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{ws}");
+    }
+    let listed = json_lines(&env.ok(&["--json", "snapshot", "list"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["snapshot"]["runtimeID"], "src");
+
+    // A changed kernel: the restore is refused with the reason, nothing starts.
+    for fork in ["f1", "f2"] {
+        env.ok(&["delete", "--force", fork]);
+    }
+    env.ok(&["stop", "src"]);
+    let mut k = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&kernel)
+        .unwrap();
+    std::io::Write::write_all(&mut k, b"changed").unwrap();
+    drop(k);
+    let out = env
+        .cmd()
+        .args(["start", "src", "--from-snapshot", "t1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the kernel changed since the snapshot"),
+        "{}",
+        describe(&out)
+    );
+    let out = env
+        .cmd()
+        .args(["create", "f3", "--from-snapshot", "src:t1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(!env.state_path().join("workspaces/f3").exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["--json", "status", "src"]).stdout).unwrap();
+    assert_eq!(status["state"], "stopped");
+
+    let deleted = json_lines(&env.ok(&["--json", "snapshot", "delete", "src", "t1"]));
+    common::check_schema(&deleted[0]);
+    assert!(json_lines(&env.ok(&["--json", "snapshot", "list", "src"])).is_empty());
+    env.ok(&["delete", "src"]);
+    let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "still running: {left:?}");
     assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
 }

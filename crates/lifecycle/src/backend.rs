@@ -53,6 +53,8 @@ impl Backend for Lifecycle {
     }
 
     fn prepare(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        // A fork takes its machine and disk from the snapshot.
+        let request = &self.fork_request(request)?;
         let locked = self.lock(state_dir(request)?, &request.identity)?;
         let (_, event) = locked.prepare(request, true)?;
         Ok(event_outcome(event))
@@ -76,7 +78,11 @@ impl Backend for Lifecycle {
             ws.record.config = config.clone();
             ws.record.config.rootfs_path = disk;
         }
-        let booted = ws.boot(Mode::Workspace, true)?;
+        let restore = match &request.from_snapshot {
+            Some(from) => ws.restore_source(from)?,
+            None => None,
+        };
+        let booted = ws.boot(Mode::Workspace, true, restore)?;
         // The VM outlives this command; dropping the handles does not kill
         // it (it is in its own session) and its exit is reaped by whoever
         // inherits it.
@@ -102,6 +108,7 @@ impl Backend for Lifecycle {
             )),
             result: Some(output.result),
             host: None,
+            snapshots: None,
         })
     }
 
@@ -150,6 +157,18 @@ impl Backend for Lifecycle {
     fn resume(&self, request: &Request) -> Result<Outcome, ProtocolError> {
         let mut ws = self.open_for(request)?;
         ws.set_paused(false).map(event_outcome)
+    }
+
+    fn snapshot(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        let spec = request
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| ProtocolError::invalid("command snapshot needs snapshot"))?;
+        let mut ws = self.open_for(request)?;
+        Ok(Outcome {
+            snapshots: Some(ws.snapshot(spec)?),
+            ..Outcome::default()
+        })
     }
 }
 

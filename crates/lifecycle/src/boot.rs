@@ -1,6 +1,7 @@
 //! Booting a workspace's VM: the boot spec, the launch, the guest init
 //! connecting back and, for a workspace, its `ready`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vmkit_channel::host::{Control, HostListener};
@@ -19,13 +20,20 @@ pub(crate) struct Booted {
 }
 
 impl Workspace<'_> {
-    /// Boots in `mode`. On success the guest's init has connected back
-    /// (and, for a workspace, reported ready with a compatible protocol).
-    /// On failure every process is gone and the workspace is `failed`.
-    pub(crate) fn boot(&mut self, mode: Mode, detached: bool) -> Result<Booted, ProtocolError> {
+    /// Boots in `mode`, or with `restore` continues the memory snapshot in
+    /// that folder. On success the guest's init has connected back (and,
+    /// for a workspace, reported ready with a compatible protocol). On
+    /// failure every process is gone and the workspace is `failed`.
+    pub(crate) fn boot(
+        &mut self,
+        mode: Mode,
+        detached: bool,
+        restore: Option<PathBuf>,
+    ) -> Result<Booted, ProtocolError> {
         self.transition(State::Starting, "launching VMM")?;
         let started = Instant::now();
-        let (spec, plan, mut net) = match self.plan(mode, detached) {
+        let restoring = restore.is_some();
+        let (spec, plan, mut net) = match self.plan(mode, detached, restore) {
             Ok(p) => p,
             Err(e) => return Err(self.fail_boot(None, e)),
         };
@@ -74,7 +82,12 @@ impl Workspace<'_> {
             Ok(c) => c,
             Err(e) => return Err(self.fail_boot(Some(launched), e)),
         };
-        let detail = format!("booted in {:.2}s", started.elapsed().as_secs_f64());
+        let verb = if restoring {
+            "restored from a snapshot"
+        } else {
+            "booted"
+        };
+        let detail = format!("{verb} in {:.2}s", started.elapsed().as_secs_f64());
         if let Err(e) = self.transition(State::Running, &detail) {
             return Err(self.fail_boot(Some(launched), e));
         }
@@ -88,6 +101,7 @@ impl Workspace<'_> {
         &self,
         mode: Mode,
         detached: bool,
+        restore: Option<PathBuf>,
     ) -> Result<(BootSpec, BootPlan, crate::network::NetworkBoot), ProtocolError> {
         let config = &self.record.config;
         // Extra disks are /dev/vdb... in request order; the config disk
@@ -162,7 +176,7 @@ impl Workspace<'_> {
             ),
             detached,
             nic: net.nic.take(),
-            restore: None,
+            restore,
         };
         Ok((spec, plan, net))
     }

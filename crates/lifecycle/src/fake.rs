@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vmkit_channel::host::listener_path;
 use vmkit_channel::{read_message, write_message, Message, Ready, DEFAULT_CONTROL_PORT};
@@ -39,17 +39,26 @@ pub(crate) enum Guest {
     LaunchFails,
 }
 
-/// The fake machine; counts its launches.
+/// The fake machine; counts its launches and records pauses.
 pub(crate) struct FakeMachine {
     pub(crate) guest: Guest,
     pub(crate) launches: Arc<AtomicUsize>,
+    /// Every `set_paused` asked for, in order.
+    pub(crate) pauses: Arc<Mutex<Vec<bool>>>,
+    /// `save_state` writes part of its state, then fails as on a full disk.
+    pub(crate) save_fails: bool,
 }
+
+/// What the fake machine's `save_state` writes.
+pub(crate) const FAKE_STATE: &str = "state.fake";
 
 impl FakeMachine {
     pub(crate) fn new(guest: Guest) -> Self {
         FakeMachine {
             guest,
             launches: Arc::default(),
+            pauses: Arc::default(),
+            save_fails: false,
         }
     }
 }
@@ -72,6 +81,25 @@ impl Machine for FakeMachine {
         fake_host()
     }
     fn check(&self, _: &MachineConfig) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+    fn set_paused(&self, _: &crate::WorkspacePaths, paused: bool) -> Result<(), ProtocolError> {
+        self.pauses.lock().unwrap().push(paused);
+        Ok(())
+    }
+    fn save_state(
+        &self,
+        _: &MachineConfig,
+        _: &crate::WorkspacePaths,
+        into: &std::path::Path,
+    ) -> Result<(), ProtocolError> {
+        std::fs::write(into.join(FAKE_STATE), b"device state").unwrap();
+        if self.save_fails {
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                "writing the VM state: No space left on device (os error 28)",
+            ));
+        }
         Ok(())
     }
     fn launch(&self, plan: &BootPlan) -> Result<Launched, ProtocolError> {

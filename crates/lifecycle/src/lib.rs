@@ -30,6 +30,7 @@ mod pause;
 mod prepare;
 mod process;
 mod run;
+mod snapshot;
 pub mod vmm_files;
 pub mod volumes;
 mod workspace;

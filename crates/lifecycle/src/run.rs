@@ -70,7 +70,7 @@ impl Workspace<'_> {
             exec: workload.exec,
             timeout_ms,
         });
-        let mut booted = self.boot(mode, false)?;
+        let mut booted = self.boot(mode, false, None)?;
         // Without a run timeout the guest runs as long as it likes; the
         // backstop then only guards against a wedged channel.
         let received = booted

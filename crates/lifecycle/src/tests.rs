@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 
 use vmkit_channel::{ExecRequest, PROTOCOL_VERSION};
 use vmkit_protocol::{
-    Backend, BackendKind, Command, ErrorCode, Identity, MachineConfig, Request, RunResult, State,
-    Workload,
+    Backend, BackendKind, Command, ErrorCode, Identity, MachineConfig, Request, RunResult,
+    SnapshotAction, SnapshotRef, SnapshotRequest, State, Workload,
 };
 use vmkit_state::StateStore;
 
-use crate::fake::{FakeMachine, Guest};
+use crate::fake::{FakeMachine, Guest, FAKE_STATE};
 use crate::{ExecOptions, Lifecycle};
 
 struct Fixture {
@@ -24,6 +24,7 @@ impl Fixture {
             .tempdir_in("/tmp")
             .unwrap();
         std::fs::write(dir.path().join("root.img"), b"a root disk").unwrap();
+        std::fs::write(dir.path().join("vmlinux"), b"a kernel").unwrap();
         Fixture { dir }
     }
 
@@ -37,7 +38,7 @@ impl Fixture {
                 ..Default::default()
             },
             ..MachineConfig::new(
-                "/nonexistent/vmlinux",
+                self.dir.path().join("vmlinux").to_string_lossy(),
                 self.dir.path().join("root.img").to_string_lossy(),
                 self.dir.path().to_string_lossy(),
                 128,
@@ -58,6 +59,8 @@ impl Fixture {
             config: Some(self.config(workload)),
             state_dir: None,
             image: None,
+            snapshot: None,
+            from_snapshot: None,
         }
     }
 
@@ -291,4 +294,136 @@ fn exec_needs_a_running_workspace() {
         .event
         .unwrap();
     assert_eq!(event.state, State::Prepared);
+}
+
+fn snapshot_request(fx: &Fixture, action: SnapshotAction, tag: Option<&str>) -> Request {
+    Request {
+        snapshot: Some(SnapshotRequest {
+            action,
+            tag: tag.map(str::to_owned),
+            disk_only: false,
+        }),
+        state_dir: Some(fx.dir.path().to_string_lossy().into_owned()),
+        config: None,
+        ..fx.request(Command::Snapshot, "ws", None)
+    }
+}
+
+fn listed(lc: &Lifecycle, fx: &Fixture) -> Vec<String> {
+    lc.snapshot(&snapshot_request(fx, SnapshotAction::List, None))
+        .unwrap()
+        .snapshots
+        .unwrap()
+        .into_iter()
+        .map(|s| s.tag)
+        .collect()
+}
+
+fn running_workspace(fx: &Fixture, save_fails: bool) -> (Lifecycle, FakeMachineHandles) {
+    let mut machine = FakeMachine::new(Guest::Workspace {
+        protocol_version: PROTOCOL_VERSION,
+        exec_port: 7777,
+    });
+    machine.save_fails = save_fails;
+    let handles = (machine.pauses.clone(), machine.launches.clone());
+    let lc = Lifecycle::new(machine);
+    lc.prepare(&fx.request(Command::Prepare, "ws", None))
+        .unwrap();
+    lc.start(&fx.request(Command::Start, "ws", None)).unwrap();
+    (lc, handles)
+}
+
+type FakeMachineHandles = (
+    std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
+#[test]
+fn a_failed_snapshot_leaves_nothing_and_the_workspace_runs_on() {
+    let fx = Fixture::new();
+    let (lc, (pauses, _)) = running_workspace(&fx, true);
+    let err = lc
+        .snapshot(&snapshot_request(&fx, SnapshotAction::Create, Some("t")))
+        .unwrap_err();
+    assert!(
+        err.message.contains("No space left on device"),
+        "{}",
+        err.message
+    );
+    assert!(listed(&lc, &fx).is_empty());
+    let snapshots = fx.dir.path().join("workspaces/ws/snapshots");
+    let left: Vec<_> = std::fs::read_dir(&snapshots)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Paused for the snapshot, resumed after its failure.
+    assert_eq!(*pauses.lock().unwrap(), [true, false]);
+    let record = fx.store().peek("ws").unwrap().unwrap();
+    assert_eq!(record.state, State::Running);
+    assert!(record.vmm.unwrap().is_alive());
+    lc.kill(&fx.request(Command::Kill, "ws", None)).unwrap();
+}
+
+#[test]
+fn a_restore_that_does_not_fit_is_refused_and_nothing_starts() {
+    let fx = Fixture::new();
+    let (lc, (pauses, launches)) = running_workspace(&fx, false);
+    let made = lc
+        .snapshot(&snapshot_request(&fx, SnapshotAction::Create, Some("t")))
+        .unwrap();
+    assert_eq!(made.snapshots.unwrap()[0].tag, "t");
+    assert_eq!(*pauses.lock().unwrap(), [true, false]);
+    assert_eq!(listed(&lc, &fx), ["t"]);
+    lc.kill(&fx.request(Command::Kill, "ws", None)).unwrap();
+    let launched = launches.load(Ordering::SeqCst);
+
+    let restore = |memory_mib: u32| {
+        let mut start = fx.request(Command::Start, "ws", None);
+        start.config.as_mut().unwrap().memory_mib = memory_mib;
+        start.from_snapshot = Some(SnapshotRef {
+            runtime_id: "ws".into(),
+            tag: "t".into(),
+        });
+        lc.start(&start)
+    };
+    let err = restore(256).unwrap_err();
+    assert!(
+        err.message
+            .contains("the snapshot has 128 MiB of memory, the workspace 256 MiB"),
+        "{}",
+        err.message
+    );
+    std::fs::remove_file(
+        fx.dir
+            .path()
+            .join("workspaces/ws/snapshots/t")
+            .join(FAKE_STATE),
+    )
+    .unwrap();
+    let err = restore(128).unwrap_err();
+    assert!(
+        err.message.contains("state.fake is missing"),
+        "{}",
+        err.message
+    );
+    std::fs::write(fx.dir.path().join("vmlinux"), b"another kernel").unwrap();
+    let err = restore(128).unwrap_err();
+    assert!(
+        err.message
+            .contains("the kernel changed since the snapshot"),
+        "{}",
+        err.message
+    );
+    // Refused before anything ran: still stopped, no launch.
+    assert_eq!(launches.load(Ordering::SeqCst), launched);
+    let record = fx.store().peek("ws").unwrap().unwrap();
+    assert_eq!(record.state, State::Stopped);
+
+    lc.snapshot(&snapshot_request(&fx, SnapshotAction::Delete, Some("t")))
+        .unwrap();
+    assert!(listed(&lc, &fx).is_empty());
+    let err = lc
+        .snapshot(&snapshot_request(&fx, SnapshotAction::Delete, Some("t")))
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
 }

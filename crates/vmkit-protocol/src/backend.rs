@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Event, HostInfo, ProtocolError, Request, RunResult};
+use crate::{Event, HostInfo, ProtocolError, Request, RunResult, SnapshotInfo};
 
 /// The backends microagent knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +67,8 @@ pub struct Outcome {
     pub host: Option<HostInfo>,
     /// A workload's result.
     pub result: Option<RunResult>,
+    /// Snapshots made or listed.
+    pub snapshots: Option<Vec<SnapshotInfo>>,
 }
 
 /// One way of running microVMs. Requests reach a backend already validated.
@@ -100,4 +102,6 @@ pub trait Backend: Send + Sync {
     fn pause(&self, request: &Request) -> Result<Outcome, ProtocolError>;
     /// Lets a paused VM run again (state `running`).
     fn resume(&self, request: &Request) -> Result<Outcome, ProtocolError>;
+    /// Creates, lists or deletes snapshots (`request.snapshot`).
+    fn snapshot(&self, request: &Request) -> Result<Outcome, ProtocolError>;
 }

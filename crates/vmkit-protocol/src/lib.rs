@@ -23,6 +23,7 @@ mod hostname;
 mod network;
 mod request;
 mod response;
+mod snapshot;
 mod state;
 mod terminal;
 
@@ -40,5 +41,6 @@ pub use request::{
 pub use response::{
     truncate_text, Accelerator, CheckItem, CheckStatus, HostInfo, Response, RunResult,
 };
+pub use snapshot::{validate_tag, SnapshotAction, SnapshotInfo, SnapshotRef, SnapshotRequest};
 pub use state::{State, TransitionError};
 pub use terminal::{terminal_safe, terminal_safe_bytes};

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{BackendKind, MachineConfig, ProtocolError};
+use crate::{BackendKind, MachineConfig, ProtocolError, SnapshotRef, SnapshotRequest};
 
 /// Largest request an external supervisor accepts; anything bigger is refused
 /// before parsing.
@@ -29,6 +29,13 @@ pub struct Request {
     /// recorded instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// For `snapshot`: what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRequest>,
+    /// For `start` (and `prepare` of a fork): continue from this snapshot
+    /// instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<SnapshotRef>,
 }
 
 /// Longest image reference a request may carry (a local path inside a
@@ -48,6 +55,9 @@ struct WireRequest {
     state_dir: Option<String>,
     #[serde(default)]
     image: Option<String>,
+    snapshot: Option<SnapshotRequest>,
+    #[serde(default)]
+    from_snapshot: Option<SnapshotRef>,
 }
 
 impl TryFrom<WireRequest> for Request {
@@ -65,6 +75,8 @@ impl TryFrom<WireRequest> for Request {
             config: w.config,
             state_dir: w.state_dir,
             image: w.image,
+            snapshot: w.snapshot,
+            from_snapshot: w.from_snapshot,
         })
     }
 }
@@ -97,6 +109,8 @@ pub enum Command {
     Pause,
     /// Let a paused VM's vCPUs run again.
     Resume,
+    /// Create, list or delete snapshots (`snapshot` says which).
+    Snapshot,
 }
 
 impl Command {
@@ -115,6 +129,7 @@ impl Command {
             Command::Delete => "delete",
             Command::Pause => "pause",
             Command::Resume => "resume",
+            Command::Snapshot => "snapshot",
         }
     }
 
@@ -180,19 +195,27 @@ impl Identity {
 /// A workspace name: 1-63 characters of `[a-z0-9-_.]`, starting alphanumeric,
 /// so it is safe as a folder name and a hostname.
 pub fn validate_runtime_id(id: &str) -> Result<(), ProtocolError> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if is_folder_name(id, 63) {
         Ok(())
     } else {
         Err(ProtocolError::invalid(format!(
             "identity.runtimeID must be 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit; got {id:?}"
         )))
     }
+}
+
+/// 1-`max` letters, digits, `-`, `_` or `.`, starting with a letter or
+/// digit: safe as a folder name (no `..`, no `/`).
+pub(crate) fn is_folder_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Request {
@@ -262,6 +285,26 @@ impl Request {
             && self.config.as_ref().is_some_and(|c| c.workload.is_none())
         {
             return Err(ProtocolError::invalid("command run needs config.workload"));
+        }
+        match (&self.snapshot, self.command) {
+            (None, Command::Snapshot) => {
+                return Err(ProtocolError::invalid("command snapshot needs snapshot"))
+            }
+            (Some(s), Command::Snapshot) => s.validate()?,
+            (Some(_), _) => {
+                return Err(ProtocolError::invalid(
+                    "snapshot is only for command snapshot",
+                ))
+            }
+            (None, _) => {}
+        }
+        if let Some(from) = &self.from_snapshot {
+            if !matches!(self.command, Command::Start | Command::Prepare) {
+                return Err(ProtocolError::invalid(
+                    "fromSnapshot is only for commands start and prepare",
+                ));
+            }
+            from.validate()?;
         }
         Ok(())
     }

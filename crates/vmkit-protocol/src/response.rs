@@ -21,6 +21,9 @@ pub struct Response {
     /// The workload's outcome, for `run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<RunResult>,
+    /// Snapshots made (`snapshot` create) or listed (`snapshot` list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<crate::SnapshotInfo>>,
     /// What went wrong, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ProtocolError>,
@@ -35,6 +38,7 @@ impl Response {
             event: None,
             host: None,
             result: None,
+            snapshots: None,
             error: Some(error),
         }
     }
@@ -47,6 +51,7 @@ impl Response {
             event: None,
             host: None,
             result: None,
+            snapshots: None,
             error: None,
         }
     }

@@ -64,6 +64,7 @@ fn requests_round_trip_and_validate() {
         "request-halt.json",
         "request-host.json",
         "request-pause.json",
+        "request-snapshot.json",
     ] {
         let r: Request = round_trip(name);
         Request::from_json(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -223,6 +224,46 @@ fn validation_errors_name_the_field() {
         }),
         "command pause needs stateDir",
     );
+    rejects(
+        &edit("request-snapshot.json", |v| {
+            v["snapshot"]["tag"] = "../x".into()
+        }),
+        "snapshot tag must be",
+    );
+    rejects(
+        &edit("request-snapshot.json", |v| {
+            v["snapshot"].as_object_mut().unwrap().remove("tag");
+        }),
+        "snapshot.tag is required",
+    );
+    rejects(
+        &edit("request-snapshot.json", |v| {
+            v["snapshot"]["action"] = "list".into()
+        }),
+        "diskOnly applies to create only",
+    );
+    rejects(
+        &edit("request-snapshot.json", |v| {
+            v.as_object_mut().unwrap().remove("snapshot");
+        }),
+        "command snapshot needs snapshot",
+    );
+    rejects(
+        &edit("request-pause.json", |v| {
+            v["fromSnapshot"] = serde_json::json!({"runtimeID": "src", "tag": "t"})
+        }),
+        "fromSnapshot is only for",
+    );
+    rejects(
+        &edit("request-start.json", |v| {
+            v["fromSnapshot"] = serde_json::json!({"runtimeID": "src", "tag": "a/b"})
+        }),
+        "snapshot tag must be",
+    );
+    Request::from_json(&edit("request-start.json", |v| {
+        v["fromSnapshot"] = serde_json::json!({"runtimeID": "src", "tag": "t"})
+    }))
+    .unwrap();
 }
 
 #[test]

@@ -87,12 +87,14 @@ pub fn dispatch<B: Backend + ?Sized>(backend: &B, request: &Request) -> Response
         Command::Delete => backend.delete(request),
         Command::Pause => backend.pause(request),
         Command::Resume => backend.resume(request),
+        Command::Snapshot => backend.snapshot(request),
     };
     match outcome {
         Ok(o) => Response {
             event: o.event,
             host: o.host,
             result: o.result,
+            snapshots: o.snapshots,
             ..Response::success(kind)
         },
         Err(e) => Response::failure(kind, e),

@@ -186,6 +186,9 @@ impl Backend for Supervised {
     fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
         self.observed(self.client.resume(r))
     }
+    fn snapshot(&self, r: &Request) -> Result<Outcome, ProtocolError> {
+        self.observed(self.client.snapshot(r))
+    }
 }
 
 impl Driver for Supervised {

@@ -42,6 +42,7 @@ mod error;
 mod guest_init;
 mod inventory;
 mod runtime;
+mod snapshots;
 pub mod supervisor;
 
 pub use copy::CopyError;

@@ -173,7 +173,7 @@ impl Runtime {
         Ok(RootfsBuilder::new(&self.state_dir).build(&image, &options)?)
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         command: Command,
         name: &str,
@@ -192,6 +192,8 @@ impl Runtime {
             config,
             state_dir: Some(self.state_dir.to_string_lossy().into_owned()),
             image: image.map(str::to_owned),
+            snapshot: None,
+            from_snapshot: None,
         }
     }
 
@@ -300,6 +302,15 @@ impl Runtime {
     /// Boots a workspace with the machine it was created with; returns
     /// once its exec service is ready.
     pub fn start(&self, name: &str) -> Result<Event, VmkitError> {
+        self.start_with(name, None)
+    }
+
+    /// [`Self::start`], continuing from a snapshot when `from` is given.
+    pub(crate) fn start_with(
+        &self,
+        name: &str,
+        from: Option<vmkit_protocol::SnapshotRef>,
+    ) -> Result<Event, VmkitError> {
         let store = vmkit_state::StateStore::open(&self.state_dir)?;
         let record = store.peek(name)?.ok_or_else(|| {
             ProtocolError::new(
@@ -309,7 +320,9 @@ impl Runtime {
         })?;
         let mut config = record.config;
         config.state_dir = self.state_dir.to_string_lossy().into_owned();
-        self.call(&self.request(Command::Start, name, "workspace", Some(config), None))
+        let mut request = self.request(Command::Start, name, "workspace", Some(config), None);
+        request.from_snapshot = from;
+        self.call(&request)
     }
 
     /// Runs a command in a running workspace.
@@ -375,7 +388,10 @@ impl Runtime {
         Ok(self.driver.gc(&self.state_dir)?)
     }
 
-    fn call_outcome(&self, request: &Request) -> Result<vmkit_protocol::Response, VmkitError> {
+    pub(crate) fn call_outcome(
+        &self,
+        request: &Request,
+    ) -> Result<vmkit_protocol::Response, VmkitError> {
         let response = crate::dispatch(self.driver.as_ref(), request);
         match response.error {
             Some(e) => Err(e.into()),
@@ -383,7 +399,7 @@ impl Runtime {
         }
     }
 
-    fn call(&self, request: &Request) -> Result<Event, VmkitError> {
+    pub(crate) fn call(&self, request: &Request) -> Result<Event, VmkitError> {
         let response = self.call_outcome(request)?;
         response.event.ok_or_else(|| {
             ProtocolError::new(ErrorCode::Internal, "backend returned no event").into()

@@ -33,6 +33,7 @@ pub fn dispatch(command: Command, global: &Global) -> anyhow::Result<u8> {
         Command::Delete(args) => workspace::delete(args, global),
         Command::Pause(args) => snapshot::pause(args, global),
         Command::Resume(args) => snapshot::resume(args, global),
+        Command::Snapshot(cmd) => snapshot::run(cmd, global),
         Command::List => workspace::list(global),
         Command::Status(args) => workspace::status(args, global),
         Command::Events(args) => workspace::events(args, global),

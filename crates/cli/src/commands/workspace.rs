@@ -78,11 +78,27 @@ pub struct CreateArgs {
     pub name: String,
 
     /// The image (see `microagent run --help` for the forms).
-    #[arg(long, value_name = "REF")]
-    pub image: String,
+    #[arg(long, value_name = "REF", required_unless_present = "from_snapshot")]
+    pub image: Option<String>,
+
+    /// Fork: the new workspace continues, running, from another's memory
+    /// snapshot (own copy of disk and memory; machine flags are the source's).
+    #[arg(long, value_name = "NAME:TAG", conflicts_with = "image")]
+    pub from_snapshot: Option<String>,
 
     #[command(flatten)]
     pub machine: MachineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The workspace name.
+    pub name: String,
+
+    /// Continue from this snapshot of the workspace instead of booting
+    /// (its disk, and memory unless disk-only, replace the current ones).
+    #[arg(long, value_name = "TAG")]
+    pub from_snapshot: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -241,7 +257,7 @@ pub fn prepare_disks(
     Ok((kernel, rootfs.path))
 }
 
-fn report(event: &vmkit::protocol::Event, global: &Global) {
+pub(crate) fn report(event: &vmkit::protocol::Event, global: &Global) {
     // With --json the observer printed it already.
     if !global.json {
         eprintln!(
@@ -252,20 +268,29 @@ fn report(event: &vmkit::protocol::Event, global: &Global) {
 }
 
 pub fn create(args: CreateArgs, global: &Global) -> anyhow::Result<u8> {
+    let image = match (&args.image, &args.from_snapshot) {
+        (_, Some(from)) => return crate::commands::snapshot::fork(&args.name, from, global),
+        (Some(image), None) => image,
+        (None, None) => anyhow::bail!("create needs --image or --from-snapshot"),
+    };
     let rt = runtime(global, args.machine.backend)?;
     let params = machine_params(&args.machine)?;
     rt.check_machine(&params).map_err(exit::classify)?;
-    let (kernel, rootfs) = prepare_disks(&rt, &args.image, &args.machine, global)?;
+    let (kernel, rootfs) = prepare_disks(&rt, image, &args.machine, global)?;
     let event = rt
-        .create(&args.name, &args.image, &kernel, &rootfs, &params)
+        .create(&args.name, image, &kernel, &rootfs, &params)
         .map_err(exit::classify)?;
     report(&event, global);
     Ok(0)
 }
 
-pub fn start(args: NameArgs, global: &Global) -> anyhow::Result<u8> {
+pub fn start(args: StartArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = workspace_runtime(global, &args.name)?;
-    let event = rt.start(&args.name).map_err(exit::classify)?;
+    let event = match &args.from_snapshot {
+        Some(tag) => rt.start_from_snapshot(&args.name, tag),
+        None => rt.start(&args.name),
+    }
+    .map_err(exit::classify)?;
     report(&event, global);
     Ok(0)
 }

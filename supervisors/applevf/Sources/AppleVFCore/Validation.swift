@@ -139,7 +139,9 @@ public func validate(_ request: Request) -> ProtocolError? {
         if request.command != .start && request.command != .prepare {
             return .invalid("fromSnapshot is only for commands start and prepare")
         }
-        if let e = validateRuntimeID(from.runtimeID) { return .invalid("fromSnapshot.\(e.message)") }
+        if let e = validateRuntimeID(from.runtimeID) {
+            return .invalid(e.message.replacingOccurrences(of: "identity.runtimeID", with: "fromSnapshot.runtimeID"))
+        }
         if let e = validateTag(from.tag) { return e }
     }
     return nil

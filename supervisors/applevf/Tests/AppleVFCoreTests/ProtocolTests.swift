@@ -89,7 +89,7 @@ final class ProtocolTests: XCTestCase {
         rejects(edit("request-halt.json") { $0["fromSnapshot"] = ["runtimeID": "a", "tag": "t"] },
                 "fromSnapshot is only for commands start and prepare")
         rejects(edit("request-start.json") { var i = $0["identity"] as! [String: Any]; i["backend"] = "apple-vf"; $0["identity"] = i
-                                             $0["fromSnapshot"] = ["runtimeID": "../a", "tag": "t"] }, "fromSnapshot.identity.runtimeID")
+                                             $0["fromSnapshot"] = ["runtimeID": "../a", "tag": "t"] }, "fromSnapshot.runtimeID")
         let ok = edit("request-halt.json") { $0["command"] = "snapshot"; $0["snapshot"] = ["action": "create", "tag": "t1", "diskOnly": true] }
         XCTAssertEqual(try parseRequest(ok).get().snapshot?.action, .create)
     }
