@@ -334,6 +334,7 @@ impl Machine for QemuMachine {
             Supervision::DiesWithParent
         };
         rotate_console(&plan.paths.console_log);
+        vmkit_lifecycle::ensure_memory_dir(&plan.paths)?;
         let helper_socket = transport.helper_socket(&plan.paths.dir);
         let _ = std::fs::remove_file(&helper_socket);
         // From here on, every early return kills what was started.

@@ -46,5 +46,5 @@ pub use machine::{
     INJECTED_FAILURE,
 };
 pub use network::Nic;
-pub use paths::WorkspacePaths;
+pub use paths::{ensure_memory_dir, WorkspacePaths};
 pub use process::{spawn_supervised, terminate, Supervision};
