@@ -515,6 +515,26 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_snapshot_of_a_vm_with_volumes_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = WorkspacePaths::new(dir.path()).unwrap();
+        let config = MachineConfig {
+            volumes: vec![vmkit_protocol::Volume {
+                host_path: "/srv/data".into(),
+                guest_path: "/data".into(),
+                read_only: false,
+            }],
+            ..MachineConfig::new("/k", "/r", "/s", 256, 1)
+        };
+        let err = QemuMachine::new()
+            .save_state(&config, &paths, dir.path())
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unsupported);
+        assert!(err.message.contains("vhost-user-fs"), "{}", err.message);
+        assert!(err.message.contains("--disk-only"), "{}", err.message);
+    }
+
+    #[test]
     fn a_datagram_nic_is_qemus_dgram_netdev_between_the_two_sockets() {
         let nic = Nic::Datagram {
             socket: "/w,1/n.sock".into(),

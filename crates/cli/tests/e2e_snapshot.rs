@@ -31,7 +31,9 @@ fn start_counter(env: &Env, name: &str) {
     let out = sh(
         env,
         name,
-        "setsid sh -c 'echo $$ > /tmp/counter.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
+        // Each count is renamed into place, so a reader never sees a
+        // half-written file.
+        "setsid sh -c 'echo $$ > /tmp/counter.tmp; mv /tmp/counter.tmp /tmp/counter.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/count.tmp; mv /tmp/count.tmp /tmp/count; sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
@@ -292,10 +294,20 @@ fn forks_continue_the_counting_process_and_diverge() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["snapshot"]["runtimeID"], "src");
 
-    // A changed kernel: the restore is refused with the reason, nothing starts.
     for fork in ["f1", "f2"] {
         env.ok(&["delete", "--force", fork]);
     }
+    // The source itself goes back to its snapshot: the same process, from
+    // the count it had then, on the disk it had then.
+    env.ok(&["stop", "src"]);
+    env.ok(&["start", "src", "--from-snapshot", "t1"]);
+    pids.extend(recorded_pids(&env, "src"));
+    let (count, same_pid) = read_counter(&env, "src");
+    assert_eq!(same_pid, pid, "src: the counter is the same process");
+    assert!(count >= at_snapshot, "src: {count} < {at_snapshot}");
+    wait_count_above(&env, "src", count);
+
+    // A changed kernel: the restore is refused with the reason, nothing starts.
     env.ok(&["stop", "src"]);
     let mut k = std::fs::OpenOptions::new()
         .append(true)
