@@ -158,11 +158,13 @@ pub fn boot_args(plan: &BootPlan) -> String {
     let mut line = vmkit_kernel::boot::firecracker_cmdline_base(true);
     line.push(' ');
     line.push_str(vmkit_channel::CMDLINE_EXIT_BY_REBOOT);
-    if plan.nic.is_some() {
-        // Firecracker offers checksum and segmentation offload; the stack
-        // behind the TAP wants whole, checksummed frames (it completes a
-        // partial checksum, but drops 64 KiB offload super-frames).
-        line.push_str(" virtio_net.csum=0");
+    if let Some(arg) = plan
+        .nic
+        .as_ref()
+        .and_then(vmkit_lifecycle::Nic::guest_kernel_arg)
+    {
+        line.push(' ');
+        line.push_str(arg);
     }
     for part in [
         Some(plan.kernel_args.as_str()),
@@ -432,15 +434,15 @@ mod tests {
                 vmkit_kernel::boot::firecracker_cmdline_base(true)
             )
         );
-        // With a NIC, the guest computes its own checksums (no offload
-        // super-frames for the stack behind the TAP).
+        // With a NIC, the guest's TSO is off (no offload super-frames for
+        // the stack behind the TAP; partial checksums it completes).
         let mut p = plan(vec![]);
         p.nic = Some(vmkit_lifecycle::Nic::Tap {
             name: "ma0".into(),
             mac: "52:54:00:12:34:56".into(),
         });
         assert!(
-            boot_args(&p).contains(" virtio_net.csum=0 "),
+            boot_args(&p).contains(" virtio_net.gso=0 "),
             "{}",
             boot_args(&p)
         );

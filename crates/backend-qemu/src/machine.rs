@@ -137,6 +137,10 @@ impl QemuMachine {
         cmdline.push_str(&plan.kernel_args);
         cmdline.push(' ');
         cmdline.push_str(&transport.kernel_arg());
+        if let Some(arg) = plan.nic.as_ref().and_then(Nic::guest_kernel_arg) {
+            cmdline.push(' ');
+            cmdline.push_str(arg);
+        }
         if let Some(extra) = &c.kernel_args {
             cmdline.push(' ');
             cmdline.push_str(extra);
@@ -225,7 +229,9 @@ fn nic_args(nic: Option<&Nic>) -> Vec<String> {
         ],
         Some(Nic::Tap { name, mac }) => vec![
             "-netdev".into(),
-            format!("tap,id=net0,ifname={name},script=no,downscript=no"),
+            // vnet_hdr=on, as Firecracker opens it: the guest gets
+            // checksum offload, the helper completes the checksums.
+            format!("tap,id=net0,ifname={name},script=no,downscript=no,vnet_hdr=on"),
             "-device".into(),
             format!("virtio-net-device,netdev=net0,mac={mac}"),
         ],

@@ -315,3 +315,51 @@ fn no_stack_process_outlives_its_vm_even_after_kill_9_and_gc() {
     }
     assert!(helpers(&env).is_empty());
 }
+
+/// TAP interfaces named like a workspace's (`ma` + 8 hex digits).
+fn workspace_taps() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.len() == 10 && n.starts_with("ma") && n[2..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .collect()
+}
+
+/// The TAP path (Firecracker's) with a real VMM: QEMU opens the helper's
+/// TAP as Firecracker does (vnet header, checksum offload offered to the
+/// guest), the helper serves it through its packet socket. The guest's
+/// partial checksums are completed by the helper, its TSO is off.
+#[test]
+fn behind_a_tap_that_the_vmm_owns_the_policy_holds_and_bulk_data_flows() {
+    let env = Env::new();
+    let www = tempfile::tempdir().unwrap();
+    let size = 4 << 20;
+    std::fs::write(www.path().join("big"), vec![b'x'; size]).unwrap();
+    let server = LoopbackServer::start(www.path());
+    let before = workspace_taps();
+    let url = format!("http://host.microagent.internal:{}/big", server.port);
+    let rule = format!("host:{}", server.port);
+    let out = env
+        .run_command(&[
+            "--allow",
+            &rule,
+            "--exec",
+            &format!("wget -qO- {url} | wc -c; wget -qO- http://{PRIVATE_IP}/ ; echo private=$?"),
+        ])
+        .env("MICROAGENT_QEMU_NIC", "tap")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some(size.to_string().as_str()),
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some("private=1"), "{stdout}");
+    assert_eq!(workspace_taps(), before, "the run's TAP went with it");
+}

@@ -11,7 +11,9 @@ use vmkit_state::ProcessRecord;
 
 use crate::lifecycle::BOOT_TIMEOUT;
 use crate::machine::{BootPlan, Launched};
-use crate::workspace::{guest_err, remove_vm_files, with_console_tail, Workspace};
+use crate::workspace::{
+    guest_err, remove_stale_vm_files, remove_vm_files, with_console_tail, Workspace,
+};
 
 /// A booted VM: its processes and the guest init's control connection.
 pub(crate) struct Booted {
@@ -46,7 +48,7 @@ impl Workspace<'_> {
             }
             e
         };
-        remove_vm_files(self.paths());
+        remove_stale_vm_files(self.paths());
         let listener = match HostListener::bind(&self.paths().vsock, spec.control_port) {
             Ok(l) => l,
             Err(e) => {

@@ -61,6 +61,25 @@ pub enum Nic {
     },
 }
 
+impl Nic {
+    /// What the guest kernel must be told for this NIC, if anything. A TAP
+    /// VMM (Firecracker; QEMU with a TAP) offers checksum and segmentation
+    /// offload: the helper completes partial checksums, but it cannot take
+    /// 64 KiB segmentation super-frames, so the guest's virtio-net driver
+    /// starts with TSO off (`gso=0`; software GSO still segments).
+    pub fn guest_kernel_arg(&self) -> Option<&'static str> {
+        match self {
+            Nic::Tap { .. } => Some("virtio_net.gso=0"),
+            Nic::Stream { .. } | Nic::Datagram { .. } => None,
+        }
+    }
+}
+
+/// `MICROAGENT_QEMU_NIC=tap`: QEMU opens the helper's TAP, as Firecracker
+/// does, instead of the stream socket (a host that wants a TAP; and the TAP
+/// path tested with a real VMM where Firecracker cannot run).
+pub const QEMU_NIC_ENV: &str = "MICROAGENT_QEMU_NIC";
+
 /// What a boot gets from the network setup.
 #[derive(Debug, Default)]
 pub(crate) struct NetworkBoot {
@@ -127,6 +146,11 @@ pub(crate) fn start(
             BackendKind::AppleVf => Frontend::Datagram {
                 path: paths.net_socket.clone(),
             },
+            BackendKind::Qemu if std::env::var(QEMU_NIC_ENV).as_deref() == Ok("tap") => {
+                Frontend::Tap {
+                    name: tap_name(&paths.dir),
+                }
+            }
             BackendKind::Qemu => Frontend::Stream {
                 path: paths.net_socket.clone(),
             },

@@ -213,13 +213,21 @@ pub(crate) fn guest_err(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::GuestFailure, message)
 }
 
-/// Removes what only a running VM needs: the channel's sockets, and the
-/// guest RAM file a VMM may keep (QEMU; snapshots hold their own copies).
+/// Removes what only a running VM needs, once its processes are gone: the
+/// channel's sockets and the guest RAM file (see [`remove_stale_vm_files`]),
+/// and a TAP device a killed network helper left behind.
 pub(crate) fn remove_vm_files(paths: &WorkspacePaths) {
+    remove_stale_vm_files(paths);
+    crate::network::remove_leftover_tap(paths);
+}
+
+/// Before a launch: the channel's sockets and the guest RAM file a VMM may
+/// keep (QEMU; snapshots hold their own copies). Not the TAP: the network
+/// helper, started already, has just made it for the VMM.
+pub(crate) fn remove_stale_vm_files(paths: &WorkspacePaths) {
     let _ = std::fs::remove_file(&paths.vsock);
     let _ = std::fs::remove_file(&paths.memory);
     crate::vmm_files::remove_guest_listeners(&paths.vsock);
-    crate::network::remove_leftover_tap(paths);
 }
 
 /// Appends the console's last lines: a boot failure is unreadable without them.
