@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use vmkit_host::{probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{clone_log, rotate_console, spawn_console_relay, spawn_log_relay};
 use vmkit_lifecycle::{
-    spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Nic, Supervision, WorkspacePaths,
+    spawn_supervised, spawn_supervised_passing, BootPlan, LaunchGuard, Launched, Machine, Nic,
+    Supervision, WorkspacePaths,
 };
 use vmkit_protocol::{
     Accelerator, BackendKind, DiskMode, ErrorCode, GuestArch, HostInfo, MachineConfig,
@@ -21,6 +22,8 @@ use crate::transport::{tool, Transport};
 /// How long a helper (the channel's, a volume's) may take to create its
 /// socket.
 const HELPER_READY: Duration = Duration::from_secs(10);
+/// The descriptors the channel relay finds its two sockets on.
+const RELAY_FD: std::os::fd::RawFd = 3;
 /// QEMU's QMP socket in the workspace folder (pause, resume, snapshots).
 pub const QMP_SOCKET: &str = "qmp.sock";
 
@@ -351,19 +354,39 @@ impl Machine for QemuMachine {
         guard.helper(log_relay);
         guard.checkpoint("vmm log relay started")?;
 
-        let helper = spawn_supervised(
-            transport
-                .helper_command(&helper_socket, &plan.paths.vsock)?
+        // Our own relay's sockets are bound here and handed over, so QEMU
+        // can connect before the relay has started; vhost-device-vsock
+        // binds its own, and is waited for.
+        let relay_sockets = match transport {
+            Transport::Serial => Some(
+                vmkit_channel::relay::Relay::bind(&helper_socket, &plan.paths.vsock)
+                    .map_err(|e| internal(format!("binding the channel's sockets: {e}")))?,
+            ),
+            Transport::Vsock => None,
+        };
+        let mut command = transport.helper_command(&helper_socket, &plan.paths.vsock)?;
+        let mut pass = Vec::new();
+        if let Some(sockets) = &relay_sockets {
+            command.arg("--inherited-fds").arg(RELAY_FD.to_string());
+            pass.extend(sockets.listeners().into_iter().zip(RELAY_FD..));
+        }
+        let helper = spawn_supervised_passing(
+            command
                 .stdin(Stdio::null())
                 .stdout(clone_log(&log)?)
                 .stderr(clone_log(&log)?),
             supervision,
+            &pass,
         )
         .map_err(|e| internal(format!("starting {}: {e}", transport.helper_name())))?;
+        drop(pass);
+        drop(relay_sockets);
         guard.helper(helper);
         guard.checkpoint("channel helper started")?;
-        let helper = guard.helper_mut(1);
-        wait_for_socket(&helper_socket, helper, transport.helper_name())?;
+        if transport == Transport::Vsock {
+            let helper = guard.helper_mut(1);
+            wait_for_socket(&helper_socket, helper, transport.helper_name())?;
+        }
         guard.checkpoint("channel helper ready")?;
         crate::volumes::start_servers(plan, &log, supervision, &mut guard)?;
 

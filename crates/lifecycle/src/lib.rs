@@ -47,4 +47,4 @@ pub use machine::{
 };
 pub use network::Nic;
 pub use paths::{ensure_memory_dir, WorkspacePaths};
-pub use process::{spawn_supervised, terminate, Supervision};
+pub use process::{spawn_supervised, spawn_supervised_passing, terminate, Supervision};

@@ -216,9 +216,11 @@ pub(crate) fn start(
             .stdout(Stdio::piped())
             .stderr(clone_log(&log)?),
         supervision,
-        listener
+        &listener
             .as_ref()
-            .map(|l| (std::os::fd::AsFd::as_fd(l), LISTEN_FD)),
+            .map(|l| (std::os::fd::AsFd::as_fd(l), LISTEN_FD))
+            .into_iter()
+            .collect::<Vec<_>>(),
     );
     drop(log);
     drop(listener);

@@ -26,33 +26,55 @@ pub enum Supervision {
 /// Python caller reads to end-of-file, a lock file taken with `flock`),
 /// or the caller hangs until the VM ends.
 pub fn spawn_supervised(cmd: &mut Command, supervision: Supervision) -> io::Result<Child> {
-    spawn_supervised_passing(cmd, supervision, None)
+    spawn_supervised_passing(cmd, supervision, &[])
 }
 
-/// [`spawn_supervised`], handing the child one more descriptor: `pass`'s
-/// first (open in this process) becomes the child's second, e.g. a socket
-/// bound here so a peer can connect before the child has started.
+/// At most this many descriptors are handed over by
+/// [`spawn_supervised_passing`] (the child's side runs without allocating).
+const MAX_PASSED: usize = 4;
+/// Passed descriptors are parked at or above this one in the child while
+/// they are moved to their targets.
+const PARKING: std::os::fd::RawFd = 256;
+
+/// [`spawn_supervised`], handing the child more descriptors: each pair's
+/// first (open in this process) becomes the child's second, e.g. sockets
+/// bound here so a peer can connect before the child has started. Targets
+/// are above stderr and below 256.
 pub fn spawn_supervised_passing(
     cmd: &mut Command,
     supervision: Supervision,
-    pass: Option<(std::os::fd::BorrowedFd<'_>, std::os::fd::RawFd)>,
+    pass: &[(std::os::fd::BorrowedFd<'_>, std::os::fd::RawFd)],
 ) -> io::Result<Child> {
     use std::os::fd::AsRawFd;
-    let pass = pass.map(|(fd, target)| (fd.as_raw_fd(), target));
+    if pass.len() > MAX_PASSED || pass.iter().any(|&(_, to)| !(3..PARKING).contains(&to)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors to pass must be few, and go above stderr and below 256",
+        ));
+    }
+    let mut fds = [(-1, -1); MAX_PASSED];
+    for (slot, &(from, to)) in fds.iter_mut().zip(pass) {
+        *slot = (from.as_raw_fd(), to);
+    }
+    let count = pass.len();
     // SAFETY: close_range, fcntl and dup2 are async-signal-safe system
     // calls that only change the child's descriptor table, between fork
     // and exec.
     unsafe {
         cmd.pre_exec(move || {
             mark_inherited_cloexec();
-            if let Some((fd, target)) = pass {
-                // dup2 onto itself would keep close-on-exec set.
-                let r = if fd == target {
-                    libc::fcntl(fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, target)
-                };
-                if r < 0 {
+            // Park every source above the targets first: a target may be
+            // another pair's source. The parked copies close at exec; dup2
+            // clears close-on-exec on the targets.
+            let mut parked = [-1; MAX_PASSED];
+            for (p, &(fd, _)) in parked.iter_mut().zip(&fds[..count]) {
+                *p = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, PARKING);
+                if *p < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (&p, &(_, target)) in parked.iter().zip(&fds[..count]) {
+                if libc::dup2(p, target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

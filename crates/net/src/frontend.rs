@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 
@@ -64,8 +64,7 @@ impl Listener {
     }
 
     /// Adopts an inherited, already listening Unix stream socket for the
-    /// stream frontend. It is checked, not trusted: it must be a listening
-    /// stream socket bound to the frontend's path.
+    /// stream frontend (checked to be listening on the frontend's path).
     pub fn inherited_stream(fd: RawFd, frontend: &Frontend) -> io::Result<Listener> {
         let Frontend::Stream { path } = frontend else {
             return Err(io::Error::new(
@@ -73,29 +72,7 @@ impl Listener {
                 "an inherited socket serves only the stream frontend",
             ));
         };
-        // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is
-        // not open fails with EBADF, which is refused here.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("descriptor {fd} is not open"),
-            ));
-        }
-        // SAFETY: the descriptor is open (checked above) and was handed to
-        // this process to own; nothing else in it uses that number.
-        let listener = unsafe { UnixListener::from_raw_fd(fd) };
-        let bound = listener.local_addr()?;
-        let accepting = socket2::SockRef::from(&listener).is_listener()?;
-        if !accepting || bound.as_pathname() != Some(path.as_path()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "descriptor {fd} is not a socket listening on {}",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(Listener::Stream(listener))
+        vmkit_channel::inherit::inherited_listener(fd, path).map(Listener::Stream)
     }
 
     /// The fd to poll for the VMM's connection.
@@ -503,20 +480,14 @@ mod tests {
         }
         assert_eq!(got, vec![b"x".to_vec()]);
 
-        let other = Frontend::Stream {
-            path: dir.path().join("other.sock"),
-        };
-        let fd = UnixListener::bind(dir.path().join("third.sock"))
+        // Adoption's checks are vmkit_channel::inherit's, tested there;
+        // a datagram frontend cannot take an inherited stream socket.
+        let fd = UnixListener::bind(dir.path().join("d.sock"))
             .unwrap()
             .into_raw_fd();
-        let e = Listener::inherited_stream(fd, &other).unwrap_err();
-        assert!(e.to_string().contains("not a socket listening on"), "{e}");
-
-        let (a, _b) = UnixStream::pair().unwrap();
-        let e = Listener::inherited_stream(a.into_raw_fd(), &frontend).unwrap_err();
-        assert!(e.to_string().contains("not a socket listening"), "{e}");
-
-        let e = Listener::inherited_stream(4000, &frontend).unwrap_err();
-        assert!(e.to_string().contains("not open"), "{e}");
+        let datagram = Frontend::Datagram {
+            path: dir.path().join("d.sock"),
+        };
+        assert!(Listener::inherited_stream(fd, &datagram).is_err());
     }
 }

@@ -36,6 +36,8 @@ pub mod frame;
 pub mod guestnet;
 #[cfg(unix)]
 pub mod host;
+#[cfg(unix)]
+pub mod inherit;
 pub mod message;
 #[cfg(unix)]
 pub mod mux;

@@ -53,6 +53,30 @@ impl Relay {
         })
     }
 
+    /// The relay's sockets bound by its spawner and inherited as `serial_fd`
+    /// and `uds_fd` (see [`crate::inherit`]); each must be listening on
+    /// its path.
+    pub fn inherited(
+        serial_fd: std::os::fd::RawFd,
+        serial: &Path,
+        uds_fd: std::os::fd::RawFd,
+        uds: &Path,
+    ) -> io::Result<Relay> {
+        Ok(Relay {
+            serial: crate::inherit::inherited_listener(serial_fd, serial)?,
+            serial_path: serial.to_owned(),
+            clients: crate::inherit::inherited_listener(uds_fd, uds)?,
+            uds_path: uds.to_owned(),
+        })
+    }
+
+    /// The VMM's and the host clients' listeners, to hand to the process
+    /// that will serve them (its spawner bound them).
+    pub fn listeners(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        use std::os::fd::AsFd;
+        [self.serial.as_fd(), self.clients.as_fd()]
+    }
+
     /// Waits for the VMM, then relays until its link ends; removes both
     /// sockets before returning.
     pub fn serve(self) -> io::Result<()> {
