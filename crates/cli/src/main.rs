@@ -7,7 +7,6 @@
 mod cli;
 mod commands;
 mod exit;
-mod follow;
 mod output;
 mod terminal;
 

@@ -25,6 +25,25 @@ pub struct EgressTail {
 }
 
 impl Runtime {
+    /// Hands each decision of workspace `name` (one JSON line) to
+    /// `on_line`, oldest first: the rotated file, then the current one;
+    /// with `follow`, new ones as they are made, until the workspace is
+    /// deleted or `on_line` fails.
+    pub fn egress(
+        &self,
+        name: &str,
+        follow: bool,
+        on_line: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    ) -> Result<(), VmkitError> {
+        let path = self.egress_log(name)?;
+        let mut rotated = path.clone().into_os_string();
+        rotated.push(".1");
+        let alive = || self.egress_log(name).is_ok();
+        crate::follow::lines(Path::new(&rotated), false, &alive, on_line)
+            .and_then(|()| crate::follow::lines(&path, follow, &alive, on_line))
+            .map_err(|e| read_error(&path, e).into())
+    }
+
     /// The last `max` decisions of workspace `name` (the rotated file
     /// `egress.jsonl.1`, then `egress.jsonl`). Memory stays bounded by
     /// `max` lines of at most 64 KiB, whatever the files hold.

@@ -2,9 +2,7 @@
 //! and consoles, and pulled images. Also the runtimes that reach a
 //! workspace through the backend it was created with.
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use vmkit_lifecycle::{Observer, WorkspacePaths};
 use vmkit_protocol::{BackendKind, ErrorCode, ProtocolError};
@@ -12,9 +10,6 @@ use vmkit_rootfs::{ImageRef, Platform, RegistryRef, RootfsBuilder, StoredImage};
 use vmkit_state::{StateStore, WorkspaceRecord};
 
 use crate::{Runtime, VmkitError};
-
-/// How often `events --follow` looks for new lines.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 impl Runtime {
     /// The runtime a command uses: the requested backend (else the host's
@@ -84,29 +79,14 @@ impl Runtime {
                 format!("reading {}: {e}", log.path().display()),
             ))
         };
-        let file = std::fs::File::open(log.path()).map_err(io)?;
-        let mut reader = BufReader::new(file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).map_err(io)?;
-            if n > 0 && line.ends_with('\n') {
-                on_line(line.trim_end()).map_err(io)?;
-                continue;
-            }
-            if !follow {
-                return Ok(());
-            }
-            // Half a line: read it again once the writer has finished it.
-            if n > 0 {
-                let back = i64::try_from(n).unwrap_or(i64::MAX);
-                reader.seek(SeekFrom::Current(-back)).map_err(io)?;
-            }
-            if store.peek(name)?.is_none() {
-                return Ok(());
-            }
-            std::thread::sleep(FOLLOW_POLL);
-        }
+        crate::follow::lines(
+            log.path(),
+            follow,
+            &|| store.peek(name).is_ok_and(|r| r.is_some()),
+            on_line,
+        )
+        .map_err(io)?;
+        Ok(())
     }
 
     /// The workspace's serial console output of its current (or last) boot.

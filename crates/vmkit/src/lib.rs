@@ -39,6 +39,7 @@ pub mod doctor;
 mod driver;
 mod egress;
 mod error;
+mod follow;
 mod guest_init;
 mod inventory;
 mod runtime;

@@ -1,9 +1,5 @@
 //! The network flags of `run` and `create`, and `microagent egress`.
 
-use std::io::{BufRead, BufReader};
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::Args;
 use vmkit::protocol::{terminal_safe, Network, NetworkMode, PublishedPort};
 
@@ -113,42 +109,12 @@ pub struct EgressArgs {
 /// oldest first (the rotated file, then the current one).
 pub fn egress(args: EgressArgs, global: &Global) -> anyhow::Result<u8> {
     let rt = crate::commands::workspace::quiet_runtime(global)?;
-    let path = rt.egress_log(&args.name).map_err(exit::classify)?;
-    let mut rotated = path.clone().into_os_string();
-    rotated.push(".1");
-    if let Ok(file) = std::fs::File::open(&rotated) {
-        for line in BufReader::new(file).lines() {
-            print_line(&line?, global.json);
-        }
-    }
-    loop {
-        match std::fs::metadata(&path) {
-            Ok(_) => break,
-            // No decision yet: nothing to print, unless we wait for one.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !args.follow => return Ok(0),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !exists(&rt, &args.name) {
-                    return Ok(0);
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        }
-    }
-    crate::follow::lines(
-        &path,
-        args.follow,
-        || exists(&rt, &args.name),
-        |line| {
-            print_line(line, global.json);
-            Ok(())
-        },
-    )?;
+    rt.egress(&args.name, args.follow, &mut |line| {
+        print_line(line, global.json);
+        Ok(())
+    })
+    .map_err(exit::classify)?;
     Ok(0)
-}
-
-fn exists(rt: &vmkit::Runtime, name: &str) -> bool {
-    rt.egress_log(name).is_ok()
 }
 
 /// One audit record: as is with --json, else one readable line. A line
