@@ -194,26 +194,10 @@ impl Workspace<'_> {
                 from.runtime_id, from.tag, self.record.name
             ))
         };
-        let kernel = &config.kernel_path;
-        let now = sha256_file(Path::new(kernel)).map_err(|e| refuse(e.message))?;
-        if now != meta.kernel_sha256 {
-            return Err(refuse(format!(
-                "the kernel changed since the snapshot ({kernel} is sha256:{}, the snapshot was made with sha256:{})",
-                &now[..12],
-                meta.kernel_sha256.get(..12).unwrap_or(&meta.kernel_sha256)
-            )));
-        }
-        if config.memory_mib != meta.config.memory_mib {
-            return Err(refuse(format!(
-                "the snapshot has {} MiB of memory, the workspace {} MiB",
-                meta.config.memory_mib, config.memory_mib
-            )));
-        }
-        if config.cpu_count != meta.config.cpu_count {
-            return Err(refuse(format!(
-                "the snapshot has {} vCPUs, the workspace {}",
-                meta.config.cpu_count, config.cpu_count
-            )));
+        // A disk-only snapshot is a fresh boot from its disk: any kernel
+        // and machine will do. Memory must come back to the same ones.
+        if !meta.info.disk_only {
+            fits(config, &meta).map_err(refuse)?;
         }
         for f in meta.files.iter().map(String::as_str).chain([DISK]) {
             // Names from a file on disk: only plain names count.
@@ -258,6 +242,33 @@ impl Lifecycle {
         request.config = Some(config);
         Ok(request)
     }
+}
+
+/// Whether memory saved from the machine in `meta` can continue in
+/// `config`: the same kernel (its SHA-256), memory size and vCPUs.
+fn fits(config: &MachineConfig, meta: &SnapshotMeta) -> Result<(), String> {
+    let kernel = &config.kernel_path;
+    let now = sha256_file(Path::new(kernel)).map_err(|e| e.message)?;
+    if now != meta.kernel_sha256 {
+        return Err(format!(
+            "the kernel changed since the snapshot ({kernel} is sha256:{}, the snapshot was made with sha256:{})",
+            &now[..12],
+            meta.kernel_sha256.get(..12).unwrap_or(&meta.kernel_sha256)
+        ));
+    }
+    if config.memory_mib != meta.config.memory_mib {
+        return Err(format!(
+            "the snapshot has {} MiB of memory, the workspace {} MiB",
+            meta.config.memory_mib, config.memory_mib
+        ));
+    }
+    if config.cpu_count != meta.config.cpu_count {
+        return Err(format!(
+            "the snapshot has {} vCPUs, the workspace {}",
+            meta.config.cpu_count, config.cpu_count
+        ));
+    }
+    Ok(())
 }
 
 /// Lists the snapshots under `dir`, oldest first; staging folders and

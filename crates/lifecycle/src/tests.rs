@@ -422,6 +422,24 @@ fn a_restore_that_does_not_fit_is_refused_and_nothing_starts() {
     lc.snapshot(&snapshot_request(&fx, SnapshotAction::Delete, Some("t")))
         .unwrap();
     assert!(listed(&lc, &fx).is_empty());
+
+    // A stopped workspace can have a disk-only snapshot; starting from it
+    // is a fresh boot from that disk.
+    let mut disk_only = snapshot_request(&fx, SnapshotAction::Create, Some("d"));
+    disk_only.snapshot.as_mut().unwrap().disk_only = true;
+    let made = lc.snapshot(&disk_only).unwrap().snapshots.unwrap();
+    assert!(made[0].disk_only);
+    // ... which any kernel can boot.
+    std::fs::write(fx.dir.path().join("vmlinux"), b"a third kernel").unwrap();
+    let mut start = fx.request(Command::Start, "ws", None);
+    start.from_snapshot = Some(SnapshotRef {
+        runtime_id: "ws".into(),
+        tag: "d".into(),
+    });
+    let started = lc.start(&start).unwrap().event.unwrap();
+    assert_eq!(started.state, State::Running);
+    assert_eq!(started.detail, "exec service ready");
+    lc.kill(&fx.request(Command::Kill, "ws", None)).unwrap();
     let err = lc
         .snapshot(&snapshot_request(&fx, SnapshotAction::Delete, Some("t")))
         .unwrap_err();

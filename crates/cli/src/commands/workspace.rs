@@ -97,6 +97,9 @@ pub struct StartArgs {
 
     /// Continue from this snapshot of the workspace instead of booting
     /// (its disk, and memory unless disk-only, replace the current ones).
+    /// Refused with the reason, nothing started, when the kernel, memory
+    /// size or vCPUs differ from the snapshot's or one of its files is
+    /// missing (a disk-only snapshot boots afresh: it needs only its disk).
     #[arg(long, value_name = "TAG")]
     pub from_snapshot: Option<String>,
 }
