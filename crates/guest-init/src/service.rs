@@ -228,18 +228,30 @@ impl Service {
                 let resizer = started.resizer.take();
                 let tty = launch.tty;
                 let done = AtomicBool::new(false);
+                // Closed when the command is done, so the feeder wakes at
+                // once instead of at its next poll timeout (that wait was
+                // added to every exec's latency). Without it (no fds left),
+                // the feeder polls as it did.
+                // Close-on-exec: a command started meanwhile by another exec
+                // must not hold the write end open.
+                let (wake_rx, wake_tx) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+                    Ok((rx, tx)) => (Some(rx), Some(tx)),
+                    Err(_) => (None, None),
+                };
                 std::thread::scope(|s| {
                     let (note, done) = (&note, &done);
+                    let wake = wake_rx.as_ref().map(|fd| fd.as_fd());
                     let timeout = self.frame_timeout;
                     let input = Input {
                         stdin,
                         tty,
                         resizer,
                     };
-                    s.spawn(move || feed(reader, input, &handle, note, done, timeout));
+                    s.spawn(move || feed(reader, input, &handle, note, done, wake, timeout));
                     let send = |m: Message| writer.send(&m);
                     let r = finish(started, &launch, &send, note);
                     done.store(true, Ordering::SeqCst);
+                    drop(wake_tx);
                     r
                 })
             }
@@ -272,6 +284,7 @@ fn feed<C: Connection>(
     handle: &crate::command::Handle,
     note: &Mutex<Option<String>>,
     done: &AtomicBool,
+    wake: Option<std::os::fd::BorrowedFd<'_>>,
     frame_timeout: Duration,
 ) {
     // A frame that starts must finish within this; a stalled half-frame
@@ -295,8 +308,11 @@ fn feed<C: Connection>(
         // finished (it must not outlive the exec, and shutting the socket's
         // read side down could disturb the peer).
         let readable = {
-            let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
-            matches!(nix::poll::poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0)
+            let mut fds = vec![PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+            fds.extend(wake.map(|w| PollFd::new(w, PollFlags::POLLIN)));
+            let timeout = if wake.is_some() { 1000u16 } else { 100 };
+            let polled = nix::poll::poll(&mut fds, PollTimeout::from(timeout));
+            matches!(polled, Ok(n) if n > 0) && fds[0].revents().is_some_and(|e| !e.is_empty())
         };
         if done.load(Ordering::SeqCst) {
             return;
