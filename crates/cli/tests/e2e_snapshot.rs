@@ -306,6 +306,17 @@ fn forks_continue_the_counting_process_and_diverge() {
     assert_eq!(same_pid, pid, "src: the counter is the same process");
     assert!(count >= at_snapshot, "src: {count} < {at_snapshot}");
     wait_count_above(&env, "src", count);
+    // Its clock was set at the restore, not left at the snapshot's time
+    // (seconds behind by now: the forks ran meanwhile).
+    let guest: i64 = String::from_utf8_lossy(&sh(&env, "src", "date +%s").stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((guest - host).abs() <= 2, "guest {guest}, host {host}");
 
     // A changed kernel: the restore is refused with the reason, nothing starts.
     env.ok(&["stop", "src"]);
