@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("clean")
 TOOLS = {
     "run", "workspace_create", "workspace_start", "workspace_exec", "workspace_write_file",
     "workspace_read_file", "workspace_cp", "workspace_list", "workspace_status", "workspace_halt",
-    "workspace_pause", "workspace_resume", "workspace_egress_log", "workspace_delete",
+    "workspace_pause", "workspace_resume", "workspace_egress_log", "workspace_snapshot", "workspace_fork",
+    "workspace_delete",
 }
 
 
@@ -309,6 +310,29 @@ def test_a_cancelled_or_abandoned_exec_has_its_guest_command_killed(microagent_b
             await until(ps, lambda out: "sleep 600" not in out)
             # The server still serves.
             assert (await call(s, "workspace_exec", name="mcp-cancel", command="echo ok"))["stdout"] == "ok\n"
+
+            # Snapshot and fork: the fork goes on from the snapshot's memory
+            # (a tmpfs file and a running process), with its own disk.
+            await call(s, "workspace_exec", name="mcp-cancel",
+                       command="echo 41 > /tmp/n; echo disk > /root/d; setsid sleep 1000 </dev/null >/dev/null 2>&1 &")
+            snap = await call(s, "workspace_snapshot", name="mcp-cancel", tag="t1")
+            assert (snap["name"], snap["tag"], snap["diskOnly"], snap["memoryMib"]) == ("mcp-cancel", "t1", False, 512)
+            fork = await call(s, "workspace_fork", name="mcp-fork", source="mcp-cancel", tag="t1")
+            assert fork["state"] == "running"
+            got = await call(s, "workspace_exec", name="mcp-fork", command="cat /tmp/n /root/d; pidof sleep")
+            assert got["stdout"].startswith("41\ndisk\n") and got["stdout"].split()[-1].isdigit(), got
+            await call(s, "workspace_exec", name="mcp-fork", command="echo fork > /root/d")
+            assert (await call(s, "workspace_exec", name="mcp-cancel", command="cat /root/d"))["stdout"] == "disk\n"
+            assert "mcp-fork" in [w["name"] for w in (await call(s, "workspace_list"))["workspaces"]]
+            msg = await tool_error(s, "workspace_fork", name="mcp-fork2", source="mcp-cancel", tag="nope")
+            assert "nope" in msg, msg
+            subprocess.run([microagent_bin, "--state-dir", state_dir, "create", "foreign", "--image", image],
+                           check=True, capture_output=True)
+            msg = await tool_error(s, "workspace_fork", name="mcp-fork3", source="foreign", tag="t1")
+            assert "no workspace named" in msg, msg
+            subprocess.run([microagent_bin, "--state-dir", state_dir, "delete", "foreign"], check=True)
+            await call(s, "workspace_delete", name="mcp-fork")
+            await call(s, "workspace_exec", name="mcp-cancel", command="kill $(pidof sleep)")
 
         # A client that goes away mid-exec (no cancellation sent: its pipe
         # just closes): the server exits and the command dies with it.

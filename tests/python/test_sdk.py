@@ -194,6 +194,10 @@ def test_asyncio_runs_three_sandboxes_at_once(image: str, tmp_path: Path) -> Non
             assert (await sb.copy_in(str(tmp_path / "a.txt"), "/root/a.txt")).bytes == 11
             await sb.copy_out("/root/a.txt", str(tmp_path / "b.txt"))
             assert (tmp_path / "b.txt").read_text() == "async copy\n"
+            await sb.exec("echo forked > /tmp/f", check=True)
+            assert (await sb.snapshot("a1")).tag == "a1"
+            async with aio.Sandbox.fork(sb, "a1") as fork:
+                assert (await fork.exec("cat /tmp/f")).stdout == "forked\n"
         with pytest.raises(RuntimeError):
             async with aio.Sandbox.create(image):
                 raise RuntimeError("inside async with")
@@ -268,6 +272,32 @@ def test_network_policy_volumes_ports_copies_pause_and_egress(image: str, tmp_pa
     assert bad.value.exit_code == 125
     with pytest.raises(TypeError):
         microagent.Sandbox.create(image, allow="pkg.test")
+
+
+def test_snapshot_fork_and_restore(image: str) -> None:
+    """A fork goes on from the snapshot's memory (a tmpfs file, a running
+    process) with its own disk; the source restores from it too."""
+    with microagent.Sandbox.create(image) as sb:
+        sb.exec("echo 7 > /tmp/n; setsid sleep 1000 </dev/null >/dev/null 2>&1 &", check=True)
+        snap = sb.snapshot("t1")
+        assert (snap.name, snap.tag, snap.disk_only, snap.memory_mib) == (sb.name, "t1", False, 512)
+        assert snap.size_bytes > 0
+        assert [s.tag for s in sb.snapshots()] == ["t1"]
+        with microagent.Sandbox.fork(sb, "t1") as fork:
+            assert fork.info().state == "running"
+            assert fork.exec("cat /tmp/n; pidof sleep").stdout.split()[0] == "7"
+            fork.exec("echo 8 > /tmp/n", check=True)
+        assert sb.exec("cat /tmp/n").stdout == "7\n"
+        sb.exec("echo 9 > /tmp/n", check=True)
+        sb.halt()
+        sb.start(from_snapshot="t1")
+        assert sb.exec("cat /tmp/n").stdout == "7\n"
+        sb.delete_snapshot("t1")
+        assert sb.snapshots() == []
+        with pytest.raises(microagent.MicroagentError):
+            microagent.Sandbox.fork(sb, "t1")
+    with pytest.raises(ValueError):
+        microagent.Sandbox.fork("", "t1")
 
 
 def test_the_package_is_typed() -> None:

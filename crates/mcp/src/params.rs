@@ -342,3 +342,45 @@ pub struct EgressOutput {
     /// Older decisions were left out (by the limit or the output cap).
     pub truncated: bool,
 }
+
+/// Arguments of `workspace_snapshot`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotInput {
+    /// The workspace (running or paused; stopped too with diskOnly).
+    pub name: String,
+    /// The snapshot's tag: letters, digits, '-', '_', '.'.
+    pub tag: String,
+    /// Only the disk, no memory (default false).
+    pub disk_only: Option<bool>,
+}
+
+/// Result of `workspace_snapshot`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotOutput {
+    /// The workspace.
+    pub name: String,
+    /// The tag.
+    pub tag: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// Disk only: a fork or restore boots from the disk.
+    pub disk_only: bool,
+    /// Guest memory it holds, MiB.
+    pub memory_mib: u32,
+    /// Bytes it takes on the host.
+    pub size_bytes: u64,
+}
+
+/// Arguments of `workspace_fork`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForkInput {
+    /// The new workspace's name.
+    pub name: String,
+    /// The workspace whose snapshot it continues from.
+    pub source: String,
+    /// The snapshot's tag.
+    pub tag: String,
+}

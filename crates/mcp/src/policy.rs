@@ -131,6 +131,27 @@ impl Policy {
         }
     }
 
+    /// Whether a workspace's machine is one this server would hand out
+    /// now (for a fork, which copies it): size within bounds, no host
+    /// folders, disks or published ports, a network within the policy.
+    pub fn allows_machine_of(&self, record: &WorkspaceRecord) -> Result<(), String> {
+        let c = &record.config;
+        self.machine(Some(c.memory_mib), Some(c.cpu_count))?;
+        if !c.volumes.is_empty() || !c.disks.is_empty() || !c.publish.is_empty() {
+            return Err("it has host folders, disks or published ports".into());
+        }
+        let extra_deny: Vec<String> = c
+            .network
+            .deny
+            .iter()
+            .filter(|d| !self.network.deny.contains(d))
+            .cloned()
+            .collect();
+        let allow = Some(c.network.allow.clone());
+        crate::network::narrow(&self.network, Some(c.network.mode), allow, extra_deny)?;
+        Ok(())
+    }
+
     /// Whether this server may see `record`.
     pub fn owns(&self, record: &WorkspaceRecord) -> bool {
         self.any_workspace || record.labels.get(OWNER_LABEL) == Some(&self.owner)

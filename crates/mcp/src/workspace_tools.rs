@@ -205,4 +205,81 @@ impl McpServer {
             Err(e) => failed(e),
         }
     }
+
+    /// Snapshot a workspace: memory, device state and disk (or with
+    /// diskOnly just its disk), for workspace_fork.
+    #[tool(output_schema = schema_for_output::<SnapshotOutput>())]
+    async fn workspace_snapshot(&self, Parameters(p): Parameters<SnapshotInput>) -> ToolResult {
+        let record = match self.policy.workspace(&p.name) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let policy = self.policy.clone();
+        let disk_only = p.disk_only.unwrap_or(false);
+        let outcome = blocking(move || {
+            let rt = Self::runtime(&policy, Some(record.backend), None)?;
+            rt.snapshot_create(&p.name, &p.tag, disk_only)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match outcome {
+            Ok(info) => {
+                let o = SnapshotOutput {
+                    name: info.runtime_id,
+                    tag: info.tag,
+                    created_at: info.created_at.to_rfc3339(),
+                    disk_only: info.disk_only,
+                    memory_mib: info.memory_mib,
+                    size_bytes: info.size_bytes,
+                };
+                done(
+                    format!("snapshot {} of {} ({} bytes)", o.tag, o.name, o.size_bytes),
+                    o,
+                )
+            }
+            Err(e) => failed(e),
+        }
+    }
+
+    /// A new running workspace continued from another's snapshot: its own
+    /// copy of the disk and memory, the source's machine and network.
+    #[tool(output_schema = schema_for_output::<StateOutput>())]
+    async fn workspace_fork(&self, Parameters(p): Parameters<ForkInput>) -> ToolResult {
+        let source = match self.policy.workspace(&p.source) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        // The fork gets the source's machine: it must be one this server
+        // would create now (an operator may have narrowed the flags, or
+        // --any-workspace shows a workspace the CLI made with host folders).
+        if let Err(e) = self.policy.allows_machine_of(&source) {
+            return failed(format!("cannot fork {}: {e}", p.source));
+        }
+        let policy = self.policy.clone();
+        let outcome = blocking(move || {
+            let rt = Self::runtime(&policy, Some(source.backend), None)?;
+            let event = rt
+                .fork(&p.name, &p.source, &p.tag)
+                .map_err(|e| e.to_string())?;
+            let labelled = vmkit_state::StateStore::open(&policy.state_dir)
+                .and_then(|store| store.set_label(&p.name, crate::OWNER_LABEL, &policy.owner));
+            if let Err(e) = labelled {
+                let _ = rt.delete(&p.name, true);
+                return Err(format!("labelling the fork: {e}"));
+            }
+            Ok(StateOutput {
+                name: p.name,
+                state: event.state.to_string(),
+                detail: event.detail,
+            })
+        })
+        .await;
+        match outcome {
+            Ok(o) => done(
+                format!("workspace {} is {} ({})", o.name, o.state, o.detail),
+                o,
+            ),
+            Err(e) => failed(e),
+        }
+    }
 }

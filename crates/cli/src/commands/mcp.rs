@@ -11,7 +11,8 @@ Desktop, an IDE, the `mcp` Python client) to drive microVMs.
 Tools: run, workspace_create, workspace_start, workspace_exec,
 workspace_write_file, workspace_read_file, workspace_cp, workspace_list,
 workspace_status, workspace_halt, workspace_pause, workspace_resume,
-workspace_egress_log, workspace_delete (schemas in docs/mcp.md).
+workspace_egress_log, workspace_snapshot, workspace_fork, workspace_delete
+(schemas in docs/mcp.md).
 
 The server is the trust boundary for the model: clients cannot mount host
 folders, may use only registry images (unless --allow-local-images), get

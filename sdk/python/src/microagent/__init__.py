@@ -28,7 +28,7 @@ from .errors import (
     Timeout,
 )
 from .sandbox import Sandbox, run
-from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo, SnapshotInfo
 
 __all__ = [
     "aio",
@@ -39,6 +39,7 @@ __all__ = [
     "SandboxInfo",
     "EgressRecord",
     "CopyStats",
+    "SnapshotInfo",
     "MicroagentError",
     "BinaryNotFound",
     "ImageError",

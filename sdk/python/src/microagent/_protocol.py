@@ -21,7 +21,7 @@ from .errors import (  # noqa: F401 (BinaryNotFound is re-used by the clients)
     Timeout,
     error_for,
 )
-from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo, SnapshotInfo
 
 #: One decoded JSON line.
 Line = Dict[str, Any]
@@ -296,6 +296,37 @@ def egress_of(line: Line) -> EgressRecord:
         bytes_in=int(line.get("bytesIn", 0)),
         duration_ms=int(line.get("durationMs", 0)),
     )
+
+
+def snapshot_args(name: str, tag: Optional[str], disk_only: bool) -> List[str]:
+    args = ["snapshot", "create", name]
+    if tag is not None:
+        args += ["--tag", str(tag)]
+    return args + (["--disk-only"] if disk_only else [])
+
+
+def snapshots_of(lines: List[Line]) -> List[SnapshotInfo]:
+    """The ``snapshot`` lines (docs/json-output.md) as records."""
+    found = []
+    for line in lines:
+        if line.get("type") != "snapshot":
+            continue
+        snap = line.get("snapshot") or {}
+        found.append(SnapshotInfo(
+            name=str(snap.get("runtimeID", "")),
+            tag=str(snap.get("tag", "")),
+            created_at=str(snap.get("createdAt", "")),
+            disk_only=bool(snap.get("diskOnly", False)),
+            memory_mib=int(snap.get("memoryMiB", 0)),
+            size_bytes=int(snap.get("sizeBytes", 0)),
+        ))
+    return found
+
+
+def fork_args(name: str, source: str, tag: str) -> List[str]:
+    if not source or not tag or ":" in source:
+        raise ValueError(f"fork needs a sandbox name and a tag, got {source!r}, {tag!r}")
+    return ["create", name, "--from-snapshot", f"{source}:{tag}"]
 
 
 def info_of(line: Line) -> SandboxInfo:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Generator, List, Mapping, Optional, Seque
 
 from . import _protocol as p
 from .errors import BinaryNotFound, MicroagentError
-from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo, SnapshotInfo
 
 _GRACE_SECONDS = 60
 #: Longest JSON line accepted from microagent (a chunk is at most a few hundred KiB).
@@ -182,6 +182,22 @@ class Sandbox(p.SandboxBase):
         return _Creating(make)
 
     @classmethod
+    def fork(cls, source: Union[str, "Sandbox"], tag: str, *, name: Optional[str] = None, keep: bool = False,
+             binary: Optional[str] = None, state_dir: Optional[str] = None) -> _Creating:
+        """:meth:`microagent.Sandbox.fork`; ``await`` it or ``async with`` it."""
+        if isinstance(source, Sandbox):
+            binary, state_dir = binary or source._binary, state_dir or source._state_dir
+            source = source.name
+        p.fork_args(name or "new", source, tag)  # bad arguments raise now, not when awaited
+
+        async def make() -> Sandbox:
+            sb = cls(name or p.new_name(), keep=keep, binary=binary, state_dir=state_dir)
+            await sb._call(p.fork_args(sb.name, str(source), tag))
+            return sb
+
+        return _Creating(make)
+
+    @classmethod
     async def get(cls, name: str, *, binary: Optional[str] = None, state_dir: Optional[str] = None) -> "Sandbox":
         sb = cls(name, keep=True, binary=binary, state_dir=state_dir)
         await sb.info()
@@ -249,14 +265,27 @@ class Sandbox(p.SandboxBase):
         lines = await self._call(["egress", self.name])
         return [p.egress_of(line) for line in lines if line.get("type") == "egress"]
 
+    async def snapshot(self, tag: Optional[str] = None, *, disk_only: bool = False) -> SnapshotInfo:
+        found = p.snapshots_of(await self._call(p.snapshot_args(self.name, tag, disk_only)))
+        if not found:
+            raise MicroagentError("microagent reported no snapshot")
+        return found[-1]
+
+    async def snapshots(self) -> List[SnapshotInfo]:
+        return p.snapshots_of(await self._call(["snapshot", "list", self.name]))
+
+    async def delete_snapshot(self, tag: str) -> None:
+        await self._call(["snapshot", "delete", self.name, tag])
+
     async def pause(self) -> None:
         await self._call(["pause", self.name])
 
     async def resume(self) -> None:
         await self._call(["resume", self.name])
 
-    async def start(self) -> None:
-        await self._call(["start", self.name])
+    async def start(self, *, from_snapshot: Optional[str] = None) -> None:
+        extra = ["--from-snapshot", from_snapshot] if from_snapshot else []
+        await self._call(["start", self.name] + extra)
 
     async def halt(self) -> None:
         await self._call(["halt", self.name])

@@ -9,7 +9,7 @@ from typing import IO, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _protocol as p
 from .errors import BinaryNotFound, MicroagentError
-from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo
+from .types import Chunk, CopyStats, EgressRecord, Result, SandboxInfo, SnapshotInfo
 
 #: How long microagent gets to clean up after an interrupt before it is killed.
 _GRACE_SECONDS = 60
@@ -172,6 +172,19 @@ class Sandbox(p.SandboxBase):
         return sb
 
     @classmethod
+    def fork(cls, source: Union[str, "Sandbox"], tag: str, *, name: Optional[str] = None, keep: bool = False,
+             binary: Optional[str] = None, state_dir: Optional[str] = None) -> "Sandbox":
+        """A new running sandbox continued from ``source``'s snapshot ``tag``
+        (its own copy of disk and memory: processes and files as they were).
+        Deleted when a ``with`` block on it ends, unless ``keep=True``."""
+        if isinstance(source, Sandbox):
+            binary, state_dir = binary or source._binary, state_dir or source._state_dir
+            source = source.name
+        sb = cls(name or p.new_name(), keep=keep, binary=binary, state_dir=state_dir)
+        sb._call(p.fork_args(sb.name, source, tag))
+        return sb
+
+    @classmethod
     def get(cls, name: str, *, binary: Optional[str] = None, state_dir: Optional[str] = None) -> "Sandbox":
         """An existing workspace (kept when a ``with`` block on it ends)."""
         sb = cls(name, keep=True, binary=binary, state_dir=state_dir)
@@ -263,6 +276,22 @@ class Sandbox(p.SandboxBase):
 
     # -- lifecycle -------------------------------------------------------------
 
+    def snapshot(self, tag: Optional[str] = None, *, disk_only: bool = False) -> SnapshotInfo:
+        """Snapshots the running (or paused) sandbox: memory, device state and
+        disk; with ``disk_only``, just the disk (also of a halted one).
+        ``tag`` defaults to the time. For :meth:`fork` and :meth:`start`."""
+        found = p.snapshots_of(self._call(p.snapshot_args(self.name, tag, disk_only)))
+        if not found:
+            raise MicroagentError("microagent reported no snapshot")
+        return found[-1]
+
+    def snapshots(self) -> List[SnapshotInfo]:
+        """This sandbox's snapshots."""
+        return p.snapshots_of(self._call(["snapshot", "list", self.name]))
+
+    def delete_snapshot(self, tag: str) -> None:
+        self._call(["snapshot", "delete", self.name, tag])
+
     def pause(self) -> None:
         """Stops the VM's vCPUs (state ``paused``); memory and connections are
         kept, :meth:`exec` fails until :meth:`resume`."""
@@ -272,9 +301,11 @@ class Sandbox(p.SandboxBase):
         """Lets a paused sandbox run on from where it was."""
         self._call(["resume", self.name])
 
-    def start(self) -> None:
-        """Boots the workspace; returns once commands can run."""
-        self._call(["start", self.name])
+    def start(self, *, from_snapshot: Optional[str] = None) -> None:
+        """Boots the workspace (or, from a halted one, continues it from its
+        snapshot ``from_snapshot``); returns once commands can run."""
+        extra = ["--from-snapshot", from_snapshot] if from_snapshot else []
+        self._call(["start", self.name] + extra)
 
     def halt(self) -> None:
         """Shuts the workspace down cleanly, keeping its disk."""

@@ -104,3 +104,19 @@ class CopyStats:
     """Files, folders and links."""
     bytes: int
     """File content bytes."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot of a sandbox (``microagent snapshot``)."""
+
+    name: str
+    """The sandbox it belongs to."""
+    tag: str
+    created_at: str
+    """When it was made (RFC 3339)."""
+    disk_only: bool
+    """Only the disk: a fork or restore boots from it instead of continuing."""
+    memory_mib: int
+    size_bytes: int
+    """Bytes it takes on the host."""
