@@ -2,15 +2,11 @@
 //! for callers that cannot follow the file (an MCP client, a summary).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vmkit_protocol::{ErrorCode, ProtocolError};
 
 use crate::{Runtime, VmkitError};
-
-/// A line longer than this is not a record the stack wrote: it is skipped.
-const MAX_LINE: usize = 64 * 1024;
 
 /// The newest records of an egress log.
 #[derive(Debug, Default)]
@@ -20,7 +16,8 @@ pub struct EgressTail {
     pub records: Vec<serde_json::Value>,
     /// Records in the log in all (the rotated file included).
     pub total: u64,
-    /// Lines that were not JSON objects (damaged, or overlong) and were skipped.
+    /// Lines that were not JSON objects (damaged, or pieces of a line
+    /// longer than the reader's bound) and were skipped.
     pub skipped: u64,
 }
 
@@ -44,61 +41,63 @@ impl Runtime {
             .map_err(|e| read_error(&path, e).into())
     }
 
-    /// The last `max` decisions of workspace `name` (the rotated file
-    /// `egress.jsonl.1`, then `egress.jsonl`). Memory stays bounded by
-    /// `max` lines of at most 64 KiB, whatever the files hold.
+    /// The last `max` decisions of workspace `name`, read as
+    /// [`Runtime::egress`] reads them; memory stays bounded by `max`
+    /// records whatever the files hold.
     pub fn egress_tail(&self, name: &str, max: usize) -> Result<EgressTail, VmkitError> {
-        let path = self.egress_log(name)?;
-        let mut rotated = path.clone().into_os_string();
-        rotated.push(".1");
-        Ok(tail(&[PathBuf::from(rotated), path], max)?)
+        let mut tail = Tail::new(max);
+        self.egress(name, false, &mut |line| {
+            tail.push(line);
+            Ok(())
+        })?;
+        Ok(tail.finish())
     }
 }
 
-/// The last `max` JSON-object lines of `files`, read in order (a missing
-/// file counts as empty).
-fn tail(files: &[PathBuf], max: usize) -> Result<EgressTail, ProtocolError> {
-    let mut tail = EgressTail::default();
-    let mut kept: VecDeque<serde_json::Value> = VecDeque::new();
-    for file in files {
-        let f = match std::fs::File::open(file) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(read_error(file, e)),
-        };
-        let mut reader = BufReader::new(f);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = (&mut reader)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| read_error(file, e))?;
-            if n == 0 {
-                break;
-            }
-            if n > MAX_LINE && line.last() != Some(&b'\n') {
-                skip_line(&mut reader).map_err(|e| read_error(file, e))?;
-                tail.skipped += 1;
-                continue;
-            }
-            match serde_json::from_slice::<serde_json::Value>(&line) {
-                Ok(v) if v.is_object() => {
-                    tail.total += 1;
-                    if max > 0 {
-                        if kept.len() == max {
-                            kept.pop_front();
-                        }
-                        kept.push_back(v);
-                    }
-                }
-                _ if line.iter().all(u8::is_ascii_whitespace) => {}
-                _ => tail.skipped += 1,
-            }
+/// Keeps the newest `max` JSON-object lines it is given, counts the rest.
+struct Tail {
+    max: usize,
+    kept: VecDeque<serde_json::Value>,
+    total: u64,
+    skipped: u64,
+}
+
+impl Tail {
+    fn new(max: usize) -> Tail {
+        Tail {
+            max,
+            kept: VecDeque::new(),
+            total: 0,
+            skipped: 0,
         }
     }
-    tail.records = kept.into();
-    Ok(tail)
+
+    fn push(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v.is_object() => {
+                self.total += 1;
+                if self.max > 0 {
+                    if self.kept.len() == self.max {
+                        self.kept.pop_front();
+                    }
+                    self.kept.push_back(v);
+                }
+            }
+            // Damaged, or a piece of an overlong line the reader cut.
+            _ => self.skipped += 1,
+        }
+    }
+
+    fn finish(self) -> EgressTail {
+        EgressTail {
+            records: self.kept.into(),
+            total: self.total,
+            skipped: self.skipped,
+        }
+    }
 }
 
 fn read_error(file: &Path, e: std::io::Error) -> ProtocolError {
@@ -108,43 +107,31 @@ fn read_error(file: &Path, e: std::io::Error) -> ProtocolError {
     )
 }
 
-/// Consumes the rest of an overlong line without holding it.
-fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
-    loop {
-        let buf = reader.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                reader.consume(i + 1);
-                return Ok(());
-            }
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_newest_records_come_back_in_order_and_damage_is_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (dir.path().join("e.1"), dir.path().join("e"));
-        std::fs::write(&old, "{\"n\":1}\n{\"n\":2}\nnot json\n").unwrap();
-        let long = format!("{{\"n\":\"{}\"}}\n", "x".repeat(MAX_LINE + 10));
-        std::fs::write(&new, format!("[1]\n{long}{{\"n\":3}}\n\n{{\"n\":4}}")).unwrap();
-        let t = tail(&[old.clone(), new.clone()], 3).unwrap();
+    fn the_newest_records_are_kept_in_order_and_damage_is_counted() {
+        let mut t = Tail::new(3);
+        for line in [
+            "{\"n\":1}",
+            "{\"n\":2}",
+            "not json",
+            "[1]",
+            "",
+            "{\"n\":3}",
+            "{\"n\":4}",
+        ] {
+            t.push(line);
+        }
+        let t = t.finish();
         let ns: Vec<_> = t.records.iter().map(|r| r["n"].clone()).collect();
         assert_eq!(ns, [2, 3, 4]);
-        assert_eq!((t.total, t.skipped), (4, 3));
-        let none = tail(&[dir.path().join("missing")], 10).unwrap();
-        assert_eq!((none.total, none.records.len()), (0, 0));
-        assert!(tail(&[old, new], 0).unwrap().records.is_empty());
+        assert_eq!((t.total, t.skipped), (4, 2));
+        let mut none = Tail::new(0);
+        none.push("{}");
+        let none = none.finish();
+        assert_eq!((none.total, none.records.len()), (1, 0));
     }
 }
