@@ -7,7 +7,8 @@ use serde::Serialize;
 use vmkit::protocol::RunResult;
 
 use crate::capture::Capture;
-use crate::params::{CommandOutput, WorkspaceInfo};
+use crate::params::{CommandOutput, StateOutput, WorkspaceInfo};
+use crate::policy::{Policy, OWNER_LABEL};
 
 /// What every tool returns.
 pub type ToolResult = Result<CallToolResult, ErrorData>;
@@ -27,6 +28,36 @@ pub fn failed(message: impl Into<String>) -> ToolResult {
     Ok(CallToolResult::error(vec![ContentBlock::text(
         message.into(),
     )]))
+}
+
+/// A lifecycle outcome (the event a transition ended with) as a tool
+/// result: `{name, state, detail}` and a one-line summary.
+pub fn state_result(outcome: Result<vmkit::protocol::Event, String>) -> ToolResult {
+    match outcome {
+        Ok(e) => {
+            let o = StateOutput {
+                name: e.identity.runtime_id,
+                state: e.state.to_string(),
+                detail: e.detail,
+            };
+            done(
+                format!("workspace {} is {} ({})", o.name, o.state, o.detail),
+                o,
+            )
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// Marks a workspace this server just made as its own; if that fails the
+/// workspace is removed again (unlabelled, the server could never see it).
+pub fn claim(rt: &vmkit::Runtime, policy: &Policy, name: &str) -> Result<(), String> {
+    let labelled = vmkit_state::StateStore::open(&policy.state_dir)
+        .and_then(|store| store.set_label(name, OWNER_LABEL, &policy.owner));
+    labelled.map_err(|e| {
+        let _ = rt.delete(name, true);
+        format!("labelling workspace {name}: {e}")
+    })
 }
 
 /// Runs blocking library code off the async threads.

@@ -19,9 +19,11 @@ use vmkit::protocol::{BackendKind, GuestArch, RunResult};
 use crate::capture::{decode_base64, encode_content, Capture};
 use crate::files;
 use crate::params::*;
-use crate::policy::{Policy, OWNER_LABEL};
+use crate::policy::Policy;
 use crate::progress::{AbortOnDrop, InFlight, KillOnDrop, Progress};
-use crate::results::{blocking, command_output, command_summary, done, failed, ToolResult};
+use crate::results::{
+    blocking, claim, command_output, command_summary, done, failed, state_result, ToolResult,
+};
 
 /// The server; cheap to clone (rmcp clones it per call).
 #[derive(Clone)]
@@ -162,17 +164,7 @@ impl McpServer {
             call(&rt, &name).map_err(|e| e.to_string())
         })
         .await;
-        match outcome {
-            Ok(e) => {
-                let o = StateOutput {
-                    name: e.identity.runtime_id,
-                    state: e.state.to_string(),
-                    detail: e.detail,
-                };
-                done(format!("workspace {} is {}", o.name, o.state), o)
-            }
-            Err(e) => failed(e),
-        }
+        state_result(outcome)
     }
 
     pub(crate) fn shell(script: &str, args: &[&str]) -> Vec<String> {
@@ -271,30 +263,15 @@ impl McpServer {
             let event = rt
                 .create(&p.name, &p.image, &kernel, &rootfs, &machine)
                 .map_err(|e| e.to_string())?;
-            let store =
-                vmkit_state::StateStore::open(&policy.state_dir).map_err(|e| e.to_string())?;
-            store
-                .set_label(&p.name, OWNER_LABEL, &policy.owner)
-                .map_err(|e| e.to_string())?;
-            let event = if start {
-                rt.start(&p.name).map_err(|e| e.to_string())?
+            claim(&rt, &policy, &p.name)?;
+            if start {
+                rt.start(&p.name).map_err(|e| e.to_string())
             } else {
-                event
-            };
-            Ok(StateOutput {
-                name: p.name,
-                state: event.state.to_string(),
-                detail: event.detail,
-            })
+                Ok(event)
+            }
         })
         .await;
-        match outcome {
-            Ok(o) => done(
-                format!("workspace {} is {} ({})", o.name, o.state, o.detail),
-                o,
-            ),
-            Err(e) => failed(e),
-        }
+        state_result(outcome)
     }
 
     /// Boot a workspace this server created; returns once commands can run.

@@ -7,7 +7,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::{tool, tool_router};
 
 use crate::params::*;
-use crate::results::{blocking, done, failed, info, ToolResult};
+use crate::results::{blocking, claim, done, failed, info, state_result, ToolResult};
 use crate::server::McpServer;
 
 /// Most decisions one `workspace_egress_log` call returns.
@@ -261,25 +261,10 @@ impl McpServer {
             let event = rt
                 .fork(&p.name, &p.source, &p.tag)
                 .map_err(|e| e.to_string())?;
-            let labelled = vmkit_state::StateStore::open(&policy.state_dir)
-                .and_then(|store| store.set_label(&p.name, crate::OWNER_LABEL, &policy.owner));
-            if let Err(e) = labelled {
-                let _ = rt.delete(&p.name, true);
-                return Err(format!("labelling the fork: {e}"));
-            }
-            Ok(StateOutput {
-                name: p.name,
-                state: event.state.to_string(),
-                detail: event.detail,
-            })
+            claim(&rt, &policy, &p.name)?;
+            Ok(event)
         })
         .await;
-        match outcome {
-            Ok(o) => done(
-                format!("workspace {} is {} ({})", o.name, o.state, o.detail),
-                o,
-            ),
-            Err(e) => failed(e),
-        }
+        state_result(outcome)
     }
 }
