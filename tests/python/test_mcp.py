@@ -332,6 +332,12 @@ def test_a_cancelled_or_abandoned_exec_has_its_guest_command_killed(microagent_b
             assert "no workspace named" in msg, msg
             subprocess.run([microagent_bin, "--state-dir", state_dir, "delete", "foreign"], check=True)
             await call(s, "workspace_delete", name="mcp-fork")
+            # The source continues from its snapshot too, after a halt.
+            await call(s, "workspace_exec", name="mcp-cancel", command="echo 42 > /tmp/n")
+            await call(s, "workspace_halt", name="mcp-cancel")
+            restored = await call(s, "workspace_start", name="mcp-cancel", fromSnapshot="t1")
+            assert restored["state"] == "running"
+            assert (await call(s, "workspace_exec", name="mcp-cancel", command="cat /tmp/n"))["stdout"] == "41\n"
             await call(s, "workspace_exec", name="mcp-cancel", command="kill $(pidof sleep)")
 
         # A client that goes away mid-exec (no cancellation sent: its pipe

@@ -135,6 +135,16 @@ pub struct NameInput {
     pub name: String,
 }
 
+/// Arguments of `workspace_start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartInput {
+    /// The workspace name.
+    pub name: String,
+    /// Continue from this snapshot of the workspace instead of booting.
+    pub from_snapshot: Option<String>,
+}
+
 /// Arguments of `workspace_delete`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -152,7 +152,9 @@ impl McpServer {
         &self,
         name: String,
         progress: Option<Progress>,
-        call: fn(&vmkit::Runtime, &str) -> Result<vmkit::protocol::Event, vmkit::VmkitError>,
+        call: impl FnOnce(&vmkit::Runtime, &str) -> Result<vmkit::protocol::Event, vmkit::VmkitError>
+            + Send
+            + 'static,
     ) -> ToolResult {
         let record = match self.policy.workspace(&name) {
             Ok(r) => r,
@@ -274,16 +276,22 @@ impl McpServer {
         state_result(outcome)
     }
 
-    /// Boot a workspace this server created; returns once commands can run.
+    /// Boot a workspace this server created (or, from halted, continue it
+    /// from one of its snapshots); returns once commands can run.
     #[tool(output_schema = schema_for_output::<StateOutput>())]
     async fn workspace_start(
         &self,
-        Parameters(p): Parameters<NameInput>,
+        Parameters(p): Parameters<StartInput>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
         let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
-        self.transition(p.name, Some(progress), |rt, name| rt.start(name))
-            .await
+        self.transition(p.name, Some(progress), move |rt, name| {
+            match &p.from_snapshot {
+                Some(tag) => rt.start_from_snapshot(name, tag),
+                None => rt.start(name),
+            }
+        })
+        .await
     }
 
     /// Run a command in a running workspace: argv (no shell) or command
