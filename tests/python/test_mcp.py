@@ -315,10 +315,24 @@ def test_a_cancelled_or_abandoned_exec_has_its_guest_command_killed(microagent_b
             # (a tmpfs file and a running process), with its own disk.
             await call(s, "workspace_exec", name="mcp-cancel",
                        command="echo 41 > /tmp/n; echo disk > /root/d; setsid sleep 1000 </dev/null >/dev/null 2>&1 &")
-            snap = await call(s, "workspace_snapshot", name="mcp-cancel", tag="t1")
+            notes: List[str] = []
+
+            async def on_progress(progress: float, total: Any, message: Any) -> None:
+                notes.append(str(message))
+
+            r = await s.call_tool("workspace_snapshot", {"name": "mcp-cancel", "tag": "t1"},
+                                  progress_callback=on_progress)
+            assert not r.is_error, r.content
+            snap = r.structured_content
+            assert snap is not None
             assert (snap["name"], snap["tag"], snap["diskOnly"], snap["memoryMib"]) == ("mcp-cancel", "t1", False, 512)
-            fork = await call(s, "workspace_fork", name="mcp-fork", source="mcp-cancel", tag="t1")
-            assert fork["state"] == "running"
+            assert any("pausing mcp-cancel" in n for n in notes), notes
+            notes.clear()
+            r = await s.call_tool("workspace_fork", {"name": "mcp-fork", "source": "mcp-cancel", "tag": "t1"},
+                                  progress_callback=on_progress)
+            assert not r.is_error, r.content
+            assert r.structured_content is not None and r.structured_content["state"] == "running"
+            assert any("running" in n for n in notes), notes
             got = await call(s, "workspace_exec", name="mcp-fork", command="cat /tmp/n /root/d; pidof sleep")
             assert got["stdout"].startswith("41\ndisk\n") and got["stdout"].split()[-1].isdigit(), got
             await call(s, "workspace_exec", name="mcp-fork", command="echo fork > /root/d")

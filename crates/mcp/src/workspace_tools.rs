@@ -4,9 +4,11 @@
 
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::{tool, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
 
 use crate::params::*;
+use crate::progress::Progress;
 use crate::results::{blocking, claim, done, failed, info, state_result, ToolResult};
 use crate::server::McpServer;
 
@@ -150,7 +152,11 @@ impl McpServer {
     /// Copy a file or folder between the server's files folder (microagent
     /// mcp --files-dir) and a workspace. hostPath is relative to that folder.
     #[tool(output_schema = schema_for_output::<CopyOutput>())]
-    async fn workspace_cp(&self, Parameters(p): Parameters<CopyInput>) -> ToolResult {
+    async fn workspace_cp(
+        &self,
+        Parameters(p): Parameters<CopyInput>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let Some(root) = self.policy.files_dir.clone() else {
             return failed(
                 "this server has no files folder, so workspace_cp is off (the operator turns it \
@@ -172,6 +178,12 @@ impl McpServer {
         };
         let (policy, name, guest) = (self.policy.clone(), p.name.clone(), p.guest_path.clone());
         let limit = self.policy.max_copy_bytes;
+        let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
+        progress.say(if to_guest {
+            format!("copying files/{} into {name}:{guest}", p.host_path)
+        } else {
+            format!("copying {name}:{guest} into files/{}", p.host_path)
+        });
         let outcome = blocking(move || {
             let rt = Self::runtime(&policy, Some(record.backend), None)?;
             let stats = if to_guest {
@@ -209,15 +221,25 @@ impl McpServer {
     /// Snapshot a workspace: memory, device state and disk (or with
     /// diskOnly just its disk), for workspace_fork.
     #[tool(output_schema = schema_for_output::<SnapshotOutput>())]
-    async fn workspace_snapshot(&self, Parameters(p): Parameters<SnapshotInput>) -> ToolResult {
+    async fn workspace_snapshot(
+        &self,
+        Parameters(p): Parameters<SnapshotInput>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let record = match self.policy.workspace(&p.name) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
         let policy = self.policy.clone();
         let disk_only = p.disk_only.unwrap_or(false);
+        let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
+        progress.say(if disk_only {
+            format!("saving the disk of {}", p.name)
+        } else {
+            format!("pausing {} to save its memory, devices and disk", p.name)
+        });
         let outcome = blocking(move || {
-            let rt = Self::runtime(&policy, Some(record.backend), None)?;
+            let rt = Self::runtime(&policy, Some(record.backend), Some(&progress))?;
             rt.snapshot_create(&p.name, &p.tag, disk_only)
                 .map_err(|e| e.to_string())
         })
@@ -244,7 +266,11 @@ impl McpServer {
     /// A new running workspace continued from another's snapshot: its own
     /// copy of the disk and memory, the source's machine and network.
     #[tool(output_schema = schema_for_output::<StateOutput>())]
-    async fn workspace_fork(&self, Parameters(p): Parameters<ForkInput>) -> ToolResult {
+    async fn workspace_fork(
+        &self,
+        Parameters(p): Parameters<ForkInput>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let source = match self.policy.workspace(&p.source) {
             Ok(r) => r,
             Err(e) => return failed(e),
@@ -256,8 +282,10 @@ impl McpServer {
             return failed(format!("cannot fork {}: {e}", p.source));
         }
         let policy = self.policy.clone();
+        // The fork's boot events (copying, restoring, ready) as progress.
+        let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
         let outcome = blocking(move || {
-            let rt = Self::runtime(&policy, Some(source.backend), None)?;
+            let rt = Self::runtime(&policy, Some(source.backend), Some(&progress))?;
             let event = rt
                 .fork(&p.name, &p.source, &p.tag)
                 .map_err(|e| e.to_string())?;
