@@ -5,27 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use vmkit_archive::{extract, pack, ArchiveError, ExtractOptions, Owner};
-
-/// A tar entry with a raw name (the tar crate's setters refuse `..` and `/`).
-fn raw_entry(
-    b: &mut tar::Builder<Vec<u8>>,
-    kind: tar::EntryType,
-    name: &[u8],
-    link: &[u8],
-    data: &[u8],
-) {
-    let mut h = tar::Header::new_old();
-    {
-        let old = h.as_old_mut();
-        old.name[..name.len()].copy_from_slice(name);
-        old.linkname[..link.len()].copy_from_slice(link);
-    }
-    h.set_entry_type(kind);
-    h.set_mode(0o644);
-    h.set_size(data.len() as u64);
-    h.set_cksum();
-    b.append(&h, data).unwrap();
-}
+use vmkit_testkit::images::raw_entry;
 
 fn hostile_archive() -> Vec<u8> {
     use tar::EntryType as T;

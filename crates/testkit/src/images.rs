@@ -239,6 +239,28 @@ impl LayerBuilder {
     }
 }
 
+/// A tar entry with a raw name and link (the tar crate's setters refuse
+/// `..` and `/`): for archives that hostile peers send.
+pub fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    name: &[u8],
+    link: &[u8],
+    data: &[u8],
+) {
+    let mut h = tar::Header::new_old();
+    {
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname[..link.len()].copy_from_slice(link);
+    }
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
 /// A layer with Debian's static busybox at `/bin/busybox`, its applets as
 /// absolute symlinks to it, and a minimal `/etc`.
 pub fn busybox_layer() -> LayerBuilder {

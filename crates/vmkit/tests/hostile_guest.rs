@@ -12,26 +12,7 @@ use chrono::Utc;
 use vmkit_channel::{read_message, write_message, CopyStats, Message};
 use vmkit_protocol::{BackendKind, MachineConfig, State};
 use vmkit_state::{LockWait, ProcessRecord, StateStore, WorkspaceRecord};
-
-fn raw_entry(
-    b: &mut tar::Builder<Vec<u8>>,
-    kind: tar::EntryType,
-    name: &[u8],
-    link: &[u8],
-    data: &[u8],
-) {
-    let mut h = tar::Header::new_old();
-    {
-        let old = h.as_old_mut();
-        old.name[..name.len()].copy_from_slice(name);
-        old.linkname[..link.len()].copy_from_slice(link);
-    }
-    h.set_entry_type(kind);
-    h.set_mode(0o644);
-    h.set_size(data.len() as u64);
-    h.set_cksum();
-    b.append(&h, data).unwrap();
-}
+use vmkit_testkit::images::raw_entry;
 
 /// A "running" workspace whose guest is `serve`, answering one connection.
 fn hostile_workspace(state: &Path, name: &str, tar: Vec<u8>) -> std::thread::JoinHandle<()> {
