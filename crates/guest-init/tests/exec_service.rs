@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use vmkit_channel::host::{exec_over, Control, RunOutcome};
+use vmkit_channel::host::{exec_over, Control, ExecHandle, RunOutcome};
 use vmkit_channel::{read_message, ChannelError, ExecRequest, Message, RunSpec};
 use vmkit_guest_init::image::{Defaults, ImageConfig};
 use vmkit_guest_init::service::{run_workload, Service};
@@ -45,7 +45,15 @@ fn exec_with(
     svc.spawn_handler(guest);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let stdin = stdin.map(|b| Box::new(Cursor::new(b)) as Box<dyn Read + Send>);
-    let r = exec_over(host, req, stdin, &mut out, &mut err, LONG);
+    let r = exec_over(
+        host,
+        req,
+        stdin,
+        &mut out,
+        &mut err,
+        LONG,
+        &ExecHandle::new(),
+    );
     (r, out, err)
 }
 
@@ -122,7 +130,16 @@ fn hundred_mib_of_output_streams_in_bounded_memory() {
     svc.spawn_handler(guest);
     let (mut out, mut err) = (Count(0), Count(0));
     let req = ExecRequest::shell("head -c 104857600 /dev/zero; echo tail >&2");
-    let r = exec_over(host, &req, None, &mut out, &mut err, LONG).unwrap();
+    let r = exec_over(
+        host,
+        &req,
+        None,
+        &mut out,
+        &mut err,
+        LONG,
+        &ExecHandle::new(),
+    )
+    .unwrap();
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(out.0, 100 << 20);
     assert_eq!(err.0, 5);
@@ -370,7 +387,6 @@ impl<F: FnMut()> Write for OnOutput<F> {
 
 #[test]
 fn tty_size_is_set_at_start_and_follows_resizes() {
-    use vmkit_channel::host::{exec_over_with, ExecHandle};
     use vmkit_channel::TtySize;
     let svc = service();
     let req = ExecRequest {
@@ -394,7 +410,7 @@ fn tty_size_is_set_at_start_and_follows_resizes() {
             stdin_w.write_all(b"go\n").unwrap();
         }),
     };
-    let r = exec_over_with(
+    let r = exec_over(
         host,
         &req,
         Some(Box::new(stdin_r)),
@@ -416,7 +432,6 @@ fn tty_size_is_set_at_start_and_follows_resizes() {
 
 #[test]
 fn a_signal_through_the_handle_reaches_the_process_group() {
-    use vmkit_channel::host::{exec_over_with, ExecHandle};
     let svc = service();
     let (host, guest) = UnixStream::pair().unwrap();
     svc.spawn_handler(guest);
@@ -434,7 +449,7 @@ fn a_signal_through_the_handle_reaches_the_process_group() {
     let req = ExecRequest::shell(
         "trap 'echo caught; exit 9' INT; echo started; while :; do sleep 0.1; done",
     );
-    let r = exec_over_with(host, &req, None, &mut out, &mut io::sink(), LONG, &handle).unwrap();
+    let r = exec_over(host, &req, None, &mut out, &mut io::sink(), LONG, &handle).unwrap();
     // Either the early or the later SIGINT ended it, through the trap or by the signal.
     assert!(
         r.exit_code == Some(9) || r.signal == Some(libc::SIGINT),
@@ -605,6 +620,7 @@ fn exec_client_through_the_hybrid_vsock_handshake() {
             &mut out,
             &mut err,
             LONG,
+            &ExecHandle::new(),
         )
         .unwrap();
     assert_eq!(

@@ -46,7 +46,7 @@ impl Lifecycle {
     ) -> Result<RunResult, ProtocolError> {
         let deadline = exec_deadline(options.request.timeout_ms)?;
         self.exec_client(state_dir, name)?
-            .exec_with(
+            .exec(
                 &options.request,
                 options.stdin,
                 stdout,

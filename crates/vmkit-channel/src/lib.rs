@@ -18,13 +18,15 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use vmkit_channel::{host::ExecClient, ExecRequest};
+//! use vmkit_channel::host::{ExecClient, ExecHandle};
+//! use vmkit_channel::ExecRequest;
 //!
 //! let client = ExecClient::new("/run/ws/vm.vsock", vmkit_channel::DEFAULT_EXEC_PORT);
 //! let req = ExecRequest::shell("echo hello");
 //! let mut out = Vec::new();
 //! let mut err = Vec::new();
-//! let result = client.exec(&req, None, &mut out, &mut err, Duration::from_secs(60))?;
+//! let timeout = Duration::from_secs(60);
+//! let result = client.exec(&req, None, &mut out, &mut err, timeout, &ExecHandle::new())?;
 //! assert_eq!(result.exit_code, Some(0));
 //! # Ok::<(), vmkit_channel::ChannelError>(())
 //! ```

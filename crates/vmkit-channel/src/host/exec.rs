@@ -38,24 +38,13 @@ impl ExecClient {
     }
 
     /// Runs `req` in the guest, copying its output to the sinks as it
-    /// arrives. `stdin`, if given, is streamed to the command from a helper
-    /// thread (so a command that prints before reading cannot deadlock).
-    /// `timeout` is the host's backstop for the whole exec: make it longer
-    /// than `req.timeout_ms`, which the guest enforces by killing the command.
+    /// arrives, steered while it runs through `handle` (signals, pty
+    /// resizes; `ExecHandle::new()` when nothing steers it). `stdin`, if
+    /// given, is streamed to the command from a helper thread (so a command
+    /// that prints before reading cannot deadlock). `timeout` is the host's
+    /// backstop for the whole exec: make it longer than `req.timeout_ms`,
+    /// which the guest enforces by killing the command.
     pub fn exec(
-        &self,
-        req: &ExecRequest,
-        stdin: Option<Box<dyn Read + Send>>,
-        stdout: &mut dyn Write,
-        stderr: &mut dyn Write,
-        timeout: Duration,
-    ) -> Result<RunResult, ChannelError> {
-        self.exec_with(req, stdin, stdout, stderr, timeout, &ExecHandle::new())
-    }
-
-    /// [`ExecClient::exec`], steered while it runs through `handle`
-    /// (signals, pty resizes).
-    pub fn exec_with(
         &self,
         req: &ExecRequest,
         stdin: Option<Box<dyn Read + Send>>,
@@ -71,7 +60,7 @@ impl ExecClient {
                 return Err(e);
             }
         };
-        exec_over_with(stream, req, stdin, stdout, stderr, timeout, handle)
+        exec_over(stream, req, stdin, stdout, stderr, timeout, handle)
     }
 
     /// Asks the guest to sync and power off; returns once it acknowledged.
@@ -115,26 +104,6 @@ pub fn shutdown_over(stream: &UnixStream, timeout: Duration) -> Result<(), Chann
 /// [`ExecClient::exec`] over an already connected stream (tests, other
 /// transports). Consumes the stream: one exec per connection.
 pub fn exec_over(
-    stream: UnixStream,
-    req: &ExecRequest,
-    stdin: Option<Box<dyn Read + Send>>,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
-    timeout: Duration,
-) -> Result<RunResult, ChannelError> {
-    exec_over_with(
-        stream,
-        req,
-        stdin,
-        stdout,
-        stderr,
-        timeout,
-        &ExecHandle::new(),
-    )
-}
-
-/// [`exec_over`], steered through `handle` while it runs.
-pub fn exec_over_with(
     stream: UnixStream,
     req: &ExecRequest,
     stdin: Option<Box<dyn Read + Send>>,

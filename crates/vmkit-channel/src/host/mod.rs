@@ -30,7 +30,7 @@ mod control;
 mod exec;
 
 pub use control::{Control, RunOutcome, RunReport};
-pub use exec::{exec_over, exec_over_with, shutdown_over, ExecClient};
+pub use exec::{exec_over, shutdown_over, ExecClient};
 
 mod copy;
 mod session;

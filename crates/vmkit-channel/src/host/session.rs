@@ -26,7 +26,7 @@ struct Slot {
 
 /// Steers one exec from other threads. Create it before the exec (so a
 /// Ctrl-C during the connect is not lost: it is sent as soon as the command
-/// runs) and pass it to [`super::ExecClient::exec_with`]. Cloning shares it.
+/// runs) and pass it to [`super::ExecClient::exec`]. Cloning shares it.
 #[derive(Debug, Clone, Default)]
 pub struct ExecHandle {
     slot: Arc<Mutex<Slot>>,
