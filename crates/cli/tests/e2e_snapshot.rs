@@ -6,31 +6,11 @@ use std::time::{Duration, Instant};
 
 use common::{describe, json_lines, processes_mentioning, Env};
 
-fn create(env: &Env, name: &str) {
-    let out = env
-        .cmd()
-        .args(["create", name, "--image", &env.image])
-        .arg("--kernel")
-        .arg(&env.kernel)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-}
-
-fn sh(env: &Env, name: &str, script: &str) -> std::process::Output {
-    env.cmd()
-        .args(["exec", name, "--", "/bin/sh", "-c", script])
-        .output()
-        .unwrap()
-}
-
 /// Starts, in the background of `name`, a shell that counts in memory
 /// and writes the count to `/tmp/count` every 100 ms, its pid to
 /// `/tmp/counter.pid`.
 fn start_counter(env: &Env, name: &str) {
-    let out = sh(
-        env,
-        name,
+    let out = env.sh(name,
         // Each count is renamed into place, so a reader never sees a
         // half-written file.
         "setsid sh -c 'echo $$ > /tmp/counter.tmp; mv /tmp/counter.tmp /tmp/counter.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/count.tmp; mv /tmp/count.tmp /tmp/count; sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
@@ -40,9 +20,7 @@ fn start_counter(env: &Env, name: &str) {
 
 /// The counter's value and pid, once it has written both.
 fn read_counter(env: &Env, name: &str) -> (u64, u64) {
-    let out = sh(
-        env,
-        name,
+    let out = env.sh(name,
         "while ! [ -s /tmp/count ] || ! [ -s /tmp/counter.pid ]; do sleep 0.05; done; echo $(cat /tmp/count) $(cat /tmp/counter.pid)",
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -99,7 +77,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn a_paused_workspace_uses_no_cpu_and_continues_on_resume() {
     let env = Env::new();
-    create(&env, "pz");
+    env.create("pz", &[]);
     env.ok(&["start", "pz"]);
     start_counter(&env, "pz");
     let (before, pid) = read_counter(&env, "pz");
@@ -113,7 +91,7 @@ fn a_paused_workspace_uses_no_cpu_and_continues_on_resume() {
     let status: serde_json::Value =
         serde_json::from_slice(&env.ok(&["--json", "status", "pz"]).stdout).unwrap();
     assert_eq!(status["state"], "paused");
-    let out = sh(&env, "pz", "true");
+    let out = env.sh("pz", "true");
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -190,7 +168,7 @@ fn the_vsock_transport_runs_and_refuses_memory_snapshots() {
         String::from_utf8_lossy(&out.stdout),
         "over vsock\nmicroagent.transport=vsock\n"
     );
-    create(&env, "vs");
+    env.create("vs", &[]);
     let mut start = env.cmd();
     start.args(["start", "vs"]);
     vsock(&mut start);
@@ -217,7 +195,7 @@ fn the_vsock_transport_runs_and_refuses_memory_snapshots() {
         serde_json::from_slice(&env.ok(&["--json", "status", "vs"]).stdout).unwrap();
     assert_eq!(status["state"], "running");
     assert_eq!(
-        String::from_utf8_lossy(&sh(&env, "vs", "echo alive").stdout),
+        String::from_utf8_lossy(&env.sh("vs", "echo alive").stdout),
         "alive\n"
     );
     env.ok(&["delete", "--force", "vs"]);
@@ -272,7 +250,7 @@ fn forks_continue_the_counting_process_and_diverge() {
         assert_eq!(same_pid, pid, "{fork}: the counter is the same process");
         assert!(count >= at_snapshot, "{fork}: {count} < {at_snapshot}");
         wait_count_above(&env, fork, count);
-        let out = sh(&env, fork, "hostname");
+        let out = env.sh(fork, "hostname");
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{fork}\n"));
         let own = recorded_pids(&env, fork);
         assert!(
@@ -283,11 +261,11 @@ fn forks_continue_the_counting_process_and_diverge() {
     }
     // Each fork writes its own file; neither sees the other's, nor the source.
     for (fork, word) in [("f1", "one"), ("f2", "two")] {
-        let out = sh(&env, fork, &format!("echo {word} > /root/fork"));
+        let out = env.sh(fork, &format!("echo {word} > /root/fork"));
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     }
     for (ws, expected) in [("f1", "one\n"), ("f2", "two\n"), ("src", "")] {
-        let out = sh(&env, ws, "cat /root/fork 2>/dev/null; true");
+        let out = env.sh(ws, "cat /root/fork 2>/dev/null; true");
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{ws}");
     }
     let listed = json_lines(&env.ok(&["--json", "snapshot", "list"]));
@@ -308,7 +286,7 @@ fn forks_continue_the_counting_process_and_diverge() {
     wait_count_above(&env, "src", count);
     // Its clock was set at the restore, not left at the snapshot's time
     // (seconds behind by now: the forks ran meanwhile).
-    let guest: i64 = String::from_utf8_lossy(&sh(&env, "src", "date +%s").stdout)
+    let guest: i64 = String::from_utf8_lossy(&env.sh("src", "date +%s").stdout)
         .trim()
         .parse()
         .unwrap();

@@ -8,35 +8,16 @@ use std::process::{Command, Stdio};
 
 use common::{describe, json_lines, processes_mentioning, Env};
 
-fn create(env: &Env, name: &str, extra: &[&str]) {
-    let out = env
-        .cmd()
-        .args(["create", name, "--image", &env.image])
-        .arg("--kernel")
-        .arg(&env.kernel)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-}
-
-fn exec(env: &Env, name: &str, script: &str) -> std::process::Output {
-    env.cmd()
-        .args(["exec", name, "--", "/bin/sh", "-c", script])
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn workspace_lifecycle_keeps_state_across_execs_and_halts() {
     let env = Env::new();
-    create(&env, "ws", &["-e", "GREETING=hello"]);
+    env.create("ws", &["-e", "GREETING=hello"]);
     env.ok(&["start", "ws"]);
 
-    let out = exec(&env, "ws", "echo $GREETING > /root/note; echo written");
+    let out = env.sh("ws", "echo $GREETING > /root/note; echo written");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
-    let out = exec(&env, "ws", "cat /root/note; exit 5");
+    let out = env.sh("ws", "cat /root/note; exit 5");
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
@@ -46,7 +27,7 @@ fn workspace_lifecycle_keeps_state_across_execs_and_halts() {
     assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
 
     env.ok(&["start", "ws"]);
-    let out = exec(&env, "ws", "cat /root/note");
+    let out = env.sh("ws", "cat /root/note");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello\n",
@@ -76,8 +57,8 @@ fn workspace_lifecycle_keeps_state_across_execs_and_halts() {
 #[test]
 fn exec_needs_a_running_workspace_and_timeouts_kill() {
     let env = Env::new();
-    create(&env, "idle", &[]);
-    let out = exec(&env, "idle", "true");
+    env.create("idle", &[]);
+    let out = env.sh("idle", "true");
     assert_ne!(out.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is prepared"),
@@ -98,7 +79,7 @@ fn exec_needs_a_running_workspace_and_timeouts_kill() {
 #[test]
 fn concurrent_lifecycle_commands_are_serialised_by_the_lock() {
     let env = Env::new();
-    create(&env, "shared", &[]);
+    env.create("shared", &[]);
     // start and delete at once: delete waits for start's lock, then finds a
     // running workspace and refuses. Either way the record stays whole.
     let spawn = |args: &[&str]| {

@@ -94,6 +94,14 @@ impl Env {
         assert!(out.status.success(), "{}", describe(&out));
     }
 
+    /// `microagent exec NAME -- /bin/sh -c SCRIPT`, whatever it exits with.
+    pub fn sh(&self, name: &str, script: &str) -> Output {
+        self.cmd()
+            .args(["exec", name, "--", "/bin/sh", "-c", script])
+            .output()
+            .unwrap()
+    }
+
     pub fn ok(&self, args: &[&str]) -> Output {
         let out = self.cmd().args(args).output().unwrap();
         assert!(
