@@ -343,7 +343,10 @@ impl Machine for QemuMachine {
             Supervision::DiesWithParent
         };
         rotate_console(&plan.paths.console_log);
-        vmkit_lifecycle::ensure_memory_dir(&plan.paths)?;
+        if transport == Transport::Serial {
+            // Only this transport keeps guest RAM in a file (see memory_backend).
+            vmkit_lifecycle::ensure_memory_dir(&plan.paths)?;
+        }
         let helper_socket = transport.helper_socket(&plan.paths.dir);
         let _ = std::fs::remove_file(&helper_socket);
         // From here on, every early return kills what was started.

@@ -216,11 +216,10 @@ pub(crate) fn start(
             .stdout(Stdio::piped())
             .stderr(clone_log(&log)?),
         supervision,
-        &listener
+        listener
             .as_ref()
             .map(|l| (std::os::fd::AsFd::as_fd(l), LISTEN_FD))
-            .into_iter()
-            .collect::<Vec<_>>(),
+            .as_slice(),
     );
     drop(log);
     drop(listener);
