@@ -59,7 +59,9 @@ public struct Supervisor {
         let store = StateStore(layout)
         switch request.command {
         case .prepare:
-            return .success(event: try prepare(request.config!, request.image, identity, store))
+            // A fork takes its machine and disk from the snapshot.
+            let config = try request.fromSnapshot.map { try forkConfig($0, request.config!, stateDir: layout.stateDir) } ?? request.config!
+            return .success(event: try prepare(config, request.image, identity, store))
         case .start:
             return .success(event: try start(request, identity, store))
         case .inspect:
@@ -71,9 +73,7 @@ public struct Supervisor {
         case .pause, .resume:
             return .success(event: try pauseOrResume(request.command, identity, store))
         case .snapshot:
-            _ = try load(store)
-            throw ProtocolError(.unsupported,
-                "snapshots are not implemented on apple-vf yet (Virtualization.framework's saveMachineStateTo needs macOS 14)")
+            return .success(snapshots: try snapshot(request.snapshot!, store))
         case .delete:
             var record = try load(store)
             try reconcile(&record, store)
@@ -122,7 +122,7 @@ public struct Supervisor {
         do {
             try privateDirectory(layout.dir)
             // On APFS this is a clone (copy-on-write), so it costs no space.
-            try FileManager.default.copyItem(atPath: config.rootfsPath, toPath: layout.disk)
+            try cloneFile(config.rootfsPath, to: layout.disk)
         } catch {
             try? store.remove()
             throw ProtocolError(.internal, "copying the root disk: \(error)")
@@ -139,10 +139,6 @@ public struct Supervisor {
     }
 
     func start(_ request: Request, _ identity: Identity, _ store: StateStore) throws -> Event {
-        try available()
-        if request.fromSnapshot != nil {
-            throw ProtocolError(.unsupported, "starting from a snapshot is not implemented on apple-vf yet")
-        }
         var record = try load(store)
         try reconcile(&record, store)
         guard record.state.canStart else {
@@ -154,7 +150,20 @@ public struct Supervisor {
             record.config = config
             record.config.rootfsPath = disk
         }
+        // A snapshot that does not fit is refused before anything changes
+        // (and, like the Rust lifecycle, before the hypervisor is asked).
+        let restore = try request.fromSnapshot.map { try restoreSource($0, for: record, stateDir: store.layout.stateDir) }
+        try available()
         let layout = store.layout
+        // A fork's prepare copied the snapshot's disk already; a restore
+        // into the snapshot's own workspace puts it back now.
+        if let restore, restore.ref.runtimeID == record.name {
+            do {
+                try cloneFile(restore.disk, to: layout.disk)
+            } catch {
+                throw ProtocolError(.internal, "copying the snapshot's disk: \(error)")
+            }
+        }
         let config = record.config
         try writeConfigDisk(BootSpec(config: config, name: record.name), to: layout.configDisk)
         var disks = [PlanDisk(path: layout.disk, readOnly: false)]
@@ -172,11 +181,13 @@ public struct Supervisor {
         plan.controlSocket = layout.control
         plan.stateDir = layout.stateDir
         plan.identity = identity
+        plan.restoreFrom = restore?.machineState
         let planJSON = Data(encodeLine(plan).utf8)
         guard FileManager.default.createFile(atPath: layout.plan, contents: planJSON, attributes: [.posixPermissions: 0o600]) else {
             throw ProtocolError(.internal, "writing \(layout.plan)")
         }
-        try store.transition(&record, to: .starting, identity: identity, detail: "booting")
+        try store.transition(&record, to: .starting, identity: identity,
+                             detail: restore.map { "restoring snapshot \($0.ref.runtimeID):\($0.ref.tag)" } ?? "booting")
         let child: SpawnedHost
         do {
             child = try spawnVMHost(executable: executable, plan: layout.plan, log: layout.vmmLog)
@@ -237,11 +248,25 @@ extension Supervisor {
             throw ProtocolError(.invalidState,
                 "cannot \(command.rawValue) \(quoted(record.name)): it is \(record.state.rawValue)")
         }
-        let answer = try controlCall(store.layout.control, ControlRequest(verb: command == .pause ? .pause : .resume))
-        guard answer.ok else {
-            throw answer.error ?? ProtocolError(.internal, "the VM's process could not \(command.rawValue) it")
-        }
+        try setPaused(store.layout, command == .pause)
         return try store.transition(&record, to: to, identity: identity, detail: command == .pause ? "vCPUs paused" : "vCPUs running")
+    }
+}
+
+extension Supervisor {
+    /// Pauses or resumes the VM through its per-VM process, recording
+    /// nothing (the caller records what the workspace's state becomes).
+    func setPaused(_ layout: WorkspaceLayout, _ paused: Bool) throws {
+        let verb: ControlRequest.Verb = paused ? .pause : .resume
+        let answer = try controlCall(layout.control, ControlRequest(verb: verb))
+        guard answer.ok else {
+            throw answer.error ?? ProtocolError(.internal, "the VM's process could not \(verb.rawValue) it")
+        }
+        let want: State = paused ? .paused : .running
+        guard answer.state == want else {
+            throw ProtocolError(.internal,
+                "the VM's process answered \(verb.rawValue) with state \(answer.state?.rawValue ?? "none"), not \(want.rawValue)")
+        }
     }
 }
 

@@ -419,8 +419,8 @@ public struct Response: Codable, Equatable, Sendable {
     public var snapshots: [SnapshotInfo]?
     public var error: ProtocolError?
 
-    public static func success(event: Event? = nil, host: HostInfo? = nil) -> Response {
-        Response(ok: true, backend: .appleVf, event: event, host: host, result: nil, snapshots: nil, error: nil)
+    public static func success(event: Event? = nil, host: HostInfo? = nil, snapshots: [SnapshotInfo]? = nil) -> Response {
+        Response(ok: true, backend: .appleVf, event: event, host: host, result: nil, snapshots: snapshots, error: nil)
     }
 
     public static func failure(_ error: ProtocolError) -> Response {

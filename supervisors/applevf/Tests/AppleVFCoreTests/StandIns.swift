@@ -73,6 +73,8 @@ final class StandInVM: RunningVM, @unchecked Sendable {
     let onStop: @Sendable (String) -> Void
     var vsock: VsockDevice { device }
     var runState: VMRunState = .running
+    /// What the VM was when its state was last saved.
+    var runStateAtSave: VMRunState?
 
     init(device: StandInVsock, onStop: @escaping @Sendable (String) -> Void) {
         self.device = device
@@ -97,6 +99,7 @@ final class StandInVM: RunningVM, @unchecked Sendable {
 
     /// What the framework's saveMachineStateTo leaves: a file of state.
     func saveState(to path: String, completion: @escaping @Sendable (Error?) -> Void) {
+        runStateAtSave = runState
         let written = FileManager.default.createFile(atPath: path, contents: Data("stand-in VM state".utf8))
         completion(written ? nil : ProtocolError(.internal, "cannot write \(path)"))
     }

@@ -31,12 +31,21 @@ final class SupervisorTests: XCTestCase {
         let host = supervisor.answer(Array(#"{"command":"host"}"#.utf8))
         XCTAssertEqual(host.host?.accelerator, Accelerator.none)
         XCTAssertEqual(host.host?.checks.first?.status, .fail)
-        for command in ["start", "check", "prepare"] {
+        for command in ["check", "prepare"] {
             let r = supervisor.answer(request(command, state, config: true))
             XCTAssertFalse(r.ok)
             XCTAssertEqual(r.error?.code, .unavailable, "\(command): \(r)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(state)/workspaces/agent-7"), "nothing half-made")
+        // start, like the Rust lifecycle's, first finds the workspace (and
+        // checks a snapshot to restore), then asks the hypervisor.
+        XCTAssertEqual(supervisor.answer(request("start", state, config: true)).error?.code, .notFound)
+        let layout = WorkspaceLayout(stateDir: state, name: "agent-7")
+        try! StateStore(layout).save(WorkspaceRecord(name: "agent-7", state: .prepared, config: try! parseRequest(fixture("request-start.json")).get().config!))
+        let start = supervisor.answer(request("start", state, config: true))
+        XCTAssertEqual(start.error?.code, .unavailable, "\(start)")
+        XCTAssertEqual(try! StateStore(layout).load()?.state, .prepared, "nothing started")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: layout.plan))
     }
     #endif
 
