@@ -86,6 +86,10 @@ final class SnapshotTests: XCTestCase {
                    executable: executable)
     }
 
+    func parseSnapshotRef(_ runtimeID: String, _ tag: String) throws -> SnapshotRef {
+        try JSONDecoder().decode(SnapshotRef.self, from: Data(#"{"runtimeID":"\#(runtimeID)","tag":"\#(tag)"}"#.utf8))
+    }
+
     func testSha256MatchesTheStandardsVectorsAndSha256sum() throws {
         func hex(_ bytes: [UInt8]) -> String {
             var h = SHA256()
@@ -285,6 +289,37 @@ final class SnapshotTests: XCTestCase {
         let boot = try JSONDecoder().decode(VMPlan.self, from: try XCTUnwrap(FileManager.default.contents(atPath: layout.plan)))
         XCTAssertNil(boot.restoreFrom, "a disk-only snapshot is a fresh boot")
         XCTAssertEqual(boot.memoryMiB, 512)
+    }
+
+    /// `snapshot.json` as the Rust lifecycle writes it (the fixture is its
+    /// output) reads here, lists, and restores; what this side writes has
+    /// the same fields, so the Rust side reads it back.
+    func testSnapshotJsonIsTheRustLifecyclesFormat() throws {
+        let rust = fixture("snapshot-meta.json")
+        try makeWorkspace(.stopped)
+        let dir = "\(snapshots)/warm-1"
+        try privateDirectory(dir)
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/snapshot.json", contents: Data(rust)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/rootfs.ext4", contents: Data("rust's disk".utf8)))
+        let meta = try readSnapshotMeta(dir)
+        XCTAssertEqual(meta.info.tag, "warm-1")
+        XCTAssertTrue(meta.info.diskOnly)
+        XCTAssertEqual(meta.info.createdAt, "2026-12-01T21:07:51.514238874Z")
+        XCTAssertEqual(meta.kernelSha256.count, 64)
+        XCTAssertEqual(meta.config.publish.count, 1)
+        XCTAssertEqual(meta.files, ["rootfs.ext4"])
+        let driver = StandInDriver(device: StandInVsock(dir: layout.dir))
+        XCTAssertEqual(snapshot(driver, "list", nil).snapshots?.map(\.tag), ["warm-1"])
+        let record = try XCTUnwrap(StateStore(layout).load())
+        let source = try Supervisor(driver: driver, executable: "/nonexistent")
+            .restoreSource(try parseSnapshotRef("ws", "warm-1"), for: record, stateDir: state)
+        XCTAssertNil(source.machineState, "disk-only: a fresh boot")
+
+        func keys(_ bytes: [UInt8]) throws -> [String: Set<String>] {
+            let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+            return ["": Set(o.keys), "info": Set((o["info"] as? [String: Any] ?? [:]).keys)]
+        }
+        XCTAssertEqual(try keys(Array(try encodePretty(meta).utf8)), try keys(rust))
     }
 
     /// A fork (`prepare` with `fromSnapshot`) gets the snapshot's machine
