@@ -55,8 +55,8 @@ fn host_is_answered_by_the_swift_supervisor() {
 #[cfg(target_os = "linux")]
 fn without_the_framework_start_is_unavailable_and_nothing_is_written() {
     let state = tempfile::tempdir().unwrap();
-    let request = Request {
-        command: Verb::Start,
+    let mut request = Request {
+        command: Verb::Prepare,
         identity: identity(),
         config: Some(config(state.path())),
         state_dir: None,
@@ -64,10 +64,30 @@ fn without_the_framework_start_is_unavailable_and_nothing_is_written() {
         snapshot: None,
         from_snapshot: None,
     };
-    let err = client().start(&request).unwrap_err();
+    let err = client().prepare(&request).unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
     assert!(err.message.contains("Virtualization.framework"), "{err:?}");
-    assert!(!state.path().join("workspaces/ws").exists());
+    let dir = state.path().join("workspaces/ws");
+    assert!(!dir.exists());
+    // start, like the Rust lifecycle's, first finds the workspace (and
+    // checks a snapshot it is to restore), then asks for the hypervisor.
+    request.command = Verb::Start;
+    let err = client().start(&request).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{err:?}");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = serde_json::json!({
+        "name": "ws", "state": "prepared", "backend": "apple-vf", "image": "i",
+        "config": config(state.path()), "keep": true,
+        "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
+    });
+    std::fs::write(dir.join("workspace.json"), record.to_string()).unwrap();
+    let err = client().start(&request).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["workspace.json"], "nothing started, nothing written");
 }
 
 #[test]

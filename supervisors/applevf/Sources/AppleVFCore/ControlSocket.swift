@@ -1,6 +1,6 @@
 // The per-VM process's control socket. Virtualization.framework VMs live
-// inside the process that made them, so `inspect`, `halt`, `stop`, `kill`
-// (and pause/resume/snapshot later) reach that process here: one JSON line
+// inside the process that made them, so `inspect`, `halt`, `stop`, `kill`,
+// `pause`, `resume` and `save` (a snapshot's state) reach that process here: one JSON line
 // in, one JSON line out per connection.
 //
 // Only the owner may talk to it: the socket is 0600 inside the 0700
