@@ -55,19 +55,11 @@ final class SnapshotTests: XCTestCase {
     }
 
     /// The per-VM process, in-process, serving the workspace's control socket.
-    func runVM(_ driver: StandInDriver) throws -> (host: VMHost, finished: DispatchSemaphore) {
+    func runVM(_ driver: StandInDriver) -> (host: VMHost, finished: DispatchSemaphore) {
         var plan = VMPlan(kernelPath: kernel, commandLine: "", disks: [PlanDisk(path: layout.disk, readOnly: false)],
                           cpuCount: 1, memoryMiB: 256, vsockPath: layout.vsock, hostPorts: [], consoleLog: layout.consoleLog)
         plan.controlSocket = layout.control
-        let host = VMHost(plan: plan, driver: driver)
-        let ready = DispatchSemaphore(value: 0)
-        let finished = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            _ = host.run { _ in ready.signal() }
-            finished.signal()
-        }
-        XCTAssertEqual(ready.wait(timeout: .now() + 10), .success)
-        return (host, finished)
+        return runUnmanagedHost(plan, driver)
     }
 
     func ask(_ driver: VMDriver, _ json: String, executable: String = "/nonexistent") -> Response {
@@ -121,7 +113,7 @@ final class SnapshotTests: XCTestCase {
     func testMemorySnapshotOfARunningWorkspacePausesSavesClonesAndResumes() throws {
         try makeWorkspace(.running)
         let driver = StandInDriver(device: StandInVsock(dir: layout.dir))
-        let (host, finished) = try runVM(driver)
+        let (host, finished) = runVM(driver)
         let made = snapshot(driver, "create", "warm-1")
         XCTAssertTrue(made.ok, "\(made)")
         let info = try XCTUnwrap(made.snapshots?.first)
@@ -171,7 +163,7 @@ final class SnapshotTests: XCTestCase {
     func testAFailedSnapshotLeavesNothingAndTheWorkspaceRunsOn() throws {
         try makeWorkspace(.running)
         let driver = StandInDriver(device: StandInVsock(dir: layout.dir))
-        let (host, finished) = try runVM(driver)
+        let (host, finished) = runVM(driver)
         // The disk cannot be copied (as on a full disk, the copy fails).
         unlink(layout.disk)
         let failed = snapshot(driver, "create", "warm-1")
@@ -262,7 +254,7 @@ final class SnapshotTests: XCTestCase {
     func testStartFromASnapshotRestoresItsDiskAndState() throws {
         try makeWorkspace(.running)
         let driver = StandInDriver(device: StandInVsock(dir: layout.dir))
-        let (host, finished) = try runVM(driver)
+        let (host, finished) = runVM(driver)
         XCTAssertTrue(snapshot(driver, "create", "warm").ok)
         _ = host.handle(ControlRequest(verb: .kill))
         XCTAssertEqual(finished.wait(timeout: .now() + 10), .success)

@@ -128,6 +128,21 @@ final class StandInDriver: VMDriver, @unchecked Sendable {
     }
 }
 
+/// Runs the per-VM process in-process for a plan with no identity (as the
+/// Rust backend drives it: no guest `ready` awaited), until it is booted
+/// and its control socket serves; `finished` is signalled when it ends.
+func runUnmanagedHost(_ plan: VMPlan, _ driver: VMDriver) -> (host: VMHost, finished: DispatchSemaphore) {
+    let host = VMHost(plan: plan, driver: driver)
+    let ready = DispatchSemaphore(value: 0)
+    let finished = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        _ = host.run { _ in ready.signal() }
+        finished.signal()
+    }
+    XCTAssertEqual(ready.wait(timeout: .now() + 10), .success)
+    return (host, finished)
+}
+
 /// A short private folder for sockets (sun_path holds ~104 bytes).
 func makeTempDir() -> String {
     var template = Array("/tmp/avf.XXXXXX".utf8CString)

@@ -106,14 +106,7 @@ final class VMHostTests: XCTestCase {
         var plan = VMPlan(kernelPath: "/k", commandLine: "console=hvc0", disks: [], cpuCount: 1, memoryMiB: 256,
                           vsockPath: "\(dir)/v.sock", hostPorts: [], consoleLog: "\(dir)/console.log")
         plan.controlSocket = "\(dir)/vm-control.sock"
-        let host = VMHost(plan: plan, driver: driver)
-        let ready = DispatchSemaphore(value: 0)
-        let finished = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            _ = host.run { _ in ready.signal() }
-            finished.signal()
-        }
-        XCTAssertEqual(ready.wait(timeout: .now() + 10), .success)
+        let (_, finished) = runUnmanagedHost(plan, driver)
         let control = plan.controlSocket!
         let state = "\(dir)/vm.vzstate"
         let running = try controlCall(control, ControlRequest(verb: .save, path: state))
