@@ -69,6 +69,38 @@ final class MutationTests: XCTestCase {
         XCTAssertGreaterThan(rejected, 1000, "the mutations do produce bad input")
     }
 
+    /// `snapshot.json` is read back from disk: a mutated one is a snapshot
+    /// description or an error, and a restore from it is checked or refused.
+    func testMutatedSnapshotDescriptionsAreErrorsNotCrashes() throws {
+        var rng = SplitMix(state: 21)
+        let state = makeTempDir()
+        defer { removeTree(state) }
+        let dir = "\(state)/workspaces/ws/snapshots/warm-1"
+        try privateDirectory(dir)
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/rootfs.ext4", contents: Data("disk".utf8)))
+        let supervisor = Supervisor(driver: UnavailableDriver(), executable: "/nonexistent")
+        let record = WorkspaceRecord(name: "ws", state: .stopped, config: try parseRequest(fixture("request-start.json")).get().config!)
+        let from = try JSONDecoder().decode(SnapshotRef.self, from: Data(#"{"runtimeID":"ws","tag":"warm-1"}"#.utf8))
+        let base = fixture("snapshot-meta.json")
+        var read = 0
+        for _ in 0..<1500 {
+            XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/snapshot.json", contents: Data(mutate(base, &rng))))
+            do {
+                _ = try readSnapshotMeta(dir)
+                read += 1
+            } catch let e as ProtocolError {
+                XCTAssertEqual(e.code, .internal)
+                XCTAssertTrue(e.message.contains("snapshot.json"), e.message)
+            }
+            do {
+                let source = try supervisor.restoreSource(from, for: record, stateDir: state)
+                XCTAssertTrue(source.meta.files.allSatisfy { !$0.contains("/") }, "\(source.meta.files)")
+            } catch is ProtocolError {}
+        }
+        XCTAssertGreaterThan(read, 0, "some mutations still read")
+        XCTAssertLessThan(read, 1500, "the mutations do produce bad input")
+    }
+
     func testHostileGuestFramesAreErrors() throws {
         var rng = SplitMix(state: 7)
         let good = bigEndian(16) + Array(#"{"type":"ready"}"#.utf8)

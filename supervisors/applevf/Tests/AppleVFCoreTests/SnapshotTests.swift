@@ -333,6 +333,19 @@ final class SnapshotTests: XCTestCase {
         XCTAssertEqual(record.config.rootfsPath, fork.disk)
         XCTAssertNil(record.config.hostname)
         XCTAssertEqual(record.config.publish, [])
+        // Its start from the snapshot boots from its own disk, the source's untouched.
+        XCTAssertTrue(FileManager.default.createFile(atPath: fork.disk, contents: Data("the fork's own".utf8)))
+        let vmHost = "\(state)/vm-host"
+        XCTAssertTrue(FileManager.default.createFile(
+            atPath: vmHost, contents: Data("#!/bin/sh\necho running\n".utf8), attributes: [.posixPermissions: 0o755]))
+        let forkConfig = String(decoding: try JSONEncoder().encode(record.config), as: UTF8.self)
+        let started = ask(driver, #"{"command":"start","identity":{"requestID":"r","runtimeID":"fork","role":"workspace","backend":"apple-vf"},"config":\#(forkConfig),"fromSnapshot":{"runtimeID":"ws","tag":"base"}}"#,
+                          executable: vmHost)
+        XCTAssertTrue(started.ok, "\(started)")
+        XCTAssertEqual(FileManager.default.contents(atPath: fork.disk), Data("the fork's own".utf8))
+        let plan = try JSONDecoder().decode(VMPlan.self, from: try XCTUnwrap(FileManager.default.contents(atPath: fork.plan)))
+        XCTAssertEqual(plan.disks.first?.path, fork.disk)
+        XCTAssertNil(plan.restoreFrom, "a disk-only snapshot: a fresh boot")
         let none = ask(driver, #"{"command":"prepare","identity":{"requestID":"r","runtimeID":"fork2","role":"workspace","backend":"apple-vf"},"config":\#(c),"fromSnapshot":{"runtimeID":"ws","tag":"nope"}}"#)
         XCTAssertEqual(none.error?.code, .notFound, "\(none)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: WorkspaceLayout(stateDir: state, name: "fork2").dir))
