@@ -104,6 +104,11 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
         Message::SetupFailed(s) => Header::SetupFailed(s.clone()),
         Message::Result(r) => Header::Result(r.clone()),
         Message::Forward { port } => Header::Forward { port: *port },
+        Message::Freeze(r) => Header::Freeze(*r),
+        Message::Frozen { mountpoints } => Header::Frozen {
+            mountpoints: mountpoints.clone(),
+        },
+        Message::Thaw => Header::Thaw,
         Message::Error { message } => Header::Error {
             message: message.clone(),
         },
@@ -178,6 +183,9 @@ pub fn read_message<R: Read + ?Sized>(r: &mut R) -> Result<Option<Message>, Fram
         Header::SetupFailed(s) => Message::SetupFailed(s),
         Header::Result(r) => Message::Result(r),
         Header::Forward { port } => Message::Forward { port },
+        Header::Freeze(r) => Message::Freeze(r),
+        Header::Frozen { mountpoints } => Message::Frozen { mountpoints },
+        Header::Thaw => Message::Thaw,
         Header::Error { message } => Message::Error { message },
     }))
 }
@@ -266,6 +274,14 @@ mod tests {
             }),
             Message::Result(result),
             Message::Forward { port: 8080 },
+            Message::Freeze(crate::message::FreezeRequest {
+                timeout_ms: Some(5000),
+            }),
+            Message::Freeze(crate::message::FreezeRequest::default()),
+            Message::Frozen {
+                mountpoints: vec!["/".into(), "/data".into()],
+            },
+            Message::Thaw,
             Message::Error {
                 message: "no".into(),
             },
@@ -329,6 +345,11 @@ mod tests {
             br#"{"len":3}"#,
             br#"{"type":"exec","argv":["x"],"surprise":1}"#,
             br#"{"type":"stdout","len":-1}"#,
+            br#"{"type":"freeze","timeoutMs":-5}"#,
+            br#"{"type":"freeze","timeoutMs":"10"}"#,
+            br#"{"type":"freeze","paths":["/"]}"#,
+            br#"{"type":"frozen"}"#,
+            br#"{"type":"frozen","mountpoints":"/"}"#,
             b"",
         ] {
             let buf = frame(json);
@@ -357,7 +378,17 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let valid = encode(&Message::Exec(ExecRequest::shell("echo hi"))).unwrap();
+        let valid = [
+            encode(&Message::Exec(ExecRequest::shell("echo hi"))).unwrap(),
+            encode(&Message::Frozen {
+                mountpoints: vec!["/".into(), "/data".into()],
+            })
+            .unwrap(),
+            encode(&Message::Freeze(crate::message::FreezeRequest {
+                timeout_ms: Some(100),
+            }))
+            .unwrap(),
+        ];
         for i in 0..20_000 {
             let buf: Vec<u8> = if i % 2 == 0 {
                 let len = (next() % 64) as usize;
@@ -369,7 +400,7 @@ mod tests {
                 }
                 b
             } else {
-                let mut b = valid.clone();
+                let mut b = valid[i % 3].clone();
                 for _ in 0..1 + next() % 4 {
                     let at = (next() as usize) % b.len();
                     b[at] = next() as u8;

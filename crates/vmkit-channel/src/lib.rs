@@ -56,8 +56,8 @@ pub use guestnet::{GuestNetwork, HostEntry, PublishSpec, DEFAULT_FORWARD_PORT, H
 #[cfg(unix)]
 pub use host::ChannelError;
 pub use message::{
-    CopyInRequest, CopyOutRequest, CopyOwner, CopyStats, ExecRequest, Message, Ready, SetupStep,
-    TtySize, CHUNK_SIZE,
+    check_frozen, CopyInRequest, CopyOutRequest, CopyOwner, CopyStats, ExecRequest, FreezeRequest,
+    Message, Ready, SetupStep, TtySize, CHUNK_SIZE, DEFAULT_FREEZE_MS, MAX_FREEZE_MS,
 };
 
 /// Guest port the guest init connects to on the host (CID 2) at boot, unless

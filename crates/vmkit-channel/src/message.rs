@@ -20,6 +20,12 @@
 //!   `forward` with a published guest port; guest answers `ack` once it is
 //!   connected to `127.0.0.1:<port>` (or `error`), then both sides copy raw
 //!   bytes until either closes.
+//! - **freeze** (host connects to the exec port): host sends `freeze`;
+//!   guest freezes its writable filesystems (FIFREEZE) and answers `frozen`;
+//!   host sends `thaw` once it has copied the disk, guest thaws (FITHAW) and
+//!   answers `ack`. The freeze lasts at most the request's `timeoutMs` and
+//!   never outlives the connection: at its end or its deadline the guest
+//!   thaws by itself (after the deadline it answers `error`).
 //! - Either side may send `error` before closing a connection it refuses.
 
 use std::collections::BTreeMap;
@@ -95,6 +101,18 @@ pub enum Message {
         /// The guest TCP port, one of the boot spec's `publish.guestPorts`.
         port: u16,
     },
+    /// host -> guest (exec port): freeze the guest's writable filesystems
+    /// for a consistent copy of its disk, until `thaw`, the connection's
+    /// end or the request's deadline, whichever comes first.
+    Freeze(FreezeRequest),
+    /// guest -> host: the filesystems are frozen (answer to `freeze`).
+    Frozen {
+        /// Where the frozen filesystems are mounted, `/` first.
+        mountpoints: Vec<String>,
+    },
+    /// host -> guest: thaw what `freeze` froze; the guest answers `ack`
+    /// (or `error` if the freeze had expired: the copy is not consistent).
+    Thaw,
     /// Either way: the sender refuses or cannot go on; it closes the connection next.
     Error {
         /// What went wrong, for a human.
@@ -128,6 +146,9 @@ impl Message {
             Message::SetupFailed(_) => "setupFailed",
             Message::Result(_) => "result",
             Message::Forward { .. } => "forward",
+            Message::Freeze(_) => "freeze",
+            Message::Frozen { .. } => "frozen",
+            Message::Thaw => "thaw",
             Message::Error { .. } => "error",
         }
     }
@@ -208,6 +229,61 @@ impl ExecRequest {
         }
         Ok(())
     }
+}
+
+/// How long a freeze holds when `freeze` names no `timeoutMs`.
+pub const DEFAULT_FREEZE_MS: u64 = 10_000;
+/// The longest freeze a guest grants: a frozen root filesystem stops every
+/// writer in the guest, so a host that goes silent must not hold it long.
+pub const MAX_FREEZE_MS: u64 = 120_000;
+/// At most this many filesystems in a `frozen` answer.
+pub const MAX_FROZEN_MOUNTS: usize = 64;
+
+/// Freeze the guest's writable filesystems (`snapshot create --disk-only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FreezeRequest {
+    /// The guest thaws by itself this many milliseconds after freezing
+    /// even if no `thaw` came (default [`DEFAULT_FREEZE_MS`], at most
+    /// [`MAX_FREEZE_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl FreezeRequest {
+    /// How long the freeze may hold, or why the request is refused.
+    pub fn hold(&self) -> Result<std::time::Duration, String> {
+        match self.timeout_ms {
+            None => Ok(std::time::Duration::from_millis(DEFAULT_FREEZE_MS)),
+            Some(ms @ 1..=MAX_FREEZE_MS) => Ok(std::time::Duration::from_millis(ms)),
+            Some(ms) => Err(format!(
+                "freeze.timeoutMs must be 1 to {MAX_FREEZE_MS}, got {ms}"
+            )),
+        }
+    }
+}
+
+/// Checks a guest's `frozen` answer: a bounded list of absolute paths that
+/// includes the root filesystem (without it the copy is not consistent).
+pub fn check_frozen(mountpoints: &[String]) -> Result<(), String> {
+    if mountpoints.len() > MAX_FROZEN_MOUNTS {
+        return Err(format!(
+            "the guest named {} frozen filesystems, more than {MAX_FROZEN_MOUNTS}",
+            mountpoints.len()
+        ));
+    }
+    if let Some(bad) = mountpoints
+        .iter()
+        .find(|m| !m.starts_with('/') || m.len() > 4096 || m.contains('\0'))
+    {
+        let mut shown = bad.clone();
+        vmkit_protocol::truncate_text(&mut shown, 200);
+        return Err(format!("the guest named a bad mountpoint {shown:?}"));
+    }
+    if !mountpoints.iter().any(|m| m == "/") {
+        return Err("the guest could not freeze its root filesystem".into());
+    }
+    Ok(())
 }
 
 /// Unpack a tar stream in the guest (`microagent cp HOST NAME:PATH`).
@@ -324,5 +400,50 @@ pub(crate) enum Header {
     SetupFailed(SetupStep),
     Result(RunResult),
     Forward { port: u16 },
+    Freeze(FreezeRequest),
+    Frozen { mountpoints: Vec<String> },
+    Thaw,
     Error { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn freeze_deadlines_are_bounded() {
+        let hold = |ms| FreezeRequest { timeout_ms: ms }.hold();
+        assert_eq!(
+            hold(None).unwrap(),
+            Duration::from_millis(DEFAULT_FREEZE_MS)
+        );
+        assert_eq!(hold(Some(1)).unwrap(), Duration::from_millis(1));
+        assert_eq!(
+            hold(Some(MAX_FREEZE_MS)).unwrap(),
+            Duration::from_millis(MAX_FREEZE_MS)
+        );
+        for bad in [0, MAX_FREEZE_MS + 1, u64::MAX] {
+            assert!(hold(Some(bad)).unwrap_err().contains("timeoutMs"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_frozen_answer_must_be_bounded_and_name_the_root() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_frozen(&list(&["/", "/data"])).unwrap();
+        let cases = [
+            (list(&[]), "root filesystem"),
+            (list(&["/data"]), "root filesystem"),
+            (list(&["/", "relative"]), "bad mountpoint"),
+            (list(&["/", "/a\0b"]), "bad mountpoint"),
+            (vec!["/".repeat(5000)], "bad mountpoint"),
+            (vec!["/".to_string(); MAX_FROZEN_MOUNTS + 1], "more than"),
+        ];
+        for (mounts, why) in cases {
+            let err = check_frozen(&mounts).unwrap_err();
+            assert!(err.contains(why), "{err}");
+            assert!(err.len() < 400, "{err}");
+        }
+    }
 }

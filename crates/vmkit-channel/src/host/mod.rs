@@ -11,7 +11,8 @@
 //! On top of that: [`Control`] (in `control.rs`), the host end of the
 //! connection the guest init opens at boot (run results, workspace
 //! `ready`), and [`ExecClient`] (in `exec.rs`), the client of the guest's
-//! exec service. Every wait takes a timeout, and
+//! exec service, which also freezes the guest's filesystems
+//! ([`FrozenGuest`], in `freeze.rs`). Every wait takes a timeout, and
 //! everything the guest sends goes through the bounded reader of
 //! [`crate::frame`].
 
@@ -33,8 +34,10 @@ pub use control::{Control, RunOutcome, RunReport};
 pub use exec::{exec_over, shutdown_over, ExecClient};
 
 mod copy;
+mod freeze;
 mod session;
 pub use copy::{copy_in_over, copy_out_over};
+pub use freeze::{freeze_over, FrozenGuest};
 pub use session::ExecHandle;
 
 /// Why a host-side channel operation failed.
