@@ -11,7 +11,8 @@
 //!    ([`service::run_workload`]) it runs the setup commands then the exec
 //!    command, streaming output and results; in workspace mode it reports
 //!    `ready` and serves the exec service ([`service::Service`]) on a vsock
-//!    port until asked to shut down.
+//!    port until asked to shut down. [`freeze`] freezes its filesystems
+//!    while the host copies the disk.
 //! 3. It syncs and powers off.
 //!
 //! Commands run through `/bin/sh -c` (run mode) or an argv (exec), each in
@@ -37,6 +38,7 @@ pub mod command;
 pub mod copy;
 #[cfg(target_os = "linux")]
 pub mod forward;
+pub mod freeze;
 pub mod image;
 #[cfg(target_os = "linux")]
 pub mod network;

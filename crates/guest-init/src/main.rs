@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vmkit_channel::{write_message, BootSpec, Message, Mode, Ready, PROTOCOL_VERSION};
 use vmkit_guest_init::command::DEFAULT_KILL_GRACE;
 use vmkit_guest_init::forward::Forwarder;
+use vmkit_guest_init::freeze::{Freezer, KernelFreeze};
 use vmkit_guest_init::image::{Defaults, ImageConfig, IMAGE_CONFIG_PATH};
 use vmkit_guest_init::reaper::Reaper;
 use vmkit_guest_init::service::{run_workload, Connection, Service};
@@ -117,7 +118,20 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     if matches!(spec.mode, Mode::Workspace) && errors.is_empty() {
         match transport.listen(spec.exec_port) {
             Ok(listener) => {
-                let service = Arc::new(Service::new(defaults.clone(), Some(shutdown_tx.clone())));
+                // The root and every read-write disk: what a disk
+                // snapshot must find consistent.
+                let freezable = std::iter::once("/".to_string())
+                    .chain(
+                        spec.disks
+                            .iter()
+                            .filter(|d| !d.read_only)
+                            .map(|d| d.mountpoint.clone()),
+                    )
+                    .collect();
+                let freezer = Freezer::new(Box::new(KernelFreeze), freezable);
+                let service = Arc::new(
+                    Service::new(defaults.clone(), Some(shutdown_tx.clone())).with_freezer(freezer),
+                );
                 std::thread::spawn(move || service.serve(|| listener.accept()));
             }
             Err(e) => errors.push(format!(

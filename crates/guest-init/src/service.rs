@@ -59,7 +59,8 @@ impl<C: Connection> Writer<C> {
     }
 }
 
-/// The exec service: answers `exec`, `shutdown` and `ping` on each connection.
+/// The exec service: answers `exec`, copies, `freeze`, `shutdown` and
+/// `ping` on each connection.
 pub struct Service {
     defaults: Defaults,
     kill_grace: Duration,
@@ -67,6 +68,7 @@ pub struct Service {
     max_connections: usize,
     active: AtomicUsize,
     shutdown: Mutex<Option<Sender<()>>>,
+    freezer: Option<crate::freeze::Freezer>,
 }
 
 impl Service {
@@ -80,7 +82,14 @@ impl Service {
             max_connections: 256,
             active: AtomicUsize::new(0),
             shutdown: Mutex::new(shutdown),
+            freezer: None,
         }
+    }
+
+    /// What a `freeze` freezes (without it, `freeze` is refused).
+    pub fn with_freezer(mut self, freezer: crate::freeze::Freezer) -> Self {
+        self.freezer = Some(freezer);
+        self
     }
 
     /// Time between SIGTERM and SIGKILL when an exec times out.
@@ -171,6 +180,15 @@ impl Service {
                 crate::copy::copy_out(conn, &req);
                 return;
             }
+            Ok(Some(Message::Freeze(req))) => match &self.freezer {
+                Some(f) => {
+                    f.session(conn, &req);
+                    return;
+                }
+                None => Some(Message::Error {
+                    message: "this guest has no filesystems to freeze".into(),
+                }),
+            },
             Ok(Some(Message::Ping)) => Some(Message::Pong),
             Ok(Some(Message::Shutdown)) => {
                 let _ = write_message(&mut conn, &Message::Ack);
@@ -186,7 +204,7 @@ impl Service {
             }
             Ok(Some(other)) => Some(Message::Error {
                 message: format!(
-                    "expected exec, copyIn, copyOut, shutdown or ping, got {}",
+                    "expected exec, copyIn, copyOut, freeze, shutdown or ping, got {}",
                     other.kind()
                 ),
             }),
