@@ -47,6 +47,9 @@ pub(crate) struct FakeMachine {
     pub(crate) pauses: Arc<Mutex<Vec<bool>>>,
     /// `save_state` writes part of its state, then fails as on a full disk.
     pub(crate) save_fails: bool,
+    /// What the guest was asked to freeze and thaw, in order: `freeze`,
+    /// then `thaw` (asked) or `closed` (the connection ended).
+    pub(crate) freezes: Arc<Mutex<Vec<&'static str>>>,
 }
 
 /// What the fake machine's `save_state` writes.
@@ -59,6 +62,7 @@ impl FakeMachine {
             launches: Arc::default(),
             pauses: Arc::default(),
             save_fails: false,
+            freezes: Arc::default(),
         }
     }
 }
@@ -146,6 +150,7 @@ impl Machine for FakeMachine {
                 // The hybrid socket exists before the guest says ready.
                 let hybrid = UnixListener::bind(&vsock).unwrap();
                 connect_control(&mut guard);
+                let freezes = self.freezes.clone();
                 std::thread::spawn(move || {
                     let (mut control, _) = guest_listener.accept().unwrap();
                     let ready = Ready {
@@ -154,7 +159,7 @@ impl Machine for FakeMachine {
                         uptime_ms: None,
                     };
                     write_message(&mut control, &Message::Ready(ready)).unwrap();
-                    serve_hybrid(hybrid, exec_port, pid);
+                    serve_hybrid(hybrid, exec_port, pid, &freezes);
                 });
             }
             Guest::Run { stdout, result } => {
@@ -181,7 +186,12 @@ fn power_off(pid: i32) {
 
 /// The VMM's side of hybrid vsock plus the guest's exec service: `CONNECT
 /// <port>` is answered only for the announced port.
-fn serve_hybrid(listener: UnixListener, exec_port: u32, vmm_pid: i32) {
+fn serve_hybrid(
+    listener: UnixListener,
+    exec_port: u32,
+    vmm_pid: i32,
+    freezes: &Mutex<Vec<&'static str>>,
+) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { return };
         let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -208,6 +218,19 @@ fn serve_hybrid(listener: UnixListener, exec_port: u32, vmm_pid: i32) {
                 let _ = write_message(&mut stream, &Message::Ack);
                 power_off(vmm_pid);
                 return;
+            }
+            Ok(Some(Message::Freeze(_))) => {
+                freezes.lock().unwrap().push("freeze");
+                let frozen = Message::Frozen {
+                    mountpoints: vec!["/".into()],
+                };
+                let _ = write_message(&mut stream, &frozen);
+                if let Ok(Some(Message::Thaw)) = read_message(&mut reader) {
+                    freezes.lock().unwrap().push("thaw");
+                    let _ = write_message(&mut stream, &Message::Ack);
+                } else {
+                    freezes.lock().unwrap().push("closed");
+                }
             }
             _ => {}
         }

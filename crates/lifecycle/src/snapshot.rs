@@ -11,16 +11,26 @@
 //! failed snapshot (a full disk, say) leaves nothing listed and the
 //! workspace runs on.
 //!
+//! A disk-only snapshot of a running workspace is made with the guest's
+//! filesystems frozen instead (the guest init's FIFREEZE over the exec
+//! channel): flushed and clean, so the copy holds everything the guest
+//! wrote, page cache and journal included, and boots without recovery. A
+//! paused guest is resumed for the freeze and paused again; a guest that
+//! cannot freeze fails the snapshot rather than leave a torn copy; a
+//! stopped workspace's disk is copied as it is.
+//!
 //! A restore (`start --from-snapshot`) or a fork (a new workspace prepared
 //! from another's snapshot, then started from it) gets its own copy of the
 //! disk and memory; the guest init notices the new host relay, sets its
 //! clock, rereads its hostname and reports ready again.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use vmkit_channel::host::ExecClient;
 use vmkit_protocol::{
     ErrorCode, MachineConfig, ProtocolError, Request, SnapshotAction, SnapshotInfo, SnapshotRef,
     SnapshotRequest, State,
@@ -28,7 +38,7 @@ use vmkit_protocol::{
 use vmkit_state::StateStore;
 
 use crate::lifecycle::Lifecycle;
-use crate::workspace::{state_err, Workspace};
+use crate::workspace::{guest_err, state_err, Workspace};
 
 /// The snapshots folder in a workspace.
 const SNAPSHOTS: &str = "snapshots";
@@ -38,6 +48,13 @@ const META: &str = "snapshot.json";
 const DISK: &str = "rootfs.ext4";
 /// Largest `snapshot.json` read back.
 const MAX_META: u64 = 1 << 20;
+/// The longest the guest keeps its filesystems frozen for a disk copy
+/// (it thaws by itself then, and the snapshot fails): room for a sparse
+/// copy of a large disk where the host cannot share blocks.
+const FREEZE_HOLD: Duration = Duration::from_secs(60);
+/// How long the guest may take to freeze (flushing its page cache) or
+/// to thaw.
+const FREEZE_ANSWER: Duration = Duration::from_secs(30);
 
 /// What `snapshot.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,23 +137,40 @@ impl Workspace<'_> {
             .map_err(|e| internal(format!("creating {}: {e}", staging.display())))?;
         let machine = self.locked.lifecycle.machine();
         let paths = self.paths();
-        let paused = if running {
-            machine.set_paused(paths, true)
+        let made = if disk_only && state.has_vm() {
+            // A disk checkpoint of a live guest: its filesystems frozen
+            // while the disk is copied, so the copy is clean.
+            self.clone_frozen(&staging.join(DISK), !running)
         } else {
-            Ok(())
+            // Memory and disk with the vCPUs stopped (the VMM drains and
+            // flushes its disks when it stops them), or a stopped disk.
+            let paused = if running {
+                machine.set_paused(paths, true)
+            } else {
+                Ok(())
+            };
+            let copied = paused.and_then(|()| {
+                if !disk_only {
+                    machine.save_state(config, paths, &staging)?;
+                }
+                clone_disk(&paths.disk, &staging.join(DISK))
+            });
+            // The workspace runs on whatever happened to the snapshot.
+            let resumed = if running {
+                machine.set_paused(paths, false)
+            } else {
+                Ok(())
+            };
+            then_too(copied, resumed, name).map(|()| false)
         };
-        let made = paused.and_then(|()| {
-            if !disk_only {
-                machine.save_state(config, paths, &staging)?;
-            }
-            vmkit_disk_clone::clone_disk(&paths.disk, &staging.join(DISK))
-                .map_err(|e| internal(format!("copying the disk into the snapshot: {e}")))?;
+        let made = made.and_then(|frozen| {
             let meta = SnapshotMeta {
                 info: SnapshotInfo {
                     runtime_id: name.clone(),
                     tag: tag.to_owned(),
                     created_at: Utc::now(),
                     disk_only: disk_only || !state.has_vm(),
+                    frozen,
                     memory_mib: config.memory_mib,
                     size_bytes: 0,
                 },
@@ -155,26 +189,56 @@ impl Workspace<'_> {
             })?;
             Ok(meta.info)
         });
-        // The workspace runs on whatever happened to the snapshot.
-        let resumed = if running {
-            machine.set_paused(paths, false)
-        } else {
-            Ok(())
-        };
         match made {
             Ok(mut info) => {
-                resumed?;
                 info.size_bytes = disk_usage(&final_dir);
                 Ok(info)
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staging);
-                if let Err(r) = resumed {
-                    tracing::warn!("resuming {name:?} after a failed snapshot: {}", r.message);
-                }
                 Err(e)
             }
         }
+    }
+
+    /// Copies the disk of the guest running (or, with `paused`, paused) in
+    /// this workspace to `into` with the guest's filesystems frozen: flushed,
+    /// clean, and unchanging while copied. A paused guest cannot freeze, so
+    /// it runs for that moment and is paused again. The guest thaws on
+    /// every path out of here (a failed copy, a full disk); a guest that
+    /// cannot freeze (an older init, a broken channel) fails the snapshot
+    /// rather than leave an inconsistent copy. Returns true (frozen).
+    fn clone_frozen(&self, into: &Path, paused: bool) -> Result<bool, ProtocolError> {
+        let name = &self.record.name;
+        let machine = self.locked.lifecycle.machine();
+        let paths = self.paths();
+        if paused {
+            machine.set_paused(paths, false)?;
+        }
+        let client = ExecClient::new(&paths.vsock, self.exec_port());
+        let copied = match client.freeze(FREEZE_HOLD, FREEZE_ANSWER) {
+            Err(e) => Err(guest_err(format!(
+                "cannot freeze the filesystems of {name:?} for a consistent disk snapshot: {e} \
+                 (nothing was copied; a guest init older than this microagent cannot freeze: \
+                 stop the workspace and snapshot it stopped)"
+            ))),
+            Ok(frozen) => {
+                let copied = clone_disk(&paths.disk, into);
+                let thawed = frozen.thaw(FREEZE_ANSWER).map_err(|e| {
+                    guest_err(format!(
+                        "the freeze of {name:?} did not hold until the disk was copied: {e}"
+                    ))
+                });
+                copied.and(thawed)
+            }
+        };
+        // Paused again whatever happened, as it was asked to be.
+        let repaused = if paused {
+            machine.set_paused(paths, true)
+        } else {
+            Ok(())
+        };
+        then_too(copied, repaused, name).map(|()| true)
     }
 
     /// For a `start` with `fromSnapshot`: checks the snapshot fits this
@@ -340,6 +404,30 @@ fn sha256_file(path: &Path) -> Result<String, ProtocolError> {
     std::io::copy(&mut file, &mut hasher)
         .map_err(|e| internal(format!("reading {}: {e}", path.display())))?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The snapshot's outcome, then the step that puts the workspace back as
+/// it was (resume, re-pause): its error counts when the snapshot worked,
+/// and is logged when the snapshot's own error is reported instead.
+fn then_too(
+    made: Result<(), ProtocolError>,
+    restored: Result<(), ProtocolError>,
+    name: &str,
+) -> Result<(), ProtocolError> {
+    match (made, restored) {
+        (Err(e), Err(r)) => {
+            tracing::warn!("{name:?} after a failed snapshot: {}", r.message);
+            Err(e)
+        }
+        (made, restored) => made.and(restored),
+    }
+}
+
+/// Copies the workspace's disk into a snapshot.
+fn clone_disk(disk: &Path, into: &Path) -> Result<(), ProtocolError> {
+    vmkit_disk_clone::clone_disk(disk, into)
+        .map(|_| ())
+        .map_err(|e| internal(format!("copying the disk into the snapshot: {e}")))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ProtocolError> {

@@ -325,7 +325,11 @@ fn running_workspace(fx: &Fixture, save_fails: bool) -> (Lifecycle, FakeMachineH
         exec_port: 7777,
     });
     machine.save_fails = save_fails;
-    let handles = (machine.pauses.clone(), machine.launches.clone());
+    let handles = (
+        machine.pauses.clone(),
+        machine.launches.clone(),
+        machine.freezes.clone(),
+    );
     let lc = Lifecycle::new(machine);
     lc.prepare(&fx.request(Command::Prepare, "ws", None))
         .unwrap();
@@ -336,12 +340,13 @@ fn running_workspace(fx: &Fixture, save_fails: bool) -> (Lifecycle, FakeMachineH
 type FakeMachineHandles = (
     std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
 );
 
 #[test]
 fn a_failed_snapshot_leaves_nothing_and_the_workspace_runs_on() {
     let fx = Fixture::new();
-    let (lc, (pauses, _)) = running_workspace(&fx, true);
+    let (lc, (pauses, _, _)) = running_workspace(&fx, true);
     let err = lc
         .snapshot(&snapshot_request(&fx, SnapshotAction::Create, Some("t")))
         .unwrap_err();
@@ -367,7 +372,7 @@ fn a_failed_snapshot_leaves_nothing_and_the_workspace_runs_on() {
 #[test]
 fn a_restore_that_does_not_fit_is_refused_and_nothing_starts() {
     let fx = Fixture::new();
-    let (lc, (pauses, launches)) = running_workspace(&fx, false);
+    let (lc, (pauses, launches, _)) = running_workspace(&fx, false);
     let made = lc
         .snapshot(&snapshot_request(&fx, SnapshotAction::Create, Some("t")))
         .unwrap();
@@ -445,3 +450,6 @@ fn a_restore_that_does_not_fit_is_refused_and_nothing_starts() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
 }
+
+#[path = "snapshot_tests.rs"]
+mod snapshot_tests;

@@ -103,6 +103,13 @@ pub struct SnapshotInfo {
     /// Disk only (no memory): restoring boots from the disk.
     #[serde(default)]
     pub disk_only: bool,
+    /// The guest's filesystems were frozen while its disk was copied (a
+    /// disk-only snapshot of a running or paused workspace), so the copy
+    /// is clean, with all the guest had written. False where no freeze is
+    /// needed: a stopped workspace's disk, a memory snapshot (its disk
+    /// goes with its memory).
+    #[serde(default)]
+    pub frozen: bool,
     /// Guest memory it holds, MiB (a restore needs the same).
     #[serde(rename = "memoryMiB")]
     pub memory_mib: u32,
