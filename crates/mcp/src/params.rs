@@ -377,6 +377,9 @@ pub struct SnapshotOutput {
     pub created_at: String,
     /// Disk only: a fork or restore boots from the disk.
     pub disk_only: bool,
+    /// The guest's filesystems were frozen while the disk was copied (a
+    /// running or paused workspace): the disk is clean and complete.
+    pub frozen: bool,
     /// Guest memory it holds, MiB.
     pub memory_mib: u32,
     /// Bytes it takes on the host.

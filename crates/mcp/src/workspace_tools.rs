@@ -234,7 +234,7 @@ impl McpServer {
         let disk_only = p.disk_only.unwrap_or(false);
         let progress = Progress::start(ctx.peer.clone(), ctx.meta.get_progress_token());
         progress.say(if disk_only {
-            format!("saving the disk of {}", p.name)
+            format!("freezing {} to save its disk", p.name)
         } else {
             format!("pausing {} to save its memory, devices and disk", p.name)
         });
@@ -251,6 +251,7 @@ impl McpServer {
                     tag: info.tag,
                     created_at: info.created_at.to_rfc3339(),
                     disk_only: info.disk_only,
+                    frozen: info.frozen,
                     memory_mib: info.memory_mib,
                     size_bytes: info.size_bytes,
                 };

@@ -10,6 +10,7 @@ use crate::exit;
 const SNAPSHOT_EXAMPLES: &str = "\
 Examples:
   microagent snapshot create ws --tag warm      # memory + device state + disk
+  microagent snapshot create ws --tag deps --disk-only  # a clean disk checkpoint
   microagent create ws2 --from-snapshot ws:warm # a running fork with its own copies
   microagent start ws --from-snapshot warm      # a stopped ws continues from it
   microagent snapshot list ws
@@ -24,9 +25,19 @@ pub enum SnapshotCommand {
     /// running one is resumed afterwards). The snapshot lives under the
     /// workspace (snapshots/TAG), staged and then renamed: a failed snapshot
     /// leaves nothing. On QEMU it needs the serial transport (the default).
-    /// With --disk-only only the disk is copied (also of a stopped
-    /// workspace); it is crash-consistent, as after a power loss, and
-    /// starting from it is a fresh boot.
+    ///
+    /// With --disk-only only the disk is copied, and starting from it is a
+    /// fresh boot. Of a running workspace, the guest's filesystems (the
+    /// root and every read-write disk) are frozen while the disk is copied:
+    /// the guest flushes what it holds in memory first, writers in the
+    /// guest wait, readers do not, and the copy is a clean filesystem with
+    /// everything written before the snapshot. A paused workspace runs for
+    /// the moment of the freeze and is paused again. The guest thaws when
+    /// the copy is done or fails, and by itself if microagent dies or 60 s
+    /// pass; a freeze that did not hold until the copy was done fails the
+    /// snapshot, and so does a guest that cannot freeze (an older guest
+    /// init): no inconsistent copy is taken. The snapshot says "frozen":
+    /// true. A stopped workspace's disk is copied as it is (no freeze).
     Create(CreateArgs),
     /// List snapshots (of one workspace, or of all).
     #[command(alias = "ls")]
@@ -42,7 +53,8 @@ pub struct CreateArgs {
     /// The snapshot's tag (default: the time, e.g. 20261201-154411).
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
-    /// Only the disk, no memory.
+    /// Only the disk, no memory: the guest's filesystems frozen while it
+    /// is copied (see above).
     #[arg(long)]
     pub disk_only: bool,
 }
@@ -113,7 +125,11 @@ pub fn run(cmd: SnapshotCommand, global: &Global) -> anyhow::Result<u8> {
                         s.tag,
                         s.created_at.format("%Y-%m-%d %H:%M:%S"),
                         s.size_bytes >> 20,
-                        if s.disk_only { "disk" } else { "memory" }
+                        match (s.disk_only, s.frozen) {
+                            (true, true) => "disk (frozen)",
+                            (true, false) => "disk",
+                            (false, _) => "memory",
+                        }
                     );
                 }
             }

@@ -319,6 +319,7 @@ def snapshots_of(lines: List[Line]) -> List[SnapshotInfo]:
             disk_only=bool(snap.get("diskOnly", False)),
             memory_mib=int(snap.get("memoryMiB", 0)),
             size_bytes=int(snap.get("sizeBytes", 0)),
+            frozen=bool(snap.get("frozen", False)),
         ))
     return found
 

@@ -120,3 +120,6 @@ class SnapshotInfo:
     memory_mib: int
     size_bytes: int
     """Bytes it takes on the host."""
+    frozen: bool = False
+    """Disk only, of a running or paused sandbox: its filesystems were frozen
+    while the disk was copied, so the disk is clean and complete."""
