@@ -45,6 +45,27 @@ fn debugfs_cat(image: &Path, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `snapshot create fz --disk-only --tag TAG`: its `--json` line.
+fn disk_snapshot(env: &Env, tag: &str) -> serde_json::Value {
+    let args = [
+        "--json",
+        "snapshot",
+        "create",
+        "fz",
+        "--tag",
+        tag,
+        "--disk-only",
+    ];
+    common::json_line(&env.ok(&args))
+}
+
+/// Runs a shell script in `fz` that must succeed; its stdout.
+fn guest_sh(env: &Env, script: &str) -> String {
+    let out = env.sh("fz", script);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A small tmpfs mounted over a folder for as long as it lives: a full
 /// disk, for real.
 struct FullDisk(PathBuf);
@@ -93,13 +114,7 @@ fn a_disk_only_snapshot_freezes_the_guest_and_thaws_it_on_every_way_out() {
     // Thawed: ext4 sets needs_recovery again when it thaws (a frozen one
     // has it cleared on disk), and the guest's writes go through.
     assert!(needs_recovery(&live), "{}", superblock(&live));
-    let out = env.sh("fz", "echo y > /h && cat /h");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "y\n",
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(guest_sh(&env, "echo y > /h && cat /h"), "y\n");
     assert!(json_lines(&env.ok(&["--json", "snapshot", "list", "fz"])).is_empty());
     let left: Vec<_> = std::fs::read_dir(ws.join("snapshots"))
         .unwrap()
@@ -110,32 +125,17 @@ fn a_disk_only_snapshot_freezes_the_guest_and_thaws_it_on_every_way_out() {
     drop(full);
 
     // Written but not synced: the data is only in the guest's page cache.
-    let out = env.sh("fz", "echo data > /f");
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let made = json_lines(&env.ok(&[
-        "--json",
-        "snapshot",
-        "create",
-        "fz",
-        "--tag",
-        "d1",
-        "--disk-only",
-    ]));
-    assert_eq!(made[0]["snapshot"]["diskOnly"], true);
-    assert_eq!(made[0]["snapshot"]["frozen"], true);
+    guest_sh(&env, "echo data > /f");
+    let made = disk_snapshot(&env, "d1");
+    assert_eq!(made["snapshot"]["diskOnly"], true);
+    assert_eq!(made["snapshot"]["frozen"], true);
     let copy = ws.join("snapshots/d1/rootfs.ext4");
     // The copy is a clean filesystem (no journal to replay) that holds the
     // file in the filesystem proper.
     assert!(!needs_recovery(&copy), "{}", superblock(&copy));
     assert_eq!(debugfs_cat(&copy, "/f"), "data\n");
     // The guest is thawed and writes again.
-    let out = env.sh("fz", "echo x > /g && cat /g");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "x\n",
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(guest_sh(&env, "echo x > /g && cat /g"), "x\n");
     assert!(needs_recovery(&live));
     let listed = json_lines(&env.ok(&["--json", "snapshot", "list", "fz"]));
     assert_eq!(listed.len(), 1);
@@ -143,16 +143,8 @@ fn a_disk_only_snapshot_freezes_the_guest_and_thaws_it_on_every_way_out() {
 
     // A paused workspace runs for the freeze and is paused again.
     env.ok(&["pause", "fz"]);
-    let made = json_lines(&env.ok(&[
-        "--json",
-        "snapshot",
-        "create",
-        "fz",
-        "--tag",
-        "p1",
-        "--disk-only",
-    ]));
-    assert_eq!(made[0]["snapshot"]["frozen"], true);
+    let made = disk_snapshot(&env, "p1");
+    assert_eq!(made["snapshot"]["frozen"], true);
     let status: serde_json::Value =
         serde_json::from_slice(&env.ok(&["--json", "status", "fz"]).stdout).unwrap();
     assert_eq!(status["state"], "paused");
@@ -160,26 +152,12 @@ fn a_disk_only_snapshot_freezes_the_guest_and_thaws_it_on_every_way_out() {
     assert!(!needs_recovery(&copy), "{}", superblock(&copy));
     assert_eq!(debugfs_cat(&copy, "/g"), "x\n");
     env.ok(&["resume", "fz"]);
-    let out = env.sh("fz", "echo z > /i && cat /i");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "z\n",
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(guest_sh(&env, "echo z > /i && cat /i"), "z\n");
 
     // A stopped workspace's disk needs no freeze, and says so.
     env.ok(&["halt", "fz"]);
-    let made = json_lines(&env.ok(&[
-        "--json",
-        "snapshot",
-        "create",
-        "fz",
-        "--tag",
-        "s1",
-        "--disk-only",
-    ]));
-    assert_eq!(made[0]["snapshot"]["frozen"], false);
+    let made = disk_snapshot(&env, "s1");
+    assert_eq!(made["snapshot"]["frozen"], false);
     env.ok(&["delete", "fz"]);
     assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
 }
