@@ -150,7 +150,8 @@ fn clock_ticks_per_second() -> u64 {
 
 /// The guest's AF_VSOCK path (Firecracker's and Apple VF's) stays covered
 /// on this host: QEMU's vhost-user-vsock transport runs a command and a
-/// workspace, whose memory snapshot is refused with the reason.
+/// workspace, whose memory snapshot is refused with the reason and whose
+/// disk-only snapshot freezes the guest.
 #[test]
 fn the_vsock_transport_runs_and_refuses_memory_snapshots() {
     let env = Env::new();
@@ -197,6 +198,25 @@ fn the_vsock_transport_runs_and_refuses_memory_snapshots() {
     assert_eq!(
         String::from_utf8_lossy(&env.sh("vs", "echo alive").stdout),
         "alive\n"
+    );
+    // A disk-only snapshot freezes the guest over AF_VSOCK as well.
+    let mut snap = env.cmd();
+    snap.args([
+        "--json",
+        "snapshot",
+        "create",
+        "vs",
+        "--tag",
+        "d",
+        "--disk-only",
+    ]);
+    vsock(&mut snap);
+    let out = snap.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(common::json_line(&out)["snapshot"]["frozen"], true);
+    assert_eq!(
+        String::from_utf8_lossy(&env.sh("vs", "echo thawed > /t && cat /t").stdout),
+        "thawed\n"
     );
     env.ok(&["delete", "--force", "vs"]);
     assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
