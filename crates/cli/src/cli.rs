@@ -142,7 +142,15 @@ pub enum Command {
     /// and how it was known (dns, sni, host), the rule, why, and bytes each
     /// way. With --json each record is one JSON line of type `egress`.
     Egress(commands::network::EgressArgs),
-    /// Clean up VMs left behind by killed microagent commands.
+    /// Clean up VMs of killed commands, and guest RAM of deleted state folders.
+    ///
+    /// Every command first cleans up the VMs of this state folder whose
+    /// driving command died (their processes are killed, the workspaces
+    /// marked failed). gc does that, then also frees guest RAM files on
+    /// tmpfs (/dev/shm/microagent-<uid>/) whose state folder was removed by
+    /// hand: of any state folder of this user's, never one a live process
+    /// still maps. With --json it prints one line of type `gc`: `cleaned`
+    /// (workspace names) and `removedMemory` [{`path`, `owner`, `bytes`}].
     Gc,
     /// Internal: the per-VM channel relay the QEMU backend starts (serial transport).
     ///

@@ -298,3 +298,57 @@ fn images_are_recorded_as_given_even_long_ones_in_a_state_path_with_a_comma() {
         assert!(out.status.success(), "{}", describe(&out));
     }
 }
+
+/// The owner record in the guest RAM folder that names `workspace`, and its
+/// RAM file.
+fn guest_ram_of(workspace: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = format!("/dev/shm/microagent-{}", nix::unistd::getuid());
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let path = e.path();
+        let named = path.extension()? == "owner"
+            && std::fs::read(&path).ok()? == workspace.as_os_str().as_encoded_bytes();
+        named.then(|| (path.with_extension("ram"), path))
+    })
+}
+
+#[test]
+fn gc_frees_the_guest_ram_of_a_state_folder_deleted_by_hand_once_its_vm_is_gone() {
+    let env = Env::new();
+    env.create("ws", &[]);
+    env.ok(&["start", "ws"]);
+    let workspace = env.state_path().join("workspaces/ws");
+    let (ram, owner) = guest_ram_of(&workspace).expect("a RAM file with an owner record");
+    assert!(ram.is_file());
+    let state = env.state_path().to_string_lossy().into_owned();
+    let vm = processes_mentioning(&state);
+    assert!(!vm.is_empty(), "the VM should be running");
+
+    std::fs::remove_dir_all(env.state_path()).unwrap();
+    // gc from any state folder sweeps this user's RAM files, but not the
+    // RAM of a VM still running without its state folder.
+    let other = Env::new();
+    let gc = |expect_removed: bool| {
+        let line = common::json_line(&other.ok(&["--json", "gc"]));
+        common::check_schema(&line);
+        let removed = line["removedMemory"].as_array().unwrap().iter().any(|m| {
+            m["path"] == ram.to_str().unwrap() && m["owner"] == workspace.to_str().unwrap()
+        });
+        assert_eq!(removed, expect_removed, "{line}");
+    };
+    gc(false);
+    assert!(ram.is_file() && owner.is_file());
+
+    for (pid, _) in &vm {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_mentioning(&state).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(processes_mentioning(&state).is_empty());
+    gc(true);
+    assert!(!ram.exists() && !owner.exists());
+}

@@ -21,6 +21,7 @@ mod backend;
 mod boot;
 mod exec;
 mod gc;
+mod guest_memory;
 mod halt;
 mod lifecycle;
 mod machine;
@@ -40,11 +41,12 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+pub use guest_memory::{ensure_memory_dir, remove_orphaned_memory, OrphanedMemory};
 pub use lifecycle::{ExecOptions, Lifecycle, Observer, RunOutput};
 pub use machine::{
     check_config_files, check_volume_folders, BootPlan, LaunchGuard, Launched, Machine,
     INJECTED_FAILURE,
 };
 pub use network::Nic;
-pub use paths::{ensure_memory_dir, WorkspacePaths};
+pub use paths::WorkspacePaths;
 pub use process::{spawn_supervised, spawn_supervised_passing, terminate, Supervision};

@@ -17,7 +17,7 @@ pub struct WorkspacePaths {
     pub vsock: PathBuf,
     /// The guest's RAM as a file, for VMMs that keep it in one (QEMU with
     /// the serial transport): removed whenever the VM is gone. On tmpfs
-    /// (see [`memory_file`]), not in the workspace folder.
+    /// (see `guest_memory`), not in the workspace folder.
     pub memory: PathBuf,
     /// The guest's serial console.
     pub console_log: PathBuf,
@@ -60,7 +60,7 @@ impl WorkspacePaths {
             disk: dir.join("rootfs.ext4"),
             config_disk: dir.join("config.img"),
             vsock,
-            memory: memory_file(dir),
+            memory: crate::guest_memory::memory_file(dir),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
             net_socket: dir.join("n.sock"),
@@ -70,94 +70,5 @@ impl WorkspacePaths {
             net_log: dir.join("net.log"),
             egress_log: dir.join("egress.jsonl"),
         })
-    }
-}
-
-/// Where a VM's RAM file lives: in a private folder on tmpfs
-/// (`/dev/shm/microagent-<uid>/`), named by a digest of the workspace
-/// folder, so every later command finds it. Not in the workspace folder:
-/// guest RAM on a disk-backed file system is written back to the disk
-/// while the VM runs, which made a short run three tenths of a second
-/// slower here and loads the disk for every VM; tmpfs pages are the same
-/// shared memory a memfd would give. Hosts without `/dev/shm` keep it in
-/// the workspace folder.
-fn memory_file(dir: &Path) -> PathBuf {
-    use sha2::Digest;
-    let shm = Path::new(SHM);
-    if !shm.is_dir() {
-        return dir.join("memory.ram");
-    }
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    memory_dir(shm).join(format!("{}.ram", &hex::encode(digest)[..32]))
-}
-
-const SHM: &str = "/dev/shm";
-
-fn memory_dir(shm: &Path) -> PathBuf {
-    shm.join(format!("microagent-{}", nix::unistd::getuid()))
-}
-
-/// Makes the folder of [`WorkspacePaths::memory`] if it is on tmpfs:
-/// mode 0700 and ours, since guest RAM holds whatever the guest knows. A
-/// folder of that name that another user made, or a symlink, is refused.
-pub fn ensure_memory_dir(paths: &WorkspacePaths) -> Result<(), ProtocolError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let Some(dir) = paths.memory.parent() else {
-        return Ok(());
-    };
-    if dir == paths.dir {
-        return Ok(());
-    }
-    let refuse = |why: String| {
-        ProtocolError::new(
-            ErrorCode::Internal,
-            format!("the guest RAM folder {}: {why}", dir.display()),
-        )
-    };
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(refuse(e.to_string())),
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() {
-        return Err(refuse(
-            "it is not a folder of this user's; remove it".into(),
-        ));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| refuse(e.to_string()))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ram_file_is_on_tmpfs_named_by_the_workspace_folder() {
-        let a = WorkspacePaths::new(Path::new("/s/workspaces/a")).unwrap();
-        let again = WorkspacePaths::new(Path::new("/s/workspaces/a")).unwrap();
-        let b = WorkspacePaths::new(Path::new("/t/workspaces/a")).unwrap();
-        assert_eq!(a.memory, again.memory);
-        assert_ne!(a.memory, b.memory);
-        assert!(
-            a.memory.starts_with(memory_dir(Path::new(SHM))),
-            "{:?}",
-            a.memory
-        );
-    }
-
-    #[test]
-    fn the_ram_folder_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = WorkspacePaths::new(&dir.path().join("ws")).unwrap();
-        ensure_memory_dir(&paths).unwrap();
-        let ram_dir = paths.memory.parent().unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(ram_dir).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -226,7 +226,7 @@ pub(crate) fn remove_vm_files(paths: &WorkspacePaths) {
 /// helper, started already, has just made it for the VMM.
 pub(crate) fn remove_stale_vm_files(paths: &WorkspacePaths) {
     let _ = std::fs::remove_file(&paths.vsock);
-    let _ = std::fs::remove_file(&paths.memory);
+    crate::guest_memory::remove_memory_file(paths);
     crate::vmm_files::remove_guest_listeners(&paths.vsock);
 }
 

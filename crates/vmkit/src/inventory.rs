@@ -22,7 +22,7 @@ impl Runtime {
     ) -> Result<Self, VmkitError> {
         let choice = crate::select_backend(backend)?;
         let rt = Runtime::new(state_dir, choice.kind, observer)?;
-        match rt.gc() {
+        match rt.gc_dead_vms() {
             Ok(cleaned) => {
                 for name in cleaned {
                     tracing::warn!("cleaned up orphaned VM of workspace {name}");

@@ -50,12 +50,12 @@ pub use copy::CopyError;
 pub use egress::EgressTail;
 pub use error::VmkitError;
 pub use guest_init::{find_guest_init, find_guest_init_for};
-pub use runtime::{new_run_name, MachineParams, RunParams, Runtime};
+pub use runtime::{new_run_name, GcReport, MachineParams, RunParams, Runtime};
 pub use vmkit_channel::host::ExecHandle;
 pub use vmkit_channel::{CopyOwner, CopyStats, ExecRequest, TtySize};
 pub use vmkit_kernel::BuildEvent;
 pub use vmkit_lifecycle::vmm_files::read_console;
-pub use vmkit_lifecycle::{ExecOptions, Observer, RunOutput};
+pub use vmkit_lifecycle::{ExecOptions, Observer, OrphanedMemory, RunOutput};
 
 pub use dispatch::{backend_for, dispatch, select_backend, BackendChoice};
 pub use driver::{driver_for, Driver};

@@ -64,6 +64,15 @@ pub struct RunParams {
     pub machine: MachineParams,
 }
 
+/// What [`Runtime::gc`] cleaned up.
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// Workspaces whose VM was cleaned up and marked failed.
+    pub cleaned: Vec<String>,
+    /// Guest RAM files of deleted state folders, removed.
+    pub removed_memory: Vec<vmkit_lifecycle::OrphanedMemory>,
+}
+
 /// microagent's state folder plus the backend that serves it.
 pub struct Runtime {
     state_dir: PathBuf,
@@ -383,8 +392,21 @@ impl Runtime {
             .is_some_and(|vmm| vmm.signal(nix::sys::signal::Signal::SIGKILL)))
     }
 
+    /// Cleans up VMs whose driving command died (every command does this
+    /// first, see [`Runtime::open`]), then removes this user's guest RAM
+    /// files whose state folder was deleted by hand (any state folder's:
+    /// they share one tmpfs folder) and that no live process maps.
+    pub fn gc(&self) -> Result<GcReport, VmkitError> {
+        let cleaned = self.gc_dead_vms()?;
+        let removed_memory = vmkit_lifecycle::remove_orphaned_memory()?;
+        Ok(GcReport {
+            cleaned,
+            removed_memory,
+        })
+    }
+
     /// Cleans up VMs whose driving command died; returns their names.
-    pub fn gc(&self) -> Result<Vec<String>, VmkitError> {
+    pub(crate) fn gc_dead_vms(&self) -> Result<Vec<String>, VmkitError> {
         Ok(self.driver.gc(&self.state_dir)?)
     }
 

@@ -337,15 +337,35 @@ pub fn delete(args: DeleteArgs, global: &Global) -> anyhow::Result<u8> {
 
 pub fn gc(global: &Global) -> anyhow::Result<u8> {
     let rt = quiet_runtime(global)?;
-    let cleaned = rt.gc().map_err(exit::classify)?;
+    let report = rt.gc().map_err(exit::classify)?;
     if global.json {
-        println!("{}", serde_json::json!({"type": "gc", "cleaned": cleaned}));
-    } else if cleaned.is_empty() {
+        let removed_memory: Vec<_> = report
+            .removed_memory
+            .iter()
+            .map(|m| serde_json::json!({"path": m.path, "owner": m.owner, "bytes": m.bytes}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"type": "gc", "cleaned": report.cleaned, "removedMemory": removed_memory})
+        );
+        return Ok(0);
+    }
+    if report.cleaned.is_empty() && report.removed_memory.is_empty() {
         eprintln!("nothing to clean up");
-    } else {
-        for name in cleaned {
-            eprintln!("{name}: cleaned up (marked failed)");
-        }
+    }
+    for name in report.cleaned {
+        eprintln!("{name}: cleaned up (marked failed)");
+    }
+    for m in report.removed_memory {
+        let owner = m.owner.map_or_else(
+            || "no owner record".to_owned(),
+            |o| format!("state folder {} is gone", o.display()),
+        );
+        eprintln!(
+            "{}: removed orphaned guest RAM ({owner}), {} MiB freed",
+            m.path.display(),
+            m.bytes / (1024 * 1024)
+        );
     }
     Ok(0)
 }
