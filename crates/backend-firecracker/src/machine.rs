@@ -5,13 +5,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vmkit_host::{find_in_path, probe_kvm, Tool};
 use vmkit_lifecycle::vmm_files::{
-    clone_log, open_log, remove_stale_socket, rotate_console, settle_relay, spawn_console_relay,
+    clone_log, remove_stale_socket, rotate_console, settle_relay, spawn_console_relay,
+    spawn_log_relay,
 };
 use vmkit_lifecycle::{
     spawn_supervised, BootPlan, LaunchGuard, Launched, Machine, Supervision, WorkspacePaths,
@@ -146,7 +147,6 @@ impl Machine for FirecrackerMachine {
             Supervision::DiesWithParent
         };
         rotate_console(&plan.paths.console_log);
-        let mut log = open_log(&plan.paths.vmm_log)?;
         let socket = plan.paths.dir.join(API_SOCKET);
         // Firecracker refuses to start when its socket path exists, and a
         // VMM that died leaves its socket behind.
@@ -158,6 +158,14 @@ impl Machine for FirecrackerMachine {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let id = config::instance_id(&name);
+        // From here on, every early return kills what was started.
+        let mut guard = LaunchGuard::new().failing_at(self.fail_at);
+        guard.remove_on_failure(&socket);
+        // Firecracker's stderr and our notes: what the guest makes
+        // Firecracker complain about is capped, like QEMU's.
+        let (log_relay, mut log) = spawn_log_relay(&plan.paths.vmm_log, supervision)?;
+        guard.helper(log_relay);
+        guard.checkpoint("vmm log relay started")?;
         note(
             &mut log,
             &format!(
@@ -172,9 +180,6 @@ impl Machine for FirecrackerMachine {
         // stderr (panics) goes to vmm.log with our notes. stdin is a pipe
         // closed at once: the serial input sees end-of-file and is dropped
         // (/dev/null cannot be polled, which Firecracker warns about).
-        // From here on, every early return kills what was started.
-        let mut guard = LaunchGuard::new().failing_at(self.fail_at);
-        guard.remove_on_failure(&socket);
         let (relay, console) = spawn_console_relay(&plan.paths.console_log, supervision)?;
         guard.relay(relay);
         guard.checkpoint("console relay started")?;
@@ -192,14 +197,63 @@ impl Machine for FirecrackerMachine {
         .map_err(|e| internal(format!("starting {}: {e}", firecracker.display())))?;
         drop(guard.vmm(child).stdin.take());
         guard.checkpoint("firecracker started")?;
-        let (child, relay) = guard.vmm_and_relay();
-        let (child, relay) = (child.expect("taken above"), relay.expect("taken above"));
-        if let Err(e) = configure_and_start(child, relay, &socket, &calls, plan, &mut log) {
-            note(&mut log, &format!("launch failed: {}", e.message));
-            return Err(e);
+        let started = match guard.vmm_and_relay() {
+            (Some(child), Some(_)) => configure_and_start(child, &socket, &calls, &mut log),
+            _ => unreachable!("both taken above"),
+        };
+        if let Err(failure) = started {
+            note(&mut log, &format!("launch failed: {}", failure.summary()));
+            // Firecracker's last words and our notes reach both logs
+            // before they are quoted: Firecracker ends, then our end of
+            // vmm.log closes, then both relays drain (the guard would kill
+            // them with what they still hold).
+            if let (Some(child), _) = guard.vmm_and_relay() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            drop(log);
+            if let (_, Some(relay)) = guard.vmm_and_relay() {
+                settle_relay(relay);
+            }
+            settle_relay(guard.helper_mut(0));
+            return Err(failure.into_error(plan));
         }
         guard.checkpoint("instance started")?;
         guard.disarm()
+    }
+}
+
+/// Why a launch failed once Firecracker was running.
+enum Failure {
+    /// Firecracker exited, `during` (`at start`, `during PUT /x`): its
+    /// last output, quoted once the logs are complete, is the news.
+    Exited { status: ExitStatus, during: String },
+    /// Anything else: refused, timed out.
+    Error(ProtocolError),
+}
+
+impl Failure {
+    fn summary(&self) -> String {
+        match self {
+            Failure::Exited { status, during } => format!("firecracker exited {during} ({status})"),
+            Failure::Error(e) => e.message.clone(),
+        }
+    }
+
+    fn into_error(self, plan: &BootPlan) -> ProtocolError {
+        match self {
+            Failure::Exited { .. } => {
+                let hint = last_output(plan)
+                    .map(|l| format!("; last output: {l}"))
+                    .unwrap_or_default();
+                internal(format!(
+                    "{}{hint}; see console.log and vmm.log in {}",
+                    self.summary(),
+                    plan.paths.dir.display()
+                ))
+            }
+            Failure::Error(e) => e,
+        }
     }
 }
 
@@ -207,19 +261,17 @@ impl Machine for FirecrackerMachine {
 /// or resumes the guest).
 fn configure_and_start(
     child: &mut Child,
-    relay: &mut Child,
     socket: &Path,
     calls: &[ApiCall],
-    plan: &BootPlan,
     log: &mut File,
-) -> Result<(), ProtocolError> {
-    wait_for_api(child, relay, socket, plan)?;
+) -> Result<(), Failure> {
+    wait_for_api(child, socket)?;
     let client = ApiClient::new(socket);
     for call in calls {
         note(log, &format!("{} {} {}", call.method, call.path, call.body));
         match client.send_json(call.method, &call.path, &call.body, call.timeout) {
             Ok(()) => {}
-            Err(e) => return Err(api_error(child, relay, &call.path, e, plan)),
+            Err(e) => return Err(api_error(child, &call.path, e)),
         }
     }
     note(log, "the guest is booting (or resuming)");
@@ -229,24 +281,14 @@ fn configure_and_start(
 /// Turns an API failure into the error the caller sees. A Firecracker
 /// that died shows up as a refused or dropped connection; then its death
 /// (and its last words) is the news, not the transport error.
-fn api_error(
-    child: &mut Child,
-    relay: &mut Child,
-    path: &str,
-    e: ApiError,
-    plan: &BootPlan,
-) -> ProtocolError {
+fn api_error(child: &mut Child, path: &str, e: ApiError) -> Failure {
     if let Ok(Some(status)) = child.try_wait() {
-        settle_relay(relay);
-        let hint = last_output(plan)
-            .map(|l| format!("; last output: {l}"))
-            .unwrap_or_default();
-        return internal(format!(
-            "firecracker exited during PUT {path} ({status}){hint}; see console.log and vmm.log in {}",
-            plan.paths.dir.display()
-        ));
+        return Failure::Exited {
+            status,
+            during: format!("during PUT {path}"),
+        };
     }
-    match e {
+    Failure::Error(match e {
         ApiError::Fault { status, message } => internal(format!(
             "firecracker refused PUT {path} (HTTP {status}): {message}"
         )),
@@ -258,41 +300,32 @@ fn api_error(
             ),
         ),
         other => internal(format!("firecracker API, PUT {path}: {other}")),
-    }
+    })
 }
 
 /// Polls until the API socket accepts a connection; fails early if the
 /// process exits first.
-fn wait_for_api(
-    child: &mut Child,
-    relay: &mut Child,
-    socket: &Path,
-    plan: &BootPlan,
-) -> Result<(), ProtocolError> {
+fn wait_for_api(child: &mut Child, socket: &Path) -> Result<(), Failure> {
     let deadline = Instant::now() + API_READY;
     loop {
         if UnixStream::connect(socket).is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            settle_relay(relay);
-            let hint = last_output(plan)
-                .map(|l| format!(": {l}"))
-                .unwrap_or_default();
-            return Err(internal(format!(
-                "firecracker exited at start ({status}){hint}; see console.log and vmm.log in {}",
-                plan.paths.dir.display()
-            )));
+            return Err(Failure::Exited {
+                status,
+                during: "at start".into(),
+            });
         }
         if Instant::now() >= deadline {
-            return Err(ProtocolError::new(
+            return Err(Failure::Error(ProtocolError::new(
                 ErrorCode::Timeout,
                 format!(
                     "firecracker did not open its API socket {} within {}s",
                     socket.display(),
                     API_READY.as_secs()
                 ),
-            ));
+            )));
         }
         thread::sleep(Duration::from_millis(5));
     }

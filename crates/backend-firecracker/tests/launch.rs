@@ -65,7 +65,7 @@ fn launch_configures_two_extra_disks_and_starts() {
 
     let mut launched = FirecrackerMachine::new().launch(&plan).unwrap();
     assert_eq!(launched.vmm.id() as i32, fake.pid());
-    assert!(launched.helpers.is_empty());
+    assert_eq!(launched.helpers.len(), 1, "the vmm.log relay");
     assert!(launched.vmm.try_wait().unwrap().is_none());
 
     let socket = plan.paths.dir.join("fc.sock");
@@ -149,14 +149,6 @@ fn launch_configures_two_extra_disks_and_starts() {
     );
     assert_eq!(body(7), serde_json::json!({"action_type": "InstanceStart"}));
 
-    // stdout is the serial console; stderr and our notes are vmm.log.
-    let console = std::fs::read_to_string(&plan.paths.console_log).unwrap();
-    assert!(console.contains("serial console line"), "{console}");
-    assert!(!console.contains("stderr line"), "{console}");
-    let vmm = std::fs::read_to_string(&plan.paths.vmm_log).unwrap();
-    assert!(vmm.contains("fake-firecracker: stderr line"), "{vmm}");
-    assert!(vmm.contains("microagent: PUT /actions"), "{vmm}");
-
     // A one-shot run's VMM is in its own process group, not a new session.
     assert_ne!(session_of(fake.pid()), fake.pid());
 
@@ -186,9 +178,44 @@ fn launch_configures_two_extra_disks_and_starts() {
             ),
         ]
     );
+    // stdout is the serial console; stderr and our notes are vmm.log,
+    // complete once Firecracker is gone and the relays have drained.
+    launched.shut_down();
+    let console = std::fs::read_to_string(&plan.paths.console_log).unwrap();
+    assert!(console.contains("serial console line"), "{console}");
+    assert!(!console.contains("stderr line"), "{console}");
+    let vmm = std::fs::read_to_string(&plan.paths.vmm_log).unwrap();
+    assert!(vmm.contains("fake-firecracker: stderr line"), "{vmm}");
+    assert!(vmm.contains("microagent: PUT /actions"), "{vmm}");
+    assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+}
+
+#[test]
+fn a_firecracker_flooding_its_stderr_costs_the_host_a_bounded_vmm_log() {
+    let _guard = path_lock();
+    let fake = FakeFirecracker::install(
+        spec(),
+        Behaviour {
+            flood_stderr: true,
+            ..Behaviour::default()
+        },
+    );
+    set_path(fake.bin_dir());
+    let state = tempfile::tempdir().unwrap();
+    let plan = plan(state.path(), "w", Vec::new(), false);
+    let mut launched = FirecrackerMachine::new().launch(&plan).unwrap();
+    // The flood is written before the stand-in serves its API, so it has
+    // all passed through the relay once Firecracker is gone and the relay
+    // has drained.
     launched.vmm.kill().unwrap();
     launched.vmm.wait().unwrap();
-    assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+    launched.helpers[0].wait().unwrap();
+    vmkit_testkit::logs::assert_capped(
+        &plan.paths.dir,
+        "vmm.log",
+        vmkit_lifecycle::vmm_files::CONSOLE_FILE_CAP,
+    );
+    launched.shut_down();
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn a_launch_failing_after_any_step_leaves_no_process() {
             }
         }
     }
-    // The relay, firecracker, the configured and started instance.
-    assert_eq!(step, 3);
+    // The vmm.log relay, the console relay, firecracker, the configured
+    // and started instance.
+    assert_eq!(step, 4);
 }

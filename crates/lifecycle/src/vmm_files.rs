@@ -205,17 +205,8 @@ mod tests {
         assert_capped(dir.path(), "vmm.log");
     }
 
-    /// A capped log and its one rotated file hold something, and at most
-    /// two caps' worth (plus a last chunk).
     fn assert_capped(dir: &Path, log: &str) {
-        let total: u64 = [log.to_string(), format!("{log}.1")]
-            .iter()
-            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
-            .sum();
-        assert!(
-            total > 0 && total <= 2 * CONSOLE_FILE_CAP + 64 * 1024,
-            "{total} bytes kept in {log}"
-        );
+        vmkit_testkit::logs::assert_capped(dir, log, CONSOLE_FILE_CAP);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod images;
 pub mod kernel;
+pub mod logs;
 pub mod net;
 pub mod process;
 pub mod registry;

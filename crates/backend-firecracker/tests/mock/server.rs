@@ -47,6 +47,9 @@ pub struct Behaviour {
     /// Die (SIGKILL) on receiving a request to this path, without
     /// answering, as Firecracker does when its seccomp filter trips.
     pub crash_on: Option<String>,
+    /// Write 5 MiB to stderr once started, as a Firecracker that a guest
+    /// makes complain without end would.
+    pub flood_stderr: bool,
 }
 
 /// What a connection ended with.
@@ -77,6 +80,9 @@ if [ -e "$here/exit-at-start" ]; then
     echo "Error: fake failure at start"
     exit 1
 fi
+if [ -e "$here/flood-stderr" ]; then
+    head -c 5242880 /dev/zero | tr '\0' w >&2
+fi
 printf '%s\n' "$@" > "$here/args.tmp" && mv "$here/args.tmp" "$here/args"
 exec sleep 600
 "#;
@@ -91,6 +97,9 @@ impl FakeFirecracker {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         if behaviour.exit_at_start {
             std::fs::write(dir.path().join("exit-at-start"), "").unwrap();
+        }
+        if behaviour.flood_stderr {
+            std::fs::write(dir.path().join("flood-stderr"), "").unwrap();
         }
         let requests = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
