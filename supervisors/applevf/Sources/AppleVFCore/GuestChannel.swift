@@ -1,8 +1,14 @@
 // The little of crates/vmkit-channel/PROTOCOL.md this supervisor speaks
 // itself, for workspaces it runs on its own: the boot spec on the config
-// disk, waiting for the guest's `ready`, and asking it to `shutdown`.
+// disk, waiting for the guest's `ready`, asking it to `shutdown`, and the
+// frames of a freeze (Freeze.swift).
 // (Under the Rust apple-vf backend the Rust lifecycle speaks all of it.)
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Guest ports, as vmkit-channel's defaults.
 public let defaultControlPort: UInt32 = 10000
@@ -72,28 +78,44 @@ public func writeFrame(_ fd: Int32, json: [String: Any]) throws {
 
 /// Reads one frame's JSON object; a payload (`len`) is read and dropped.
 /// Hostile input (oversized, not an object) is an error, never a crash.
-public func readFrame(_ fd: Int32) throws -> [String: Any] {
-    let header = try readExactly(fd, 4)
+/// With a `deadline` the whole frame must arrive by then, however slowly
+/// its bytes trickle in (a `.timeout` error otherwise).
+public func readFrame(_ fd: Int32, until deadline: Date? = nil) throws -> [String: Any] {
+    let header = try readExactly(fd, 4, until: deadline)
     let n = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
     guard n <= maxFrameJSON else { throw ProtocolError(.guestFailure, "guest frame of \(n) bytes exceeds the limit") }
-    let body = try readExactly(fd, n)
+    let body = try readExactly(fd, n, until: deadline)
     guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any],
           object["type"] is String
     else { throw ProtocolError(.guestFailure, "guest frame is not a JSON object with a type") }
     if let len = object["len"] as? Int {
         guard len >= 0, len <= maxFrameJSON else { throw ProtocolError(.guestFailure, "guest payload of \(len) bytes exceeds the limit") }
-        _ = try readExactly(fd, len)
+        _ = try readExactly(fd, len, until: deadline)
     }
     return object
 }
 
-func readExactly(_ fd: Int32, _ n: Int) throws -> [UInt8] {
+func readExactly(_ fd: Int32, _ n: Int, until deadline: Date? = nil) throws -> [UInt8] {
     var out = [UInt8](repeating: 0, count: n)
     var off = 0
     while off < n {
+        if let deadline { try waitReadable(fd, until: deadline) }
         let got = out[off...].withUnsafeMutableBytes { readBytes(fd, $0.baseAddress, $0.count) }
         if got <= 0 { throw ProtocolError(.guestFailure, "the guest closed the channel") }
         off += got
     }
     return out
+}
+
+/// Returns once `fd` has something to read (or its end); throws `.timeout`
+/// if nothing came by `deadline`.
+func waitReadable(_ fd: Int32, until deadline: Date) throws {
+    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    while true {
+        let left = deadline.timeIntervalSinceNow
+        if left <= 0 { throw ProtocolError(.timeout, "the guest did not answer in time") }
+        let rc = poll(&pfd, 1, Int32(min(left * 1000 + 1, 60_000)))
+        if rc < 0 && SystemError.last("poll").errno == EINTR { continue }
+        if rc != 0 { return }
+    }
 }

@@ -7,7 +7,10 @@
 //
 // A snapshot is made with the VM paused, in `.staging-<tag>`, renamed into
 // place at the end: a failure (a full disk, say) leaves nothing listed, and
-// the workspace runs on.
+// the workspace runs on. A disk-only snapshot of a running or paused
+// workspace is made with the guest's filesystems frozen instead
+// (Freeze.swift; a paused one runs for the freeze and is paused again), and
+// says `frozen: true`.
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -111,15 +114,26 @@ extension Supervisor {
         try? FileManager.default.removeItem(atPath: staging)
         try privateDirectory(dir)
         try privateDirectory(staging)
+        // A disk checkpoint of a live guest is made with its filesystems
+        // frozen, so the copy is clean; memory, or a stopped disk, with the
+        // vCPUs stopped (or none running).
+        let frozen = diskOnly && record.state.hasVM
         var info = SnapshotInfo(runtimeID: name, tag: tag, createdAt: rfc3339Now(),
-                                diskOnly: diskOnly || !record.state.hasVM, memoryMiB: config.memoryMiB, sizeBytes: 0)
+                                diskOnly: diskOnly || !record.state.hasVM, frozen: frozen,
+                                memoryMiB: config.memoryMiB, sizeBytes: 0)
         let made = Result<Void, Error> {
-            if running { try setPaused(layout, true) }
-            if !info.diskOnly { try saveMachineState(layout, to: "\(staging)/\(SnapshotFiles.state)") }
-            do {
-                try cloneFile(layout.disk, to: "\(staging)/\(SnapshotFiles.disk)")
-            } catch {
-                throw ProtocolError(.internal, "copying the disk into the snapshot: \(error)")
+            let disk = "\(staging)/\(SnapshotFiles.disk)"
+            if frozen {
+                try cloneFrozen(layout, name, into: disk, paused: !running)
+            } else {
+                if running { try setPaused(layout, true) }
+                let copied = Result<Void, Error> {
+                    if !info.diskOnly { try saveMachineState(layout, to: "\(staging)/\(SnapshotFiles.state)") }
+                    try copyDiskIntoSnapshot(layout.disk, to: disk)
+                }
+                // The workspace runs on whatever happened to the snapshot.
+                let resumed = Result<Void, Error> { if running { try setPaused(layout, false) } }
+                try firstFailure(copied, resumed, name)
             }
             let meta = SnapshotMeta(info: info, kernelSha256: kernelSha256, config: config, files: try fileNames(staging))
             try writeSynced("\(staging)/\(SnapshotFiles.meta)", Data(encodePretty(meta).utf8))
@@ -127,18 +141,12 @@ extension Supervisor {
                 throw ProtocolError(.internal, "moving the snapshot into \(final): \(SystemError.last("rename"))")
             }
         }
-        // The workspace runs on whatever happened to the snapshot.
-        let resumed = Result<Void, Error> { if running { try setPaused(layout, false) } }
         switch made {
         case .success:
-            try resumed.get()
             info.sizeBytes = diskUsage(final)
             return info
         case .failure(let error):
             try? FileManager.default.removeItem(atPath: staging)
-            if case .failure(let r) = resumed {
-                FileHandle.standardError.write(Data("resuming \(quoted(name)) after a failed snapshot: \(r)\n".utf8))
-            }
             throw error
         }
     }
@@ -246,6 +254,25 @@ func listSnapshots(_ dir: String) -> [SnapshotInfo] {
         info.sizeBytes = diskUsage("\(dir)/\(name)")
         return info
     }.sorted { $0.createdAt < $1.createdAt }
+}
+
+/// The failure of `made`, else that of `restored` (what undoes its side
+/// effects: a resume, a pause); when both failed, the second is logged.
+func firstFailure(_ made: Result<Void, Error>, _ restored: Result<Void, Error>, _ name: String) throws {
+    if case .failure(let r) = restored, case .failure = made {
+        FileHandle.standardError.write(Data("\(quoted(name)) after a failed snapshot: \(r)\n".utf8))
+    }
+    try made.get()
+    try restored.get()
+}
+
+/// Copies a workspace's disk into a snapshot.
+func copyDiskIntoSnapshot(_ disk: String, to dst: String) throws {
+    do {
+        try cloneFile(disk, to: dst)
+    } catch {
+        throw ProtocolError(.internal, "copying the disk into the snapshot: \(error)")
+    }
 }
 
 /// Gives `dst` its own copy of `src` (a clone on APFS), complete or not at

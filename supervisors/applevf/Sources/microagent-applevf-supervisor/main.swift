@@ -26,6 +26,9 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 
 switch arguments.first {
 case nil:
+    // A guest that hangs up (its exec port, during a freeze) is an error
+    // from write, not a signal that kills the answer.
+    signal(SIGPIPE, SIG_IGN)
     let response: Response
     if let bytes = readAll(0, limit: maxRequestBytes) {
         let executable = Bundle.main.executablePath ?? CommandLine.arguments[0]

@@ -118,6 +118,28 @@ final class MutationTests: XCTestCase {
         }
     }
 
+    /// Mutated `frozen` answers to a freeze: refused, or a checked list of
+    /// mountpoints that includes `/`; never a crash or a hang.
+    func testMutatedFrozenAnswersAreRefusedOrChecked() {
+        var rng = SplitMix(state: 13)
+        let good = frameBytes(#"{"type":"frozen","mountpoints":["/","/data"]}"#)
+        var accepted = 0
+        for _ in 0..<1500 {
+            var fds: [Int32] = [0, 0]
+            XCTAssertEqual(socketpair(AF_UNIX, streamType, 0, &fds), 0)
+            try? writeAll(fds[1], mutate(good, &rng))
+            shutdown(fds[1], Int32(SHUT_WR))
+            if let guest = try? freezeOver(fds[0], holdMs: 1000, until: Date().addingTimeInterval(5)) {
+                accepted += 1
+                XCTAssertTrue(guest.mountpoints.contains("/"), "\(guest.mountpoints)")
+                XCTAssertTrue(guest.mountpoints.count <= 64 && guest.mountpoints.allSatisfy { $0.hasPrefix("/") })
+            }
+            close(fds[1])
+        }
+        XCTAssertGreaterThan(accepted, 0, "some mutations still freeze")
+        XCTAssertLessThan(accepted, 1500, "the mutations do produce bad answers")
+    }
+
     func testConnectLinesAreParsedStrictly() {
         var rng = SplitMix(state: 3)
         let good = Array("CONNECT 10001".utf8)
