@@ -48,13 +48,19 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
 def state_dir(microagent_bin: str) -> Iterator[str]:
     """One state folder for the session (root disks are cached once), with
     the kernel installed; MICROAGENT_STATE_DIR points at it. Short path:
-    socket paths live under it."""
+    socket paths live under it. At the end of the session, no VM of the
+    suite may be left: whatever is left is deleted (so no VM outlives its
+    removed state folder), and then the session fails."""
     d = tempfile.mkdtemp(prefix="mapy", dir="/tmp")
     subprocess.run([microagent_bin, "--state-dir", d, "kernel", "install", "--from", str(kernel_path())],
                    check=True, capture_output=True)
     os.environ["MICROAGENT_STATE_DIR"] = d
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    try:
+        yield d
+        left, stray = remove_leftovers(microagent_bin, d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert (left, stray) == ([], []), f"the suite left workspaces {left} and VM processes {stray}"
 
 
 def workspaces(microagent_bin: str, state_dir: str) -> List[str]:
@@ -80,12 +86,36 @@ def vm_processes(state_dir: str) -> List[Tuple[int, str]]:
     return found
 
 
+def remove_leftovers(microagent_bin: str, state_dir: str) -> Tuple[List[str], List[Tuple[int, str]]]:
+    """Deletes every workspace left in the state folder (killing its VM),
+    then kills, by pid, the VM processes still naming it; returns both as
+    they were found, for the caller to fail on."""
+    import signal
+
+    left = workspaces(microagent_bin, state_dir)
+    for name in left:
+        subprocess.run([microagent_bin, "--state-dir", state_dir, "delete", "--force", name],
+                       capture_output=True)
+    stray = vm_processes(state_dir)
+    for pid, _ in stray:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left, stray
+
+
 @pytest.fixture
 def clean(microagent_bin: str, state_dir: str) -> Iterator[None]:
-    """Asserts a test leaves no workspace and no VM process behind."""
-    yield
-    assert workspaces(microagent_bin, state_dir) == []
-    assert vm_processes(state_dir) == []
+    """Asserts a test leaves no workspace and no VM process behind. What a
+    test left (it failed half-way, say) is removed first, pass or fail, so
+    no VM outlives the suite and the next test starts clean."""
+    try:
+        yield
+    finally:
+        left, stray = remove_leftovers(microagent_bin, state_dir)
+    assert left == []
+    assert stray == []
 
 
 @pytest.fixture(autouse=True)

@@ -213,8 +213,12 @@ fn sweep(dir: &Path, ownerless_min_age: Duration) -> Result<Vec<OrphanedMemory>,
     for c in candidates {
         let id = (c.meta.dev(), c.meta.ino());
         if in_use.contains(&id) {
+            let why = match &c.owner {
+                Some(folder) => format!("its workspace folder {} is gone", folder.display()),
+                None => "it has no owner record".to_owned(),
+            };
             tracing::warn!(
-                "{}: its workspace folder is gone but a live process still maps it (a VM running without its state folder); left in place",
+                "{}: {why}, but a live process still maps or holds it (a VM running without its state folder?); left in place",
                 c.path.display()
             );
             continue;
