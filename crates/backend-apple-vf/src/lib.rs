@@ -175,7 +175,9 @@ impl AppleVfBackend {
         Ok(response)
     }
 
-    fn command(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+    /// Sends one request to the supervisor and returns what it did: every
+    /// request method of this backend is this.
+    pub fn command(&self, request: &Request) -> Result<Outcome, ProtocolError> {
         let response = self.call(request)?;
         if let Some(error) = response.error {
             return Err(error);
@@ -218,40 +220,6 @@ impl Backend for AppleVfBackend {
             .host
             .ok_or_else(|| bad("it answered host without host facts".into(), ""))
     }
-    fn check(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn prepare(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn start(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn run(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn inspect(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn halt(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn stop(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn kill(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn delete(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn pause(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
-    fn snapshot(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.command(r)
-    }
+    // Every request goes to the supervisor as it is.
+    vmkit_protocol::forward_requests!(command);
 }

@@ -105,3 +105,46 @@ pub trait Backend: Send + Sync {
     /// Creates, lists or deletes snapshots (`request.snapshot`).
     fn snapshot(&self, request: &Request) -> Result<Outcome, ProtocolError>;
 }
+
+/// Implements every request method of [`Backend`] (all but `kind` and
+/// `host`) as one call of `self.$forward(request)`: for a backend that
+/// sends each request on as it is, to a supervisor process, say. The
+/// method list is the trait's, so a command added to the trait and not
+/// here fails to compile where the macro is used.
+///
+/// ```
+/// use vmkit_protocol::{Backend, BackendKind, HostInfo, Outcome, ProtocolError, Request};
+///
+/// struct Client;
+/// impl Client {
+///     fn send(&self, _request: &Request) -> Result<Outcome, ProtocolError> {
+///         Ok(Outcome::default())
+///     }
+/// }
+/// impl Backend for Client {
+///     fn kind(&self) -> BackendKind {
+///         BackendKind::AppleVf
+///     }
+///     fn host(&self) -> Result<HostInfo, ProtocolError> {
+///         Err(ProtocolError::new(vmkit_protocol::ErrorCode::Unsupported, "no host facts"))
+///     }
+///     vmkit_protocol::forward_requests!(send);
+/// }
+/// ```
+#[macro_export]
+macro_rules! forward_requests {
+    ($forward:ident) => {
+        $crate::forward_requests!(@each $forward:
+            check prepare start run inspect halt stop kill delete pause resume snapshot);
+    };
+    (@each $forward:ident: $($method:ident)*) => {
+        $(
+            fn $method(
+                &self,
+                request: &$crate::Request,
+            ) -> ::std::result::Result<$crate::Outcome, $crate::ProtocolError> {
+                self.$forward(request)
+            }
+        )*
+    };
+}

@@ -131,7 +131,10 @@ struct Supervised {
 }
 
 impl Supervised {
-    fn observed(&self, outcome: Result<Outcome, ProtocolError>) -> Result<Outcome, ProtocolError> {
+    /// One request to the supervisor; the event in its answer goes to the
+    /// observer.
+    fn observed_command(&self, request: &Request) -> Result<Outcome, ProtocolError> {
+        let outcome = self.client.command(request);
         if let (Ok(Outcome { event: Some(e), .. }), Some(observer)) = (&outcome, &self.observer) {
             observer(e);
         }
@@ -153,42 +156,7 @@ impl Backend for Supervised {
     fn host(&self) -> Result<HostInfo, ProtocolError> {
         self.client.host()
     }
-    fn check(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.check(r))
-    }
-    fn prepare(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.prepare(r))
-    }
-    fn start(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.start(r))
-    }
-    fn run(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.run(r))
-    }
-    fn inspect(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.inspect(r))
-    }
-    fn halt(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.halt(r))
-    }
-    fn stop(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.stop(r))
-    }
-    fn kill(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.kill(r))
-    }
-    fn delete(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.delete(r))
-    }
-    fn pause(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.pause(r))
-    }
-    fn resume(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.resume(r))
-    }
-    fn snapshot(&self, r: &Request) -> Result<Outcome, ProtocolError> {
-        self.observed(self.client.snapshot(r))
-    }
+    vmkit_protocol::forward_requests!(observed_command);
 }
 
 impl Driver for Supervised {
