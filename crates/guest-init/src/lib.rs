@@ -54,6 +54,25 @@ pub mod volumes;
 #[cfg(target_os = "linux")]
 pub mod vsock;
 
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns on [`stage`] logging (`microagent.debug` on the kernel command line).
+pub fn set_debug(on: bool) {
+    DEBUG.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// With debug on, logs a boot or run stage with the kernel's uptime, to
+/// see where time goes.
+pub fn stage(what: &str) {
+    if DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
+        let us = t.map_or(0, |t| {
+            t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+        });
+        log(&format!("{:>4}.{:03} ms  {what}", us / 1000, us % 1000));
+    }
+}
+
 /// Logs a line to the console (PID 1's stderr is `/dev/console`).
 pub fn log(msg: &str) {
     eprintln!("microagent-init: {msg}");

@@ -13,7 +13,7 @@ use vmkit_guest_init::image::{Defaults, ImageConfig, IMAGE_CONFIG_PATH};
 use vmkit_guest_init::reaper::Reaper;
 use vmkit_guest_init::service::{run_workload, Connection, Service};
 use vmkit_guest_init::transport::{Stream, Transport};
-use vmkit_guest_init::{log, network, system};
+use vmkit_guest_init::{log, network, stage, system};
 
 /// How long to keep trying to reach the host's control port: the host binds
 /// it before starting the VM, so this only covers a slow VMM.
@@ -37,15 +37,6 @@ fn main() {
     system::poweroff(&disks);
 }
 
-/// With `microagent.debug` on the kernel command line, logs boot stages
-/// with the kernel's uptime, to see where boot time goes.
-fn stage(debug: bool, what: &str) {
-    if debug {
-        let us = system::uptime_us().unwrap_or(0);
-        log(&format!("{:>4}.{:03} ms  {what}", us / 1000, us % 1000));
-    }
-}
-
 fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     let entered = system::uptime_us();
     system::ensure_console();
@@ -55,6 +46,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     let debug = cmdline
         .split_ascii_whitespace()
         .any(|a| a == "microagent.debug");
+    vmkit_guest_init::set_debug(debug);
     if debug {
         let us = entered.unwrap_or(0);
         log(&format!(
@@ -63,7 +55,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             us % 1000
         ));
     }
-    stage(debug, "filesystems mounted");
+    stage("filesystems mounted");
     Reaper::global();
     if let Err(e) = system::loopback_up() {
         log(&format!("loopback: {e}"));
@@ -73,7 +65,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
         errors.push(e);
         BootSpec::default()
     });
-    stage(debug, "boot spec read");
+    stage("boot spec read");
     if let Some(h) = &spec.hostname {
         system::set_hostname(h);
     }
@@ -81,7 +73,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
         if let Err(e) = network::configure(net) {
             errors.push(e);
         }
-        stage(debug, "network configured");
+        stage("network configured");
     }
     if errors.is_empty() {
         match system::mount_disks(&spec.disks) {
@@ -101,7 +93,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
     if let Err(e) = system::place_files(&spec.files) {
         errors.push(e);
     }
-    stage(debug, "disks mounted, files placed");
+    stage("disks mounted, files placed");
     let defaults = Defaults::new(&image, &spec.env, spec.cwd.as_deref(), spec.user.as_deref());
 
     let transport = match Transport::from_cmdline(&cmdline) {
@@ -111,7 +103,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             return;
         }
     };
-    stage(debug, "host channel up");
+    stage("host channel up");
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     // The exec service listens before `ready` goes out, so the host may
     // connect the moment it reads it.
@@ -167,7 +159,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
             return;
         }
     };
-    stage(debug, "connected to the host");
+    stage("connected to the host");
     if !errors.is_empty() {
         let message = errors.join("; ");
         log(&message);

@@ -453,7 +453,9 @@ pub fn run_workload<C: Connection>(
         }
         send(Message::SetupResult(step))?;
     }
+    crate::stage("command starting");
     let result = run(&spec.exec);
+    crate::stage("command ended");
     before_report();
     send(Message::Result(result))?;
     wait_ack(&mut reader);

@@ -173,12 +173,7 @@ pub(crate) fn start(
                 mac,
             },
         });
-        boot.guest = Some(GuestNetwork::behind_gateway(
-            net.guest_ip,
-            net.prefix_len,
-            net.gateway_ip,
-            u32::from(net.mtu),
-        ));
+        boot.guest = Some(guest_network(&net));
         write_json(&paths.net_config, &net)?;
         command.arg("--config").arg(&paths.net_config);
     }
@@ -382,6 +377,25 @@ fn unavailable(message: String) -> ProtocolError {
 
 fn refused(message: String) -> ProtocolError {
     ProtocolError::invalid(message)
+}
+
+/// How the guest init configures the NIC for `net`.
+fn guest_network(net: &NetConfig) -> GuestNetwork {
+    GuestNetwork::behind_gateway(
+        net.guest_ip,
+        net.prefix_len,
+        net.gateway_ip,
+        u32::from(net.mtu),
+    )
+}
+
+/// The guest side of every workspace network (the helper's default
+/// addresses): what root disks are built for, so that the guest init finds
+/// `/etc/resolv.conf` and `/etc/hosts` already written.
+pub fn standard_guest_network() -> GuestNetwork {
+    guest_network(&NetConfig::new(Frontend::Stream {
+        path: PathBuf::new(),
+    }))
 }
 
 #[cfg(test)]

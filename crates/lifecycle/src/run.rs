@@ -82,8 +82,10 @@ impl Workspace<'_> {
         // no flush: ending the VM at once saves the guest's shutdown, which
         // is most of a short run's tail.
         let powered_off = keep && wait_child(&mut booted.launched.vmm, POWER_OFF_WAIT);
-        booted.launched.shut_down();
+        // Killed first, reaped after: their exit runs while the files go.
+        booted.launched.kill();
         remove_vm_files(self.paths());
+        booted.launched.shut_down();
         let report = match received {
             Ok(report) => report,
             Err(ChannelError::Timeout(_)) => {

@@ -723,6 +723,23 @@ impl Staging {
         )
     }
 
+    /// The text of the regular file at `rel` (symlinked parents resolved
+    /// inside the root): `Ok(Some(""))` when nothing is there, `Ok(None)`
+    /// when something other than a UTF-8 file of at most `max` bytes is
+    /// (a symlink, a folder, a big file).
+    pub(crate) fn read_text(&mut self, rel: &str, max: u64) -> Result<Option<String>, RootfsError> {
+        let comps = self.components(rel.as_bytes())?;
+        let rel = self.prepare_parent(rel.as_bytes(), &comps)?;
+        let host = self.root.join(&rel);
+        match fs::symlink_metadata(&host) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(String::new())),
+            Ok(m) if m.is_file() && m.len() <= max => {}
+            _ => return Ok(None),
+        }
+        let bytes = fs::read(&host).ctx(|| format!("reading {}", host.display()))?;
+        Ok(String::from_utf8(bytes).ok())
+    }
+
     /// Writes a root-owned file at `rel` (symlinked parents resolved inside
     /// the root; anything at `rel` itself replaced).
     pub(crate) fn inject_file(

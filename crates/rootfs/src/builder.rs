@@ -36,6 +36,8 @@ pub const MOUNT_POINTS: &[(&str, u32)] = &[
     ("tmp", 0o1777),
 ];
 
+/// An image's `/etc/hosts` bigger than this is left for the guest init.
+const MAX_HOSTS_BYTES: u64 = 1 << 20;
 /// Bumped whenever the builder's output for the same input changes.
 const CACHE_VERSION: &str = "microagent-rootfs-v1";
 /// Temp folders older than this are leftovers of crashed builds.
@@ -71,6 +73,12 @@ pub struct BuildOptions {
     /// Where to unpack layers; `None` picks `/dev/shm` when the content
     /// fits comfortably in memory, else a folder next to the cache.
     pub staging_dir: Option<PathBuf>,
+    /// Write `/etc/resolv.conf` and `/etc/hosts` as the guest init would
+    /// for this network, so a guest booted on it finds them in place and
+    /// its boot writes nothing to the root filesystem (under TCG the first
+    /// write costs ~15 ms). The guest init still rewrites them when its
+    /// network differs.
+    pub guest_network: Option<vmkit_channel::GuestNetwork>,
     /// Most content staged in memory before the build moves to disk
     /// (default: the smaller of half the free tmpfs and a quarter of the
     /// available memory).
@@ -218,9 +226,13 @@ impl RootfsBuilder {
             ImageRef::RootfsTar { .. } => "rootfs-tar",
         };
         let size = opts.size_mib.map_or("auto".to_string(), |s| s.to_string());
-        let key = hex::encode(Sha256::digest(format!(
-            "{CACHE_VERSION}\n{kind}\n{digest}\n{platform}\n{init_digest}\n{size}\n"
-        )));
+        let mut key_text =
+            format!("{CACHE_VERSION}\n{kind}\n{digest}\n{platform}\n{init_digest}\n{size}\n");
+        if let Some(net) = &opts.guest_network {
+            key_text.push_str(&serde_json::to_string(net).unwrap_or_default());
+            key_text.push('\n');
+        }
+        let key = hex::encode(Sha256::digest(key_text));
         let entry = self.cache_dir().join(&key[..40]);
         if let Some(hit) = read_entry(&entry)? {
             tracing::info!(image = %image, elapsed = ?started.elapsed(), "rootfs cache hit");
@@ -382,6 +394,16 @@ impl RootfsBuilder {
             config_json.len() as u64,
             0o644,
         )?;
+        if let Some(net) = &opts.guest_network {
+            let mut files = vec![("etc/resolv.conf", net.resolv_conf())];
+            // An odd /etc/hosts (a symlink, a huge file) is the guest init's.
+            if let Some(image_hosts) = staging.read_text("etc/hosts", MAX_HOSTS_BYTES)? {
+                files.push(("etc/hosts", net.hosts_file(&image_hosts)));
+            }
+            for (path, text) in files {
+                staging.inject_file(path, &mut text.as_bytes(), text.len() as u64, 0o644)?;
+            }
+        }
         if let Some(init) = &opts.init_binary {
             let mut f =
                 File::open(init).ctx(|| format!("opening init binary {}", init.display()))?;

@@ -20,6 +20,9 @@ pub const DEFAULT_FORWARD_PORT: u32 = 10_002;
 pub const HOST_ALIAS: &str = "host.microagent.internal";
 /// At most this many extra `/etc/hosts` entries.
 const MAX_HOSTS: usize = 64;
+/// Marks the `/etc/hosts` lines written for a [`GuestNetwork`], so writing
+/// them again replaces them instead of appending.
+const HOSTS_MARKER: &str = "# microagent";
 
 /// How the guest init configures its network device. Absent from the
 /// boot spec: the guest has only `lo`.
@@ -90,6 +93,41 @@ impl GuestNetwork {
                 names: vec![HOST_ALIAS.into()],
             }],
         }
+    }
+
+    /// `/etc/resolv.conf` for this network: its nameservers.
+    pub fn resolv_conf(&self) -> String {
+        let mut text =
+            String::from("# written by microagent-init: the host-side stack answers DNS\n");
+        for ns in &self.nameservers {
+            text.push_str(&format!("nameserver {ns}\n"));
+        }
+        text
+    }
+
+    /// `/etc/hosts` for this network, given the image's: its lines kept
+    /// (except marked ones, written for a network before), `localhost`
+    /// added if missing, and this network's entries, each marked.
+    pub fn hosts_file(&self, existing: &str) -> String {
+        let mut text: String = existing
+            .lines()
+            .filter(|l| !l.ends_with(HOSTS_MARKER))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        if !text
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("localhost"))
+        {
+            text.push_str("127.0.0.1\tlocalhost\n");
+        }
+        for h in &self.hosts {
+            text.push_str(&format!(
+                "{}\t{}\t{HOSTS_MARKER}\n",
+                h.address,
+                h.names.join(" ")
+            ));
+        }
+        text
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {

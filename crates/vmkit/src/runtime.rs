@@ -176,6 +176,7 @@ impl Runtime {
         let options = BuildOptions {
             init_binary: Some(crate::find_guest_init_for(arch)?),
             platform: Some(platform),
+            guest_network: Some(vmkit_lifecycle::network::standard_guest_network()),
             progress,
             ..BuildOptions::default()
         };
