@@ -24,6 +24,15 @@ fn spec() -> Arc<Spec> {
     SPEC.get_or_init(|| Arc::new(Spec::load())).clone()
 }
 
+/// The stand-in, behaving so, first on PATH until the guard returned
+/// with it is dropped.
+fn stand_in(behaviour: Behaviour) -> (MutexGuard<'static, ()>, FakeFirecracker) {
+    let guard = path_lock();
+    let fake = FakeFirecracker::install(spec(), behaviour);
+    set_path(fake.bin_dir());
+    (guard, fake)
+}
+
 fn set_path(dir: &Path) {
     // Only `firecracker` is looked up during a launch; the script itself
     // needs sh, sleep, dirname, mv and printf from the system folders.
@@ -53,9 +62,7 @@ fn session_of(pid: i32) -> i32 {
 
 #[test]
 fn launch_configures_two_extra_disks_and_starts() {
-    let _guard = path_lock();
-    let fake = FakeFirecracker::install(spec(), Behaviour::default());
-    set_path(fake.bin_dir());
+    let (_path, fake) = stand_in(Behaviour::default());
     let state = tempfile::tempdir().unwrap();
     let disks = vec![
         disk(state.path(), "data", DiskMode::Ro),
@@ -192,15 +199,10 @@ fn launch_configures_two_extra_disks_and_starts() {
 
 #[test]
 fn a_firecracker_flooding_its_stderr_costs_the_host_a_bounded_vmm_log() {
-    let _guard = path_lock();
-    let fake = FakeFirecracker::install(
-        spec(),
-        Behaviour {
-            flood_stderr: true,
-            ..Behaviour::default()
-        },
-    );
-    set_path(fake.bin_dir());
+    let (_path, _fake) = stand_in(Behaviour {
+        flood_stderr: true,
+        ..Behaviour::default()
+    });
     let state = tempfile::tempdir().unwrap();
     let plan = plan(state.path(), "w", Vec::new(), false);
     let mut launched = FirecrackerMachine::new().launch(&plan).unwrap();
@@ -220,9 +222,7 @@ fn a_firecracker_flooding_its_stderr_costs_the_host_a_bounded_vmm_log() {
 
 #[test]
 fn a_detached_launch_gets_its_own_session_and_a_fresh_console() {
-    let _guard = path_lock();
-    let fake = FakeFirecracker::install(spec(), Behaviour::default());
-    set_path(fake.bin_dir());
+    let (_path, fake) = stand_in(Behaviour::default());
     let state = tempfile::tempdir().unwrap();
     let plan = plan(state.path(), "keep", Vec::new(), true);
     std::fs::write(&plan.paths.console_log, "previous boot\n").unwrap();
@@ -248,16 +248,11 @@ fn a_detached_launch_gets_its_own_session_and_a_fresh_console() {
 
 #[test]
 fn an_api_fault_kills_firecracker_and_is_quoted() {
-    let _guard = path_lock();
     let fault = "Unable to create the block device: BackingFile(Os { code: 2, kind: NotFound })";
-    let fake = FakeFirecracker::install(
-        spec(),
-        Behaviour {
-            fail: Some(("/drives/disk1".into(), fault.into())),
-            ..Behaviour::default()
-        },
-    );
-    set_path(fake.bin_dir());
+    let (_path, fake) = stand_in(Behaviour {
+        fail: Some(("/drives/disk1".into(), fault.into())),
+        ..Behaviour::default()
+    });
     let state = tempfile::tempdir().unwrap();
     let disks = vec![
         disk(state.path(), "a", DiskMode::Rw),
@@ -285,16 +280,11 @@ fn an_api_fault_kills_firecracker_and_is_quoted() {
 
 #[test]
 fn a_fault_at_instance_start_kills_firecracker_too() {
-    let _guard = path_lock();
     let fault = "Start microvm error: Cannot create VM: Error creating KVM object";
-    let fake = FakeFirecracker::install(
-        spec(),
-        Behaviour {
-            fail: Some(("/actions".into(), fault.into())),
-            ..Behaviour::default()
-        },
-    );
-    set_path(fake.bin_dir());
+    let (_path, fake) = stand_in(Behaviour {
+        fail: Some(("/actions".into(), fault.into())),
+        ..Behaviour::default()
+    });
     let state = tempfile::tempdir().unwrap();
     let plan = plan(state.path(), "w", Vec::new(), true);
     let err = FirecrackerMachine::new().launch(&plan).unwrap_err();
@@ -305,15 +295,10 @@ fn a_fault_at_instance_start_kills_firecracker_too() {
 
 #[test]
 fn firecracker_dying_mid_configuration_is_reported() {
-    let _guard = path_lock();
-    let fake = FakeFirecracker::install(
-        spec(),
-        Behaviour {
-            crash_on: Some("/drives/root".into()),
-            ..Behaviour::default()
-        },
-    );
-    set_path(fake.bin_dir());
+    let (_path, fake) = stand_in(Behaviour {
+        crash_on: Some("/drives/root".into()),
+        ..Behaviour::default()
+    });
     let state = tempfile::tempdir().unwrap();
     let plan = plan(state.path(), "w", Vec::new(), false);
     let err = FirecrackerMachine::new().launch(&plan).unwrap_err();
@@ -334,15 +319,10 @@ fn firecracker_dying_mid_configuration_is_reported() {
 
 #[test]
 fn firecracker_exiting_at_start_is_reported_with_its_last_words() {
-    let _guard = path_lock();
-    let fake = FakeFirecracker::install(
-        spec(),
-        Behaviour {
-            exit_at_start: true,
-            ..Behaviour::default()
-        },
-    );
-    set_path(fake.bin_dir());
+    let (_path, _fake) = stand_in(Behaviour {
+        exit_at_start: true,
+        ..Behaviour::default()
+    });
     let state = tempfile::tempdir().unwrap();
     let plan = plan(state.path(), "w", Vec::new(), false);
     let err = FirecrackerMachine::new().launch(&plan).unwrap_err();
