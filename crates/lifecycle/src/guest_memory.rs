@@ -34,8 +34,8 @@ const OWNERLESS_MIN_AGE: Duration = Duration::from_secs(10 * 60);
 /// An owner record holds one path; anything longer is not one of ours.
 const MAX_OWNER_RECORD: u64 = 4096;
 
-/// A RAM file `gc` removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A RAM file `gc` removed (as `gc --json` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OrphanedMemory {
     /// The RAM file.
     pub path: PathBuf,
@@ -43,6 +43,17 @@ pub struct OrphanedMemory {
     pub owner: Option<PathBuf>,
     /// What it held on tmpfs (allocated bytes, not its apparent size).
     pub bytes: u64,
+}
+
+impl std::fmt::Display for OrphanedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: removed orphaned guest RAM (", self.path.display())?;
+        match &self.owner {
+            Some(folder) => write!(f, "{} is gone", folder.display())?,
+            None => f.write_str("no owner record")?,
+        }
+        write!(f, "), {} MiB freed", self.bytes >> 20)
+    }
 }
 
 /// Where a VM's RAM file lives: in a private folder on tmpfs

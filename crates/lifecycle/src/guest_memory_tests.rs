@@ -186,3 +186,21 @@ fn an_owner_record_is_bounded_and_absolute() {
         None
     );
 }
+
+#[test]
+fn a_removed_file_says_why_it_went_and_what_it_freed() {
+    let owned = OrphanedMemory {
+        path: "/dev/shm/microagent-0/ab.ram".into(),
+        owner: Some("/s/workspaces/w".into()),
+        bytes: 3 << 20,
+    };
+    assert_eq!(
+        owned.to_string(),
+        "/dev/shm/microagent-0/ab.ram: removed orphaned guest RAM (/s/workspaces/w is gone), 3 MiB freed"
+    );
+    let ownerless = OrphanedMemory {
+        owner: None,
+        ..owned
+    };
+    assert!(ownerless.to_string().contains("(no owner record)"));
+}

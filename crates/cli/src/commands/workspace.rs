@@ -339,15 +339,8 @@ pub fn gc(global: &Global) -> anyhow::Result<u8> {
     let rt = quiet_runtime(global)?;
     let report = rt.gc().map_err(exit::classify)?;
     if global.json {
-        let removed_memory: Vec<_> = report
-            .removed_memory
-            .iter()
-            .map(|m| serde_json::json!({"path": m.path, "owner": m.owner, "bytes": m.bytes}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"type": "gc", "cleaned": report.cleaned, "removedMemory": removed_memory})
-        );
+        let line = serde_json::json!({"type": "gc", "cleaned": report.cleaned, "removedMemory": report.removed_memory});
+        println!("{line}");
         return Ok(0);
     }
     if report.cleaned.is_empty() && report.removed_memory.is_empty() {
@@ -356,16 +349,8 @@ pub fn gc(global: &Global) -> anyhow::Result<u8> {
     for name in report.cleaned {
         eprintln!("{name}: cleaned up (marked failed)");
     }
-    for m in report.removed_memory {
-        let owner = m.owner.map_or_else(
-            || "no owner record".to_owned(),
-            |o| format!("state folder {} is gone", o.display()),
-        );
-        eprintln!(
-            "{}: removed orphaned guest RAM ({owner}), {} MiB freed",
-            m.path.display(),
-            m.bytes / (1024 * 1024)
-        );
+    for removed in report.removed_memory {
+        eprintln!("{removed}");
     }
     Ok(0)
 }
