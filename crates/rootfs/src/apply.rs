@@ -14,18 +14,23 @@
 //! ext4 afterwards with `debugfs` (see `ext4.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{CString, OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, AT_FDCWD};
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
-use nix::sys::time::TimeSpec;
+use nix::sys::stat::{Mode, SFlag};
 
 use crate::error::{IoContext, RootfsError};
+
+mod fsops;
+mod inject;
+
+pub(crate) use fsops::debugfs_path;
+use fsops::{copy_file, lsetxattr, set_mtime, xattr_bytes};
 
 /// Bounds on what a single image may contain. The defaults are far above
 /// any real image and far below what could exhaust a host.
@@ -688,175 +693,5 @@ impl Staging {
             }
         }
         Ok(())
-    }
-
-    /// Makes sure a directory exists at `rel` (a symlink there counts, as the
-    /// guest will follow it), root-owned with `mode`.
-    pub(crate) fn ensure_dir(&mut self, rel: &str, mode: u32) -> Result<(), RootfsError> {
-        let comps = self.components(rel.as_bytes())?;
-        let (r, depth) = self.resolve(rel.as_bytes(), &comps, false)?;
-        if depth >= r.iter().count() {
-            return Ok(());
-        }
-        let parent = self.prepare_parent(rel.as_bytes(), &comps)?;
-        self.create_root_dir(&parent, mode, now())
-    }
-
-    /// Creates a root-owned directory at `rel` (whose parent exists),
-    /// counted against the bounds like any layer entry.
-    fn create_root_dir(&mut self, rel: &Path, mode: u32, mtime: i64) -> Result<(), RootfsError> {
-        let host = self.root.join(rel);
-        fs::create_dir(&host).ctx(|| format!("creating {}", host.display()))?;
-        self.inodes += 1;
-        self.content_bytes += BLOCK;
-        self.set_meta(
-            rel,
-            SFlag::S_IFDIR,
-            None,
-            Meta {
-                uid: 0,
-                gid: 0,
-                mode,
-                mtime,
-                xattrs: Vec::new(),
-            },
-        )
-    }
-
-    /// The text of the regular file at `rel` (symlinked parents resolved
-    /// inside the root): `Ok(Some(""))` when nothing is there, `Ok(None)`
-    /// when something other than a UTF-8 file of at most `max` bytes is
-    /// (a symlink, a folder, a big file).
-    pub(crate) fn read_text(&mut self, rel: &str, max: u64) -> Result<Option<String>, RootfsError> {
-        let comps = self.components(rel.as_bytes())?;
-        let rel = self.prepare_parent(rel.as_bytes(), &comps)?;
-        let host = self.root.join(&rel);
-        match fs::symlink_metadata(&host) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(String::new())),
-            Ok(m) if m.is_file() && m.len() <= max => {}
-            _ => return Ok(None),
-        }
-        let bytes = fs::read(&host).ctx(|| format!("reading {}", host.display()))?;
-        Ok(String::from_utf8(bytes).ok())
-    }
-
-    /// Writes a root-owned file at `rel` (symlinked parents resolved inside
-    /// the root; anything at `rel` itself replaced).
-    pub(crate) fn inject_file(
-        &mut self,
-        rel: &str,
-        content: &mut dyn Read,
-        size: u64,
-        mode: u32,
-    ) -> Result<(), RootfsError> {
-        let comps = self.components(rel.as_bytes())?;
-        let rel = self.prepare_parent(rel.as_bytes(), &comps)?;
-        let host = self.root.join(&rel);
-        if fs::symlink_metadata(&host).is_ok() {
-            self.remove(&rel)?;
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&host)
-            .ctx(|| format!("creating {}", host.display()))?;
-        copy_file(content, file, size).ctx(|| format!("writing {}", host.display()))?;
-        self.content_bytes += size.div_ceil(BLOCK) * BLOCK;
-        self.inodes += 1;
-        self.set_meta(
-            &rel,
-            SFlag::S_IFREG,
-            None,
-            Meta {
-                uid: 0,
-                gid: 0,
-                mode,
-                mtime: now(),
-                xattrs: Vec::new(),
-            },
-        )
-    }
-}
-
-fn xattr_bytes(xattrs: &[(OsString, Vec<u8>)]) -> usize {
-    xattrs.iter().map(|(k, v)| k.len() + v.len() + 32).sum()
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn set_mtime(host: &Path, mtime: i64) -> Result<(), RootfsError> {
-    let ts = TimeSpec::new(mtime, 0);
-    nix::sys::stat::utimensat(AT_FDCWD, host, &ts, &ts, UtimensatFlags::NoFollowSymlink)
-        .ctx(|| format!("setting mtime of {}", host.display()))
-}
-
-/// Sets extended attribute `name` on `path` itself, not on what a symlink
-/// there points to. (nix has no xattr calls; this is the one libc call.)
-fn lsetxattr(path: &Path, name: &OsStr, value: &[u8]) -> io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes())?;
-    let name = CString::new(name.as_bytes())?;
-    // SAFETY: both strings are NUL-terminated and outlive the call; `value`
-    // is a live slice whose pointer and length are passed together.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Copies exactly `size` bytes in large chunks; a short entry is an error.
-/// Runs of zeros become holes, so a sparse file (say a huge
-/// `/var/log/lastlog`) does not balloon the staging tree; mke2fs keeps the
-/// holes.
-fn copy_file(mut from: impl Read, mut to: File, size: u64) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    let mut buf = vec![0u8; (size.min(256 << 10) as usize).max(1)];
-    let mut left = size;
-    let mut holes = false;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = from.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "archive entry is truncated",
-            ));
-        }
-        if n >= 4096 && buf[..n].iter().all(|&b| b == 0) {
-            to.seek(SeekFrom::Current(n as i64))?;
-            holes = true;
-        } else {
-            to.write_all(&buf[..n])?;
-        }
-        left -= n as u64;
-    }
-    if holes {
-        to.set_len(size)?;
-    }
-    Ok(())
-}
-
-/// Validates a relative path for a debugfs command line (which has no
-/// escaping for newlines or quotes).
-pub(crate) fn debugfs_path(rel: &Path) -> Result<String, RootfsError> {
-    let bytes = rel.as_os_str().as_bytes();
-    match std::str::from_utf8(bytes) {
-        Ok(s) if !s.chars().any(|c| c.is_control() || c == '"') => Ok(format!("\"/{s}\"")),
-        _ => Err(RootfsError::UnsafeEntry {
-            layer: 0,
-            entry: String::from_utf8_lossy(bytes).into_owned(),
-            reason: "name needs a debugfs fix-up (not running as root) but contains characters debugfs cannot quote".into(),
-        }),
     }
 }
