@@ -293,3 +293,32 @@ fn a_workspace_name_that_is_no_hostname_runs_under_a_derived_one() {
         describe(&out)
     );
 }
+
+#[test]
+fn a_vmm_that_gives_up_at_start_is_quoted_and_leaves_nothing() {
+    let env = Env::new();
+    // A kernel file QEMU cannot load: it says so on its stderr and exits.
+    let kernel = env.state_path().join("empty-kernel");
+    std::fs::write(&kernel, b"").unwrap();
+    let out = env
+        .cmd()
+        .arg("run")
+        .args(["--image", &env.image])
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--exec", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the VMM exited during boot")
+            && stderr.contains("last vmm.log lines:")
+            && stderr.contains("could not load kernel"),
+        "{}",
+        describe(&out)
+    );
+    let ws = env.state_path().join("workspaces");
+    assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
+    assert!(processes_mentioning(&env.state_path().to_string_lossy()).is_empty());
+}

@@ -12,7 +12,8 @@ use vmkit_state::ProcessRecord;
 use crate::lifecycle::BOOT_TIMEOUT;
 use crate::machine::{BootPlan, Launched};
 use crate::workspace::{
-    guest_err, remove_stale_vm_files, remove_vm_files, with_console_tail, Workspace,
+    guest_err, remove_stale_vm_files, remove_vm_files, with_console_tail, with_vmm_log_tail,
+    Workspace,
 };
 
 /// A booted VM: its processes and the guest init's control connection.
@@ -71,7 +72,11 @@ impl Workspace<'_> {
             }
         }
         let connected = self.adopt(&launched, detached).and_then(|()| {
-            let mut control = accept(&listener, &mut launched, &self.peers())?;
+            let mut control =
+                accept(&listener, &mut launched, &self.peers()).map_err(|e| match e {
+                    BootWait::VmmExited(e) => with_vmm_log_tail(e, self.paths()),
+                    BootWait::Failed(e) => e,
+                })?;
             if detached {
                 let ready = control
                     .wait_ready(BOOT_TIMEOUT)
@@ -222,11 +227,18 @@ impl Workspace<'_> {
 
 /// Waits for the guest init to connect, in short slices so a VMM that dies
 /// during boot is noticed at once rather than after the whole boot timeout.
+/// Why waiting for the guest ended without it.
+enum BootWait {
+    /// The VMM process ended: its log says why.
+    VmmExited(ProtocolError),
+    Failed(ProtocolError),
+}
+
 fn accept(
     listener: &HostListener,
     launched: &mut Launched,
     peers: &[i32],
-) -> Result<Control, ProtocolError> {
+) -> Result<Control, BootWait> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         match listener.accept_from(Duration::from_millis(100), peers) {
@@ -238,19 +250,32 @@ fn accept(
             Err(e @ vmkit_channel::ChannelError::WrongPeer { .. }) => {
                 tracing::warn!("control socket: {e}");
             }
-            Err(e) => return Err(guest_err(format!("accepting the guest: {e}"))),
+            Err(e) => {
+                return Err(BootWait::Failed(guest_err(format!(
+                    "accepting the guest: {e}"
+                ))))
+            }
         }
         if let Ok(Some(status)) = launched.vmm.try_wait() {
-            return Err(guest_err(format!("the VMM exited during boot ({status})")));
+            // Under -no-reboot a guest reset (a kernel that cannot boot
+            // here triple-faults) or power-off ends QEMU with status 0.
+            let hint = if status.success() {
+                ": the guest reset or powered off before its init connected (a kernel that does not boot on this machine, or an init that could not start)"
+            } else {
+                ""
+            };
+            return Err(BootWait::VmmExited(guest_err(format!(
+                "the VMM exited during boot ({status}){hint}"
+            ))));
         }
         if Instant::now() >= deadline {
-            return Err(ProtocolError::new(
+            return Err(BootWait::Failed(ProtocolError::new(
                 ErrorCode::Timeout,
                 format!(
                     "the guest did not connect within {}s of boot",
                     BOOT_TIMEOUT.as_secs()
                 ),
-            ));
+            )));
         }
     }
 }

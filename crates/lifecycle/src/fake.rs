@@ -115,14 +115,21 @@ impl Machine for FakeMachine {
                     "fake launch failed",
                 ))
             }
-            Guest::Dies => ["true", ""],
-            _ => ["sleep", "600"],
+            // Says why in its log, as QEMU does on its stderr, and ends.
+            Guest::Dies => {
+                let log = plan.paths.vmm_log.display();
+                [
+                    "sh",
+                    "-c",
+                    &format!("echo 'fake vmm: cannot open the root disk' >> '{log}'"),
+                ]
+                .map(String::from)
+            }
+            _ => ["sleep", "600", ""].map(String::from),
         };
         let mut guard = LaunchGuard::new();
-        let mut cmd = Command::new(program[0]);
-        if !program[1].is_empty() {
-            cmd.arg(program[1]);
-        }
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(program[1..].iter().filter(|a| !a.is_empty()));
         // Even a "detached" fake dies with the test.
         let vmm = guard.vmm(spawn_supervised(&mut cmd, Supervision::DiesWithParent).unwrap());
         let pid = vmm.id() as i32;

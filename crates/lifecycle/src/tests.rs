@@ -180,6 +180,13 @@ fn a_vmm_that_dies_during_boot_fails_the_workspace() {
         "{}",
         err.message
     );
+    // The VMM's own reason is quoted from its log.
+    assert!(
+        err.message
+            .contains("last vmm.log lines:\n  fake vmm: cannot open the root disk\n"),
+        "{}",
+        err.message
+    );
     let events = fx.store().events("ws").unwrap().read_all().unwrap();
     let states: Vec<State> = events.iter().map(|e| e.state).collect();
     assert_eq!(states, [State::Prepared, State::Starting, State::Failed]);

@@ -231,14 +231,24 @@ pub(crate) fn remove_stale_vm_files(paths: &WorkspacePaths) {
 }
 
 /// Appends the console's last lines: a boot failure is unreadable without them.
-pub(crate) fn with_console_tail(mut error: ProtocolError, paths: &WorkspacePaths) -> ProtocolError {
-    let text = crate::vmm_files::read_console(&paths.console_log);
+pub(crate) fn with_console_tail(error: ProtocolError, paths: &WorkspacePaths) -> ProtocolError {
+    with_log_tail(error, "console", &paths.console_log)
+}
+
+/// Appends the VMM log's last lines: when the VMM itself gave up (a disk it
+/// could not open, memory it could not map), its reason is there.
+pub(crate) fn with_vmm_log_tail(error: ProtocolError, paths: &WorkspacePaths) -> ProtocolError {
+    with_log_tail(error, "vmm.log", &paths.vmm_log)
+}
+
+fn with_log_tail(mut error: ProtocolError, label: &str, log: &std::path::Path) -> ProtocolError {
+    let text = crate::vmm_files::read_console(log);
     if !text.is_empty() {
-        // Guest text, on its way to a terminal: no escapes.
+        // Guest-provoked text, on its way to a terminal: no escapes.
         let text = vmkit_protocol::terminal_safe_bytes(&text[text.len().saturating_sub(4096)..]);
         let tail: Vec<&str> = text.lines().rev().take(8).collect();
         if !tail.is_empty() {
-            error.message.push_str("\nlast console lines:\n");
+            error.message.push_str(&format!("\nlast {label} lines:\n"));
             for line in tail.iter().rev() {
                 error.message.push_str("  ");
                 error.message.push_str(line);
