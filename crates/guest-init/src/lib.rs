@@ -64,11 +64,17 @@ pub fn set_debug(on: bool) {
 /// With debug on, logs a boot or run stage with the kernel's uptime, to
 /// see where time goes.
 pub fn stage(what: &str) {
+    #[cfg(target_os = "linux")]
+    stage_at(system::uptime_us(), what);
+    #[cfg(not(target_os = "linux"))]
+    stage_at(None, what);
+}
+
+/// [`stage`] for a moment taken earlier (`us` of uptime), e.g. before the
+/// debug flag could be read.
+pub fn stage_at(us: Option<u64>, what: &str) {
     if DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
-        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
-        let us = t.map_or(0, |t| {
-            t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
-        });
+        let us = us.unwrap_or(0);
         log(&format!("{:>4}.{:03} ms  {what}", us / 1000, us % 1000));
     }
 }

@@ -47,14 +47,7 @@ fn boot(mounted: &mut Vec<vmkit_channel::DiskMount>) {
         .split_ascii_whitespace()
         .any(|a| a == "microagent.debug");
     vmkit_guest_init::set_debug(debug);
-    if debug {
-        let us = entered.unwrap_or(0);
-        log(&format!(
-            "{:>4}.{:03} ms  init entered",
-            us / 1000,
-            us % 1000
-        ));
-    }
+    vmkit_guest_init::stage_at(entered, "init entered");
     stage("filesystems mounted");
     Reaper::global();
     if let Err(e) = system::loopback_up() {

@@ -142,7 +142,12 @@ pub fn configure(net: &GuestNetwork) -> Result<(), String> {
 /// Replaces `path` (often a symlink into a resolver daemon's run folder,
 /// which does not run here) with a file naming the boot spec's servers.
 pub fn write_resolv_conf(path: &Path, net: &GuestNetwork) -> io::Result<()> {
-    replace_file(path, &net.resolv_conf())
+    let current = if is_file(path) {
+        std::fs::read_to_string(path).ok()
+    } else {
+        None
+    };
+    replace_file(path, &net.resolv_conf(), current.as_deref())
 }
 
 /// Keeps the image's `/etc/hosts` lines except those from an earlier boot,
@@ -153,15 +158,20 @@ pub fn write_hosts(path: &Path, net: &GuestNetwork) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    replace_file(path, &net.hosts_file(&existing))
+    let current = is_file(path).then_some(existing.as_str());
+    replace_file(path, &net.hosts_file(&existing), current)
 }
 
-/// Writes `text` to `path` unless it is a file holding exactly that: the
-/// root disk builder writes these files for the standard network, and
-/// under TCG the first write to the root filesystem costs ~15 ms of boot.
-fn replace_file(path: &Path, text: &str) -> io::Result<()> {
-    let is_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
-    if is_file && std::fs::read(path).is_ok_and(|t| t == text.as_bytes()) {
+fn is_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Writes `text` to `path` unless `current` (what `path` holds, when it is
+/// a regular file) is exactly that: the root disk builder writes these
+/// files for the standard network, and under TCG the first write to the
+/// root filesystem costs ~15 ms of boot.
+fn replace_file(path: &Path, text: &str, current: Option<&str>) -> io::Result<()> {
+    if current == Some(text) {
         return Ok(());
     }
     let tmp = path.with_extension("microagent-tmp");
