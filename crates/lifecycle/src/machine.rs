@@ -55,10 +55,7 @@ impl Launched {
     /// exit (the VMM unmapping guest RAM takes ~10 ms) overlaps whatever
     /// the caller does next; [`Launched::shut_down`] then reaps them.
     pub fn kill(&mut self) {
-        let _ = self.vmm.kill();
-        for h in &mut self.helpers {
-            let _ = h.kill();
-        }
+        kill_processes(Some(&mut self.vmm), &mut self.helpers);
     }
 
     /// The records to persist so later commands can find these processes.
@@ -74,14 +71,19 @@ impl Launched {
     }
 }
 
-fn end_processes(vmm: Option<&mut Child>, helpers: &mut [Child], relay: Option<&mut Child>) {
-    let mut vmm = vmm;
-    if let Some(v) = vmm.as_deref_mut() {
+/// SIGKILL to the VMM and helpers, without waiting.
+fn kill_processes(vmm: Option<&mut Child>, helpers: &mut [Child]) {
+    if let Some(v) = vmm {
         let _ = v.kill();
     }
     for h in helpers.iter_mut() {
         let _ = h.kill();
     }
+}
+
+fn end_processes(vmm: Option<&mut Child>, helpers: &mut [Child], relay: Option<&mut Child>) {
+    let mut vmm = vmm;
+    kill_processes(vmm.as_deref_mut(), helpers);
     if let Some(v) = vmm {
         let _ = v.wait();
     }
