@@ -12,12 +12,6 @@ import Glibc
 import Darwin
 #endif
 
-#if canImport(Glibc)
-let datagramSocket = Int32(SOCK_DGRAM.rawValue)
-#else
-let datagramSocket = SOCK_DGRAM
-#endif
-
 /// Buffer sizes of the VM's end. Apple's documentation of
 /// `maximumTransmissionUnit`: SO_RCVBUF at least twice SO_SNDBUF, four
 /// times recommended.

@@ -24,8 +24,10 @@ public struct SystemError: Error, CustomStringConvertible, Sendable {
 
 #if canImport(Glibc)
 let streamSocket = Int32(SOCK_STREAM.rawValue)
+let datagramSocket = Int32(SOCK_DGRAM.rawValue)
 #else
 let streamSocket = SOCK_STREAM
+let datagramSocket = SOCK_DGRAM
 #endif
 
 /// Longest Unix socket path `sockaddr_un` holds (with its NUL).
